@@ -1,0 +1,1 @@
+"""The daemon: HTTP API, gossip, reconciliation, discovery, scheduler, dashboard, CLI."""

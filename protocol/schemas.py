@@ -1,0 +1,183 @@
+"""Body schemas of protocol v1 (DESIGN.md, "Bodies"): small pure validators.
+
+Each validator takes the decoded body and returns it unchanged or raises ProtocolError with
+``invalid: schema: <field>``. Unknown fields are rejected so that every implementation
+hashes and stores exactly the same bodies.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from .errors import ProtocolError, schema_error
+from .keys import is_hex
+from .limits import (
+    MAX_ADDRESS_BYTES,
+    MAX_ADDRESSES,
+    MAX_CURVE_POINTS,
+    MAX_NOTE_BYTES,
+    MAX_PATCH_BYTES,
+    MAX_SAFE_INT,
+    MAX_SHORT_TEXT_BYTES,
+    MAX_SOURCE_BYTES,
+)
+
+DECIMAL_RE = re.compile(r"^-?(0|[1-9][0-9]{0,15})(\.[0-9]{1,12})?$")
+ADDRESS_RE = re.compile(r"^https?://[^\s/]+(:[0-9]{1,5})?$")
+
+OUTCOMES = ("improved", "worse", "crashed")
+VERDICTS = ("reproduced", "mismatch", "failed", "refused")
+SANDBOXES = ("bwrap", "namespaces", "none")
+
+
+def _obj(value: Any, field: str, required: set[str], optional: set[str] = frozenset()) -> dict:
+    if not isinstance(value, dict):
+        raise schema_error(field, "not an object")
+    missing = required - value.keys()
+    if missing:
+        raise schema_error(f"{field}.{sorted(missing)[0]}", "missing")
+    extra = value.keys() - required - optional
+    if extra:
+        raise schema_error(f"{field}.{sorted(extra)[0]}", "unknown field")
+    return value
+
+
+def _text(value: Any, field: str, max_bytes: int, *, allow_empty: bool = True) -> str:
+    if not isinstance(value, str):
+        raise schema_error(field, "not a string")
+    if len(value.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise ProtocolError("invalid: too large: " + field)
+    if not allow_empty and not value:
+        raise schema_error(field, "empty")
+    return value
+
+
+def _int(value: Any, field: str, lo: int = 0, hi: int = MAX_SAFE_INT) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise schema_error(field, "not an integer in range")
+    return value
+
+
+def _hex64(value: Any, field: str) -> str:
+    if not is_hex(value, 64):
+        raise schema_error(field, "not 64 lower-case hex")
+    return value
+
+
+def decimal(value: Any, field: str, *, non_negative: bool = True) -> str:
+    """A measurement: a decimal string like ``"1.234567"`` (no exponent, no float)."""
+    if not isinstance(value, str) or not DECIMAL_RE.match(value):
+        raise schema_error(field, "not a decimal string")
+    if non_negative and value.startswith("-"):
+        raise schema_error(field, "negative")
+    return value
+
+
+def _enum(value: Any, field: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise schema_error(field, "one of " + "|".join(choices))
+    return value
+
+
+def validate_result(value: Any, field: str = "body.result") -> dict:
+    _obj(
+        value,
+        field,
+        {"val_bpb", "curve", "tokens", "seed", "wall_s", "device", "torch", "flops_per_token"},
+        {"entropy_bpb", "sandbox"},
+    )
+    decimal(value["val_bpb"], f"{field}.val_bpb")
+    curve = value["curve"]
+    if not isinstance(curve, list):
+        raise schema_error(f"{field}.curve", "not a list")
+    if len(curve) > MAX_CURVE_POINTS:
+        raise ProtocolError(f"invalid: too large: {field}.curve")
+    for i, point in enumerate(curve):
+        if not isinstance(point, list) or len(point) != 2:
+            raise schema_error(f"{field}.curve[{i}]", "not [tokens, loss]")
+        _int(point[0], f"{field}.curve[{i}][0]")
+        decimal(point[1], f"{field}.curve[{i}][1]")
+    _int(value["tokens"], f"{field}.tokens")
+    _int(value["seed"], f"{field}.seed")
+    decimal(value["wall_s"], f"{field}.wall_s")
+    _text(value["device"], f"{field}.device", MAX_SHORT_TEXT_BYTES)
+    _text(value["torch"], f"{field}.torch", MAX_SHORT_TEXT_BYTES)
+    _int(value["flops_per_token"], f"{field}.flops_per_token")
+    if "entropy_bpb" in value:
+        decimal(value["entropy_bpb"], f"{field}.entropy_bpb")
+    if "sandbox" in value:
+        _enum(value["sandbox"], f"{field}.sandbox", SANDBOXES)
+    return value
+
+
+def validate_task(body: Any) -> dict:
+    _obj(
+        body,
+        "body",
+        {"name", "description", "harness", "source", "data", "metric", "direction", "budget", "tolerance"},
+    )
+    _text(body["name"], "body.name", MAX_SHORT_TEXT_BYTES, allow_empty=False)
+    _text(body["description"], "body.description", MAX_NOTE_BYTES)
+    _text(body["harness"], "body.harness", MAX_SHORT_TEXT_BYTES, allow_empty=False)
+    _text(body["source"], "body.source", MAX_SOURCE_BYTES, allow_empty=False)
+    data = _obj(body["data"], "body.data", {"name", "sha256", "bytes"})
+    _text(data["name"], "body.data.name", MAX_SHORT_TEXT_BYTES, allow_empty=False)
+    _hex64(data["sha256"], "body.data.sha256")
+    _int(data["bytes"], "body.data.bytes")
+    _enum(body["metric"], "body.metric", ("val_bpb",))
+    _enum(body["direction"], "body.direction", ("min",))
+    budget = _obj(body["budget"], "body.budget", {"tokens"})
+    _int(budget["tokens"], "body.budget.tokens", lo=1)
+    decimal(body["tolerance"], "body.tolerance")
+    return body
+
+
+def validate_claim(body: Any) -> dict:
+    _obj(body, "body", {"task", "parent", "patch", "source_sha256", "note", "outcome", "result"})
+    _hex64(body["task"], "body.task")
+    if body["parent"] is not None:
+        _hex64(body["parent"], "body.parent")
+    _text(body["patch"], "body.patch", MAX_PATCH_BYTES)
+    _hex64(body["source_sha256"], "body.source_sha256")
+    _text(body["note"], "body.note", MAX_NOTE_BYTES)
+    _enum(body["outcome"], "body.outcome", OUTCOMES)
+    if body["result"] is None:
+        if body["outcome"] != "crashed":
+            raise schema_error("body.result", "null only for a crashed claim")
+    else:
+        validate_result(body["result"])
+    return body
+
+
+def validate_vote(body: Any) -> dict:
+    _obj(body, "body", {"claim", "verdict", "result", "reason"})
+    _hex64(body["claim"], "body.claim")
+    _enum(body["verdict"], "body.verdict", VERDICTS)
+    if body["result"] is not None:
+        validate_result(body["result"])
+    _text(body["reason"], "body.reason", MAX_NOTE_BYTES)
+    return body
+
+
+def validate_peer(body: Any) -> dict:
+    _obj(body, "body", {"addresses", "expires_at"})
+    addresses = body["addresses"]
+    if not isinstance(addresses, list) or not addresses:
+        raise schema_error("body.addresses", "not a non-empty list")
+    if len(addresses) > MAX_ADDRESSES:
+        raise ProtocolError("invalid: too large: body.addresses")
+    for i, address in enumerate(addresses):
+        _text(address, f"body.addresses[{i}]", MAX_ADDRESS_BYTES)
+        if not ADDRESS_RE.match(address):
+            raise schema_error(f"body.addresses[{i}]", "not http://host:port")
+    _int(body["expires_at"], "body.expires_at")
+    return body
+
+
+VALIDATORS: dict[str, Callable[[Any], dict]] = {
+    "task": validate_task,
+    "claim": validate_claim,
+    "vote": validate_vote,
+    "peer": validate_peer,
+}
+KINDS = tuple(VALIDATORS)

@@ -1,0 +1,1 @@
+"""The outer loop: proposers, memory, meta-parameters, keep/discard."""

@@ -1,0 +1,1 @@
+"""The local SQLite replica of the corpus, with ranking and trust."""
