@@ -1,0 +1,95 @@
+"""The node's home directory: identity key, config file, database, caches."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocol import Identity, KeyFileError
+
+from .errors import UserError
+
+DEFAULT_SWARM = "public"
+DEFAULT_CONFIG: dict[str, Any] = {
+    "swarm": DEFAULT_SWARM,
+    "listen": "127.0.0.1:7447",
+    "bootstrap": [],
+    "trusted": [],
+    "lan": True,
+    "run_untrusted": "sandbox",
+    "verify_share": 0.3,
+    "task": "tiny",
+}
+
+
+def default_home() -> Path:
+    env = os.environ.get("RALPHSWARM_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".ralphswarm"
+
+
+@dataclass
+class Home:
+    path: Path
+
+    @property
+    def key_path(self) -> Path:
+        return self.path / "identity.key"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def db_path(self) -> Path:
+        return self.path / "replica.sqlite3"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.path / "cache"
+
+    @property
+    def exists(self) -> bool:
+        return self.key_path.exists()
+
+    def init(self, swarm: str | None = None) -> tuple[Identity, bool]:
+        """Create identity and config when missing; keep an existing key. Returns (identity, created)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        created = False
+        if self.key_path.exists():
+            identity = self.identity()
+        else:
+            identity = Identity.generate()
+            identity.save(self.key_path)
+            created = True
+        config = self.config() if self.config_path.exists() else dict(DEFAULT_CONFIG)
+        if swarm:
+            config["swarm"] = swarm
+        self.save_config(config)
+        self.cache_dir.mkdir(exist_ok=True)
+        return identity, created
+
+    def identity(self) -> Identity:
+        try:
+            return Identity.load(self.key_path)
+        except KeyFileError as exc:
+            if not self.key_path.exists():
+                raise UserError(f"no identity in {self.path}; run: ralphswarm init --home {self.path}") from None
+            raise UserError(str(exc)) from None
+
+    def config(self) -> dict[str, Any]:
+        if not self.config_path.exists():
+            return dict(DEFAULT_CONFIG)
+        try:
+            loaded = json.loads(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"config file {self.config_path} is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"config file {self.config_path} must hold a JSON object")
+        return {**DEFAULT_CONFIG, **loaded}
+
+    def save_config(self, config: dict[str, Any]) -> None:
+        tmp = self.config_path.with_name("config.json.tmp")
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, self.config_path)
