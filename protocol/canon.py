@@ -1,18 +1,31 @@
-"""Canonical JSON (DESIGN.md, "The wire"): one byte string per value.
+"""Canonical JSON (SPEC.md section 2): exactly one byte string per value.
 
-Object keys sorted (by code point), separators ``,`` and ``:``, UTF-8 not ASCII-escaped,
-no floats, no NaN, integers within +-2^53, duplicate keys rejected on parse.
+Object keys sorted by code point, separators ``,`` and ``:``, UTF-8 (not ASCII-escaped), the
+escaping of ``json.dumps(ensure_ascii=False)``, no floats, no NaN, integers within +-2^53,
+duplicate keys rejected on parse.
 """
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from .errors import ProtocolError
 from .limits import MAX_SAFE_INT
 
+# Longest decimal text of an in-range integer: "-9007199254740992" (17 characters).
+_MAX_INT_CHARS = len(str(-MAX_SAFE_INT))
+# A \uD800-\uDFFF escape is the only way a lone surrogate gets into a parsed string
+# (the UTF-8 decoder already refuses encoded surrogates).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
+)
+
 
 def _check(value: Any, path: str = "$") -> None:
+    """Refuse anything canonical JSON cannot carry (SPEC.md 2.1)."""
     if value is None or isinstance(value, (bool, str)):
         return
     if isinstance(value, int):
@@ -34,25 +47,34 @@ def _check(value: Any, path: str = "$") -> None:
     raise ProtocolError(f"invalid: unsupported type {type(value).__name__} at {path}")
 
 
-def canon(value: Any) -> bytes:
-    """Canonical encoding of ``value``; raises ProtocolError for anything protocol v1 forbids."""
-    _check(value)
+def encode_checked(value: Any) -> bytes:
+    """Canonical bytes of a value already known to hold only JSON types (e.g. from ``parse``).
+
+    Skips the type walk of ``canon``; still refuses lone surrogates, which UTF-8 cannot carry.
+    """
     try:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except ValueError as exc:  # pragma: no cover - _check catches these first
-        raise ProtocolError(f"invalid: not canonical ({exc})") from None
-    try:
-        return text.encode("utf-8")
+        return _ENCODER.encode(value).encode("utf-8")
     except UnicodeEncodeError:
         raise ProtocolError("invalid: lone surrogate in string") from None
 
 
+def canon(value: Any) -> bytes:
+    """Canonical encoding of ``value``; raises ProtocolError for anything protocol v1 forbids."""
+    try:
+        _check(value)
+        return encode_checked(value)
+    except RecursionError:
+        raise ProtocolError("invalid: nested too deeply") from None
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise ProtocolError(f"invalid: duplicate key {key!r}")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ProtocolError(f"invalid: duplicate key {key!r}")
+            seen.add(key)
     return out
 
 
@@ -64,8 +86,31 @@ def _reject_float(text: str) -> Any:
     raise ProtocolError("invalid: float (measurements travel as decimal strings)")
 
 
+def _parse_int(text: str) -> int:
+    # Bound the length first: int() of a huge digit string is slow (and refused past 4300 digits).
+    if len(text) <= _MAX_INT_CHARS:
+        value = int(text)
+        if -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+            return value
+    raise ProtocolError("invalid: integer out of range")
+
+
+def _reject_surrogates(value: Any) -> None:
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, list):
+        for item in value:
+            _reject_surrogates(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            key.encode("utf-8")
+            _reject_surrogates(item)
+
+
 def parse(data: bytes | str) -> Any:
-    """Parse JSON strictly: duplicate keys, floats, NaN/Infinity and bad UTF-8 are errors."""
+    """Parse JSON strictly: duplicate keys, floats, NaN/Infinity, integers beyond +-2^53,
+    lone surrogates and bad UTF-8 are errors. Whitespace is allowed here; ``decode`` demands
+    the canonical bytes."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         try:
             data = bytes(data).decode("utf-8")
@@ -77,10 +122,17 @@ def parse(data: bytes | str) -> Any:
             object_pairs_hook=_no_duplicates,
             parse_constant=_reject_constant,
             parse_float=_reject_float,
+            parse_int=_parse_int,
         )
     except ProtocolError:
         raise
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"invalid: not JSON ({str(exc).splitlines()[0][:80]})") from None
-    _check(value)
+    if "\\u" in data and _SURROGATE_ESCAPE.search(data):
+        try:
+            _reject_surrogates(value)
+        except UnicodeEncodeError:
+            raise ProtocolError("invalid: lone surrogate in string") from None
+        except RecursionError:  # pragma: no cover - json.loads refuses such depth first
+            raise ProtocolError("invalid: nested too deeply") from None
     return value

@@ -1,19 +1,19 @@
-"""Envelopes (DESIGN.md, "The wire"): build, sign, and the receiver's checks.
+"""Envelopes (SPEC.md sections 3-4): build, sign, and the receiver's checks.
 
     id  = sha256(canon([1, swarm, author, created_at, kind, body]))   lower-case hex
     sig = Ed25519(author, bytes.fromhex(id))                           128 hex
 
-A receiver checks, cheapest first: size, envelope shape, swarm, clock, kind, body schema,
-then recomputes the id and verifies the signature. Only then is a message stored.
+``decode`` is on the ingest hot path, so the body (the only large part) is encoded once: the
+envelope's canonical bytes and the id preimage are both assembled around that one encoding.
 """
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .canon import canon, parse
+from .canon import canon, encode_checked, parse
 from .errors import ProtocolError, schema_error
 from .keys import Identity, is_hex, verify
 from .limits import MAX_ENVELOPE_BYTES, MAX_FUTURE_SECONDS, MAX_SAFE_INT, MAX_SWARM_BYTES, PROTOCOL_VERSION
@@ -31,6 +31,11 @@ class Envelope:
     kind: str
     body: Mapping[str, Any]
     sig: str
+    # The canonical bytes, kept when already known (decode, build) so storing costs no re-encoding.
+    raw: bytes | None = field(default=None, compare=False, repr=False)
+
+    def __hash__(self) -> int:  # the body is a dict; the id already commits to everything
+        return hash(self.id)
 
     def to_dict(self) -> dict:
         return {
@@ -45,11 +50,34 @@ class Envelope:
 
     def canonical(self) -> bytes:
         """The envelope's canonical bytes: what is stored and sent."""
-        return canon(self.to_dict())
+        return self.raw if self.raw is not None else canon(self.to_dict())
 
 
 def compute_id(swarm: str, author: str, created_at: int, kind: str, body: Any) -> str:
+    """The id of an envelope with these fields (SPEC.md 3.2), by the definition itself."""
     return hashlib.sha256(canon([PROTOCOL_VERSION, swarm, author, created_at, kind, body])).hexdigest()
+
+
+def _id_from_parts(swarm_json: bytes, author: str, created_at: int, kind: str, body_json: bytes) -> str:
+    # canon([1, swarm, author, created_at, kind, body]) written out; author is 64 hex and kind
+    # a known kind name, so neither needs escaping. tests/test_protocol_envelope.py checks this
+    # equals compute_id for generated envelopes.
+    preimage = b"".join((
+        b"[%d," % PROTOCOL_VERSION, swarm_json, b',"', author.encode(), b'",%d,"' % created_at,
+        kind.encode(), b'",', body_json, b"]",
+    ))
+    return hashlib.sha256(preimage).hexdigest()
+
+
+def _envelope_bytes(env_id: str, author: str, created_at: int, swarm_json: bytes, kind: str,
+                    body_json: bytes, sig: str) -> bytes:
+    # canon(envelope) written out: keys in code-point order author < body < created_at < id <
+    # kind < sig < swarm (SPEC.md 3.1).
+    return b"".join((
+        b'{"author":"', author.encode(), b'","body":', body_json, b',"created_at":%d,"id":"' % created_at,
+        env_id.encode(), b'","kind":"', kind.encode(), b'","sig":"', sig.encode(), b'","swarm":', swarm_json,
+        b"}",
+    ))
 
 
 def task_id(body: Mapping[str, Any]) -> str:
@@ -57,44 +85,68 @@ def task_id(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canon(body)).hexdigest()
 
 
+def _check_swarm_name(swarm: Any) -> bytes:
+    """Validate a swarm name; return its canonical JSON string."""
+    if not isinstance(swarm, str) or not swarm:
+        raise schema_error("swarm", "not a non-empty string")
+    if len(swarm) > MAX_SWARM_BYTES or len(swarm.encode("utf-8", "surrogatepass")) > MAX_SWARM_BYTES:
+        raise schema_error("swarm", f"longer than {MAX_SWARM_BYTES} bytes")
+    return canon(swarm)
+
+
+def _check_created_at(created_at: Any) -> int:
+    if not isinstance(created_at, int) or isinstance(created_at, bool) or not 0 <= created_at <= MAX_SAFE_INT:
+        raise schema_error("created_at", "not an integer in [0, 2^53]")
+    return created_at
+
+
 def build(identity: Identity, swarm: str, kind: str, body: dict, created_at: int | None = None) -> Envelope:
-    """Validate ``body`` for ``kind`` and sign a new envelope."""
+    """Validate ``body`` for ``kind`` and sign a new envelope.
+
+    The envelope holds a fresh copy of ``body`` (as a receiver would parse it), so later changes
+    to the caller's dict cannot make it disagree with its id.
+    """
     if kind not in VALIDATORS:
         raise ProtocolError("invalid: unknown kind")
-    _check_swarm_name(swarm)
+    swarm_json = _check_swarm_name(swarm)
+    created_at = _check_created_at(int(time.time()) if created_at is None else created_at)
+    body_json = canon(body)
+    body = parse(body_json)
     VALIDATORS[kind](body)
-    created_at = int(time.time()) if created_at is None else created_at
-    env_id = compute_id(swarm, identity.pubkey, created_at, kind, body)
+    env_id = _id_from_parts(swarm_json, identity.pubkey, created_at, kind, body_json)
     sig = identity.sign(bytes.fromhex(env_id)).hex()
-    env = Envelope(env_id, identity.pubkey, created_at, swarm, kind, body, sig)
-    if len(env.canonical()) > MAX_ENVELOPE_BYTES:
+    raw = _envelope_bytes(env_id, identity.pubkey, created_at, swarm_json, kind, body_json, sig)
+    if len(raw) > MAX_ENVELOPE_BYTES:
         raise ProtocolError("invalid: too large")
-    return env
-
-
-def _check_swarm_name(swarm: Any) -> str:
-    if not isinstance(swarm, str) or not swarm or len(swarm.encode("utf-8", "surrogatepass")) > MAX_SWARM_BYTES:
-        raise schema_error("swarm")
-    return swarm
+    return Envelope(env_id, identity.pubkey, created_at, swarm, kind, body, sig, raw)
 
 
 def decode(data: bytes | str | Mapping[str, Any], *, swarm: str, now: int | None = None,
            check_sig: bool = True) -> Envelope:
-    """Run every receiver check on one envelope (raw JSON or an already-parsed dict).
+    """Run every receiver check on one envelope, in the order of SPEC.md 4.
 
+    ``data`` is the raw JSON (bytes or str), which must be exactly the canonical encoding, or an
+    already-parsed dict (e.g. one item of an HTTP JSON body), whose fields the id covers.
     Raises ProtocolError whose ``reason`` says why the message is refused.
     ``check_sig=False`` is only for callers that verify signatures elsewhere (e.g. in bulk).
     """
+    raw: bytes | None = None
     if isinstance(data, Mapping):
         obj = data
-        size = len(canon(obj))
     else:
-        size = len(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data)
-        if size > MAX_ENVELOPE_BYTES:
+        if isinstance(data, str):
+            # Bound before encoding: each character is at least one UTF-8 byte.
+            if len(data) > MAX_ENVELOPE_BYTES:
+                raise ProtocolError("invalid: too large")
+            data = data.encode("utf-8", "surrogatepass")
+        raw = bytes(data)
+        if len(raw) > MAX_ENVELOPE_BYTES:
             raise ProtocolError("invalid: too large")
-        obj = parse(data)
-    if size > MAX_ENVELOPE_BYTES:
-        raise ProtocolError("invalid: too large")
+        obj = parse(raw)
+        if not isinstance(obj, dict):
+            raise schema_error("envelope", "not an object")
+
+    # 4.3 envelope shape
     if not isinstance(obj, Mapping):
         raise schema_error("envelope", "not an object")
     missing = ENVELOPE_FIELDS - obj.keys()
@@ -106,14 +158,14 @@ def decode(data: bytes | str | Mapping[str, Any], *, swarm: str, now: int | None
     env_id, author, created_at, env_swarm = obj["id"], obj["author"], obj["created_at"], obj["swarm"]
     kind, body, sig = obj["kind"], obj["body"], obj["sig"]
     if not is_hex(env_id, 64):
-        raise schema_error("id")
+        raise schema_error("id", "not 64 lower-case hex")
     if not is_hex(author, 64):
-        raise schema_error("author")
-    if not isinstance(created_at, int) or isinstance(created_at, bool) or not 0 <= created_at <= MAX_SAFE_INT:
-        raise schema_error("created_at")
-    _check_swarm_name(env_swarm)
+        raise schema_error("author", "not 64 lower-case hex")
+    _check_created_at(created_at)
+    swarm_json = _check_swarm_name(env_swarm)
     if not is_hex(sig, 128):
-        raise schema_error("sig")
+        raise schema_error("sig", "not 128 lower-case hex")
+    # 4.4 - 4.6: cheap semantic checks before any hashing
     if env_swarm != swarm:
         raise ProtocolError("invalid: wrong swarm")
     now = int(time.time()) if now is None else now
@@ -121,12 +173,22 @@ def decode(data: bytes | str | Mapping[str, Any], *, swarm: str, now: int | None
         raise ProtocolError("invalid: from the future")
     if not isinstance(kind, str) or kind not in VALIDATORS:
         raise ProtocolError("invalid: unknown kind")
+    # 4.7 body schema and field limits
     VALIDATORS[kind](body)
-    if compute_id(env_swarm, author, created_at, kind, body) != env_id:
+    # 4.8 canonical form / size: one encoding of the body serves the comparison and the id
+    body_json = canon(body) if raw is None else encode_checked(body)
+    expected = _envelope_bytes(env_id, author, created_at, swarm_json, kind, body_json, sig)
+    if raw is None:
+        if len(expected) > MAX_ENVELOPE_BYTES:
+            raise ProtocolError("invalid: too large")
+    elif expected != raw:
+        raise ProtocolError("invalid: not canonical")
+    # 4.9 - 4.10
+    if _id_from_parts(swarm_json, author, created_at, kind, body_json) != env_id:
         raise ProtocolError("invalid: bad id")
     if check_sig and not verify(author, bytes.fromhex(sig), bytes.fromhex(env_id)):
         raise ProtocolError("invalid: bad signature")
-    return Envelope(env_id, author, created_at, env_swarm, kind, body, sig)
+    return Envelope(env_id, author, created_at, env_swarm, kind, body, sig, expected)
 
 
 def verify_sig(env: Envelope) -> bool:

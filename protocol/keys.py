@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from .errors import ProtocolError
 
 HEX64 = frozenset("0123456789abcdef")
+_MAX_KEY_FILE_BYTES = 256  # 64 hex + newline; anything far bigger is not our key file
 
 
 class KeyFileError(Exception):
@@ -27,7 +28,7 @@ def is_hex(value: object, length: int) -> bool:
 class Identity:
     """A node's signing key. ``pubkey`` is the 64-hex raw Ed25519 public key."""
 
-    private: Ed25519PrivateKey
+    private: Ed25519PrivateKey = field(repr=False)  # never print key material
     pubkey: str
 
     @classmethod
@@ -37,8 +38,9 @@ class Identity:
     @classmethod
     def from_seed(cls, seed: bytes) -> "Identity":
         """Deterministic identity from a 32-byte seed (test vectors, simulations)."""
-        if len(seed) != 32:
+        if not isinstance(seed, (bytes, bytearray)) or len(seed) != 32:
             raise ValueError("an Ed25519 seed is 32 bytes")
+        seed = bytes(seed)
         return cls.from_private(Ed25519PrivateKey.from_private_bytes(seed))
 
     @classmethod
@@ -55,14 +57,21 @@ class Identity:
         return self.private.sign(message)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the 32-byte seed as hex, created with mode 0600 (never world- or group-readable)."""
+        """Write the 32-byte seed as hex, created with mode 0600 (never group- or world-readable).
+
+        Written to a temporary file first and renamed, so a crash never leaves half a key.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, (self.seed().hex() + "\n").encode())
+            tmp.unlink()  # a stale tmp (or a symlink planted there) must not be reused
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # umask cannot widen 0600, but be explicit
+            os.write(fd, (self.seed().hex() + "\n").encode("ascii"))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -70,18 +79,32 @@ class Identity:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Identity":
+        """Read a key written by ``save``. Raises KeyFileError with a message a user can act on."""
         path = Path(path)
         try:
-            st = path.stat()
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not hang us
         except FileNotFoundError:
             raise KeyFileError(f"no key file at {path}") from None
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        except OSError as exc:
+            raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)  # the mode of the file we actually read, not of a path swapped meanwhile
+            if not stat.S_ISREG(st.st_mode):
+                raise KeyFileError(f"key file {path} is not a regular file")
+            if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise KeyFileError(
+                    f"key file {path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
+                    f"run: chmod 600 {path}"
+                )
+            raw = os.read(fd, _MAX_KEY_FILE_BYTES + 1)
+        finally:
+            os.close(fd)
+        text = raw.decode("ascii", errors="replace").strip()
+        if len(raw) > _MAX_KEY_FILE_BYTES or not is_hex(text, 64):
             raise KeyFileError(
-                f"key file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
+                f"key file {path} is malformed: expected 64 lower-case hex characters (an Ed25519 seed); "
+                f"move it away and run: ralphswarm init"
             )
-        text = path.read_text(encoding="ascii", errors="replace").strip()
-        if not is_hex(text, 64):
-            raise KeyFileError(f"key file {path} is not a 64-hex Ed25519 seed")
         return cls.from_seed(bytes.fromhex(text))
 
 
@@ -91,7 +114,7 @@ def verify(pubkey_hex: str, signature: bytes, message: bytes) -> bool:
         key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(pubkey_hex))
         key.verify(signature, message)
         return True
-    except (InvalidSignature, ValueError):
+    except (InvalidSignature, ValueError, TypeError):
         return False
 
 

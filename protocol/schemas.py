@@ -22,8 +22,10 @@ from .limits import (
     MAX_SOURCE_BYTES,
 )
 
-DECIMAL_RE = re.compile(r"^-?(0|[1-9][0-9]{0,15})(\.[0-9]{1,12})?$")
-ADDRESS_RE = re.compile(r"^https?://[^\s/]+(:[0-9]{1,5})?$")
+# SPEC.md 5.1. fullmatch, never ``$``: ``$`` also matches before a trailing newline.
+DECIMAL_RE = re.compile(r"-?(0|[1-9][0-9]{0,15})(\.[0-9]{1,12})?")
+# SPEC.md 5.6: scheme, host (DNS name, IPv4, or bracketed IPv6), optional port; no path.
+ADDRESS_RE = re.compile(r"https?://([A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?")
 
 OUTCOMES = ("improved", "worse", "crashed")
 VERDICTS = ("reproduced", "mismatch", "failed", "refused")
@@ -45,7 +47,9 @@ def _obj(value: Any, field: str, required: set[str], optional: set[str] = frozen
 def _text(value: Any, field: str, max_bytes: int, *, allow_empty: bool = True) -> str:
     if not isinstance(value, str):
         raise schema_error(field, "not a string")
-    if len(value.encode("utf-8", "surrogatepass")) > max_bytes:
+    # A UTF-8 character takes 1..4 bytes: only encode when the length alone cannot decide.
+    if len(value) > max_bytes or (4 * len(value) > max_bytes
+                                  and len(value.encode("utf-8", "surrogatepass")) > max_bytes):
         raise ProtocolError("invalid: too large: " + field)
     if not allow_empty and not value:
         raise schema_error(field, "empty")
@@ -66,7 +70,7 @@ def _hex64(value: Any, field: str) -> str:
 
 def decimal(value: Any, field: str, *, non_negative: bool = True) -> str:
     """A measurement: a decimal string like ``"1.234567"`` (no exponent, no float)."""
-    if not isinstance(value, str) or not DECIMAL_RE.match(value):
+    if not isinstance(value, str) or not DECIMAL_RE.fullmatch(value):
         raise schema_error(field, "not a decimal string")
     if non_negative and value.startswith("-"):
         raise schema_error(field, "negative")
@@ -153,7 +157,12 @@ def validate_vote(body: Any) -> dict:
     _obj(body, "body", {"claim", "verdict", "result", "reason"})
     _hex64(body["claim"], "body.claim")
     _enum(body["verdict"], "body.verdict", VERDICTS)
-    if body["result"] is not None:
+    if body["result"] is None:
+        # A reproduction reports what it measured (DESIGN.md, "vote"); only a vote that did not
+        # finish a run (mismatch at a spot check, failed, refused) may carry no result.
+        if body["verdict"] == "reproduced":
+            raise schema_error("body.result", "required for a reproduced vote")
+    else:
         validate_result(body["result"])
     _text(body["reason"], "body.reason", MAX_NOTE_BYTES)
     return body
@@ -168,7 +177,8 @@ def validate_peer(body: Any) -> dict:
         raise ProtocolError("invalid: too large: body.addresses")
     for i, address in enumerate(addresses):
         _text(address, f"body.addresses[{i}]", MAX_ADDRESS_BYTES)
-        if not ADDRESS_RE.match(address):
+        match = ADDRESS_RE.fullmatch(address)
+        if not match or (match.group(2) is not None and not 1 <= int(match.group(2)) <= 65535):
             raise schema_error(f"body.addresses[{i}]", "not http://host:port")
     _int(body["expires_at"], "body.expires_at")
     return body

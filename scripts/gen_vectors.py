@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Write protocol v1 test vectors to tests/vectors/*.json (SPEC.md section 9).
+
+    .venv/bin/python scripts/gen_vectors.py            # (re)write the files
+    .venv/bin/python scripts/gen_vectors.py --check    # exit 1 if the files differ from a fresh run
+
+Deterministic: fixed seeds, fixed created_at, and Ed25519 signatures are deterministic (RFC 8032),
+so a second run writes the same bytes. tests/test_vectors.py checks the files with our code and
+independently (hashlib + cryptography + a hand-written canonical encoder).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from protocol import Identity, build, canon, decode, task_id  # noqa: E402
+from protocol.limits import MAX_ENVELOPE_BYTES  # noqa: E402
+
+OUT = ROOT / "tests" / "vectors"
+CREATED_AT = 1700000000  # 2023-11-14T22:13:20Z
+NOW = CREATED_AT + 60  # the receiver's clock for every envelope vector
+SWARM = "public"
+
+# Seeds: simple patterns plus RFC 8032 section 7.1 TEST 1, whose public key is published there.
+SEEDS = [
+    ("zero", "00" * 32),
+    ("ones", "01" * 32),
+    ("counting", bytes(range(32)).hex()),
+    ("rfc8032-test1", "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"),
+]
+
+CANON_CASES = [
+    ("null", None),
+    ("true", True),
+    ("false", False),
+    ("zero", 0),
+    ("max int", 2**53),
+    ("min int", -(2**53)),
+    ("empty string", ""),
+    ("empty object", {}),
+    ("empty list", []),
+    ("escapes", "quote\" backslash\\ slash/ nl\n cr\r tab\t bs\b ff\f"),
+    ("control characters", "".join(chr(c) for c in range(0x20)) + "\x7f"),
+    ("unicode raw utf-8", "caf\u00e9 \u4e2d\u6587 \U0001f600 \u2028 \ufeff"),
+    ("key order by code point", {"b": 1, "a": 2, "B": 3, "aa": 4, "": 5, "\u00e9": 6, "z": 7}),
+    # U+FF61 sorts before U+1F600 by code point but after it by UTF-16 unit (RFC 8785 / JCS): we use code points.
+    ("astral key order", {"\U0001f600": 1, "\uff61": 2, "\ue000": 3}),
+    ("nested key ordering", {"z": {"y": [3, {"b": None, "a": True}], "x": "1.50"}, "a": [[], {}]}),
+    ("measurement strings", {"val_bpb": "1.234567", "curve": [[0, "5.545"], [1024, "2.100"]]}),
+]
+
+# Raw JSON texts that parse() must refuse, with the reason prefix.
+PARSE_REJECTS = [
+    ("float", '{"a":1.5}', "invalid: float"),
+    ("exponent", '[1e3]', "invalid: float"),
+    ("negative zero float", '-0.0', "invalid: float"),
+    ("NaN", '[NaN]', "invalid: NaN"),
+    ("Infinity", '{"a":Infinity}', "invalid: Infinity"),
+    ("duplicate key", '{"a":1,"a":1}', "invalid: duplicate key"),
+    ("nested duplicate key", '{"x":{"k":1,"j":2,"k":3}}', "invalid: duplicate key"),
+    ("int above 2^53", '9007199254740993', "invalid: integer out of range"),
+    ("int below -2^53", '[-9007199254740993]', "invalid: integer out of range"),
+    ("lone surrogate", '"\\ud800"', "invalid: lone surrogate"),
+    ("trailing garbage", '{} x', "invalid: not JSON"),
+    ("single quotes", "{'a':1}", "invalid: not JSON"),
+]
+
+RESULT = {
+    "val_bpb": "1.234567",
+    "curve": [[0, "5.545177"], [16384, "2.301000"], [32768, "1.900000"]],
+    "tokens": 32768,
+    "seed": 0,
+    "wall_s": "12.5",
+    "device": "cpu",
+    "torch": "2.13.0",
+    "flops_per_token": 1048576,
+    "entropy_bpb": "1.000000",
+    "sandbox": "bwrap",
+}
+
+TASK_BODY = {
+    "name": "tiny",
+    "description": "A synthetic source with a known entropy rate.\nBest possible val_bpb is known.",
+    "harness": "ralphswarm-harness/1",
+    "source": "# train.py\nLR = 3e-3  # learning rate\nprint(\"caf\u00e9\")\n",
+    "data": {"name": "tiny-v1", "sha256": hashlib.sha256(b"tiny").hexdigest(), "bytes": 4096},
+    "metric": "val_bpb",
+    "direction": "min",
+    "budget": {"tokens": 32768},
+    "tolerance": "0.01",
+}
+
+
+def raw_sign(identity: Identity, swarm: str, kind: str, body, created_at: int) -> dict:
+    """Sign an envelope by the definition, bypassing build()'s checks (for invalid vectors)."""
+    env_id = hashlib.sha256(canon([1, swarm, identity.pubkey, created_at, kind, body])).hexdigest()
+    return {"id": env_id, "author": identity.pubkey, "created_at": created_at, "swarm": swarm,
+            "kind": kind, "body": body, "sig": identity.sign(bytes.fromhex(env_id)).hex()}
+
+
+def text(raw: bytes) -> str:
+    return raw.decode("utf-8")
+
+
+def keys_vectors() -> dict:
+    return {"description": "Ed25519: 32-byte seed (hex) -> raw public key (hex); sig_empty = signature of b''.",
+            "keys": [{"name": name, "seed": seed, "pubkey": Identity.from_seed(bytes.fromhex(seed)).pubkey,
+                      "sig_empty": Identity.from_seed(bytes.fromhex(seed)).sign(b"").hex()}
+                     for name, seed in SEEDS]}
+
+
+def canon_vectors() -> dict:
+    return {
+        "description": "canon(value) -> canonical UTF-8 text and its hex; reject: raw JSON parse() refuses.",
+        "cases": [{"name": name, "value": value, "canonical": text(canon(value)), "hex": canon(value).hex()}
+                  for name, value in CANON_CASES],
+        "reject": [{"name": name, "json": raw, "reason_prefix": prefix} for name, raw, prefix in PARSE_REJECTS],
+    }
+
+
+def envelope_vectors() -> dict:
+    alice = Identity.from_seed(bytes.fromhex(SEEDS[1][1]))
+    task = build(alice, SWARM, "task", TASK_BODY, created_at=CREATED_AT)
+    tid = task_id(TASK_BODY)
+    claim_body = {"task": tid, "parent": None, "patch": "--- a/train.py\n+++ b/train.py\n@@ -2 +2 @@\n"
+                  "-LR = 3e-3  # learning rate\n+LR = 6e-3  # learning rate\n",
+                  "source_sha256": hashlib.sha256(b"patched").hexdigest(), "note": "doubled LR \u2192 faster",
+                  "outcome": "improved", "result": RESULT}
+    claim = build(alice, SWARM, "claim", claim_body, created_at=CREATED_AT + 1)
+    bob = Identity.from_seed(bytes.fromhex(SEEDS[2][1]))
+    vote = build(bob, SWARM, "vote", {"claim": claim.id, "verdict": "reproduced",
+                                       "result": {k: v for k, v in RESULT.items() if k != "entropy_bpb"},
+                                       "reason": ""}, created_at=CREATED_AT + 2)
+    vote_null = build(bob, SWARM, "vote", {"claim": claim.id, "verdict": "refused", "result": None,
+                                            "reason": "sandbox unavailable"}, created_at=CREATED_AT + 3)
+    peer = build(alice, SWARM, "peer", {"addresses": ["http://192.0.2.7:7447", "https://[2001:db8::1]:443"],
+                                         "expires_at": CREATED_AT + 3600}, created_at=CREATED_AT + 4)
+    out = []
+    for env in (task, claim, vote, vote_null, peer):
+        preimage = canon([1, env.swarm, env.author, env.created_at, env.kind, env.body])
+        out.append({"kind": env.kind, "swarm": env.swarm, "now": NOW, "envelope": env.to_dict(),
+                    "id_preimage": text(preimage), "canonical": text(env.canonical()),
+                    "canonical_sha256": hashlib.sha256(env.canonical()).hexdigest()})
+        decode(env.canonical(), swarm=SWARM, now=NOW)  # every valid vector must pass our receiver
+    return {"description": "Valid signed envelopes; author seeds in keys.json (ones, counting); "
+                           "decode with the given swarm and now.",
+            "task_id": tid, "envelopes": out}
+
+
+def invalid_vectors() -> list[dict]:
+    alice = Identity.from_seed(bytes.fromhex(SEEDS[1][1]))
+    mallory = Identity.from_seed(bytes.fromhex(SEEDS[0][1]))
+    good = build(alice, SWARM, "vote", {"claim": "ab" * 32, "verdict": "failed", "result": None,
+                                         "reason": "crashed at step 3"}, created_at=CREATED_AT)
+    good_raw = good.canonical()
+    d = good.to_dict()
+    cases: list[tuple[str, bytes, str, int, str]] = []
+
+    def add(name: str, raw: bytes | dict, reason: str, swarm: str = SWARM, now: int = NOW) -> None:
+        cases.append((name, raw if isinstance(raw, bytes) else canon(raw), reason, swarm, now))
+
+    add("signed by another key", {**d, "sig": mallory.sign(bytes.fromhex(d["id"])).hex()},
+        "invalid: bad signature")
+    add("signature of a different message", {**d, "sig": alice.sign(b"\x00" * 32).hex()}, "invalid: bad signature")
+    add("author swapped", {**d, "author": mallory.pubkey}, "invalid: bad id")
+    add("body changed", {**d, "body": {**d["body"], "reason": "crashed at step 4"}}, "invalid: bad id")
+    add("created_at changed", {**d, "created_at": CREATED_AT - 1}, "invalid: bad id")
+    add("id of another message", {**d, "id": hashlib.sha256(b"x").hexdigest()}, "invalid: bad id")
+    add("receiver in another swarm", good_raw, "invalid: wrong swarm", swarm="lab")
+    add("replayed into another swarm", {**d, "swarm": "lab"}, "invalid: bad id", swarm="lab")
+    add("created_at 601 s ahead", raw_sign(alice, SWARM, "vote", d["body"], NOW + 601),
+        "invalid: from the future")
+    add("unknown kind", raw_sign(alice, SWARM, "poll", {"q": "?"}, CREATED_AT), "invalid: unknown kind")
+    add("whitespace", good_raw.replace(b'","body":', b'", "body":'), "invalid: not canonical")
+    add("trailing newline", good_raw + b"\n", "invalid: not canonical")
+    reordered = {"body": d["body"], **{k: v for k, v in d.items() if k != "body"}}  # body before author
+    add("keys out of order", json.dumps(reordered, separators=(",", ":"), ensure_ascii=False).encode(),
+        "invalid: not canonical")
+    add("ascii-escaped character",
+        canon(raw_sign(alice, SWARM, "vote", {**d["body"], "reason": "caf\u00e9"}, CREATED_AT)).replace(
+            "\u00e9".encode(), b"\\u00e9"), "invalid: not canonical")
+    add("escaped slash", canon(raw_sign(alice, SWARM, "vote", {**d["body"], "reason": "a/b"}, CREATED_AT)).replace(
+        b"a/b", b"a\\/b"), "invalid: not canonical")
+    add("upper-case hex sig", {**d, "sig": d["sig"].upper()}, "invalid: schema: sig")
+    add("missing field", {k: v for k, v in d.items() if k != "sig"}, "invalid: schema: sig")
+    add("extra field", {**d, "tags": []}, "invalid: schema: tags")
+    add("float in body", good_raw.replace(b'"result":null', b'"result":1.5'), "invalid: float")
+    add("duplicate key", good_raw.replace(b'{"author":', b'{"kind":"vote","author":'), "invalid: duplicate key")
+    add("bad verdict", raw_sign(alice, SWARM, "vote", {**d["body"], "verdict": "maybe"}, CREATED_AT),
+        "invalid: schema: body.verdict")
+    add("reproduced vote without result",
+        raw_sign(alice, SWARM, "vote", {**d["body"], "verdict": "reproduced"}, CREATED_AT),
+        "invalid: schema: body.result")
+    add("note over 4 KiB", raw_sign(alice, SWARM, "vote", {**d["body"], "reason": "x" * 4097}, CREATED_AT),
+        "invalid: too large: body.reason")
+    add("float-like decimal", raw_sign(alice, SWARM, "claim", {
+        "task": "ab" * 32, "parent": None, "patch": "", "source_sha256": "cd" * 32, "note": "",
+        "outcome": "worse", "result": {**RESULT, "val_bpb": "1.5e0"}}, CREATED_AT),
+        "invalid: schema: body.result.val_bpb")
+    # Every field within its limit, but the escapes push the envelope one byte over 256 KiB.
+    body = {"task": "ab" * 32, "parent": None, "patch": "", "source_sha256": "cd" * 32, "note": "",
+            "outcome": "crashed", "result": None}
+    base = len(canon(raw_sign(alice, SWARM, "claim", body, CREATED_AT)))
+    extra = MAX_ENVELOPE_BYTES + 1 - base
+    body["patch"] = "\x01" * (extra // 6) + "a" * (extra % 6)  # "\x01" encodes as the 6 bytes \u0001
+    big = canon(raw_sign(alice, SWARM, "claim", body, CREATED_AT))
+    assert len(big) == MAX_ENVELOPE_BYTES + 1
+    add("envelope one byte over 256 KiB", big, "invalid: too large")
+    return [{"name": name, "swarm": swarm, "now": now, "raw": text(raw), "reason_prefix": reason}
+            for name, raw, reason, swarm, now in cases]
+
+
+def generate() -> dict[str, str]:
+    """File name -> file text."""
+    files = {
+        "keys.json": keys_vectors(),
+        "canon.json": canon_vectors(),
+        "envelopes.json": envelope_vectors(),
+        "invalid.json": {"description": "Envelopes a receiver must refuse: raw text, receiver's swarm and now, "
+                                        "and the reason its error must start with.",
+                         "cases": invalid_vectors()},
+    }
+    # ensure_ascii keeps the vector files themselves plain ASCII, whatever the data holds.
+    return {name: json.dumps(data, indent=1, ensure_ascii=True) + "\n" for name, data in files.items()}
+
+
+def main(argv: list[str]) -> int:
+    files = generate()
+    if "--check" in argv:
+        stale = [n for n, t in files.items() if not (OUT / n).exists() or (OUT / n).read_text() != t]
+        for name in stale:
+            print(f"gen_vectors: {name} is out of date; run scripts/gen_vectors.py", file=sys.stderr)
+        return 1 if stale else 0
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name, body in files.items():
+        (OUT / name).write_text(body, encoding="ascii")
+        print(f"wrote {OUT / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,28 @@
+"""Shared pytest fixtures. Keep small: area-specific helpers live beside their tests
+(e.g. tests/protocol_samples.py)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the packages live at the repository root
+    sys.path.insert(0, str(ROOT))
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:  # helper modules beside the tests (protocol_samples, ...)
+    sys.path.insert(0, str(TESTS))
+
+from protocol import Identity  # noqa: E402
+
+
+@pytest.fixture
+def alice() -> Identity:
+    """A fixed identity (seed 01..01), the author of tests/vectors/envelopes.json."""
+    return Identity.from_seed(b"\x01" * 32)
+
+
+@pytest.fixture
+def bob() -> Identity:
+    return Identity.from_seed(bytes(range(32)))
