@@ -1,0 +1,186 @@
+"""HTTP API v1 (aiohttp): thin handlers over the node's replica and gossip core.
+
+Every handler turns bad input into a 4xx with a reason (400 malformed, 401 private swarm, 404,
+413 oversized, 429 past a peer's rate); a bug never becomes a 500 that stops the node serving
+its honest peers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from protocol import ProtocolError, is_hex, parse
+
+from .negentropy import NegentropyError
+from .swarmkey import read_body
+
+log = logging.getLogger(__name__)
+
+NODE: web.AppKey[Any] = web.AppKey("node", object)
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a push batch of envelopes (each <= 256 KiB)
+MAX_IDS = 1000  # ids per announce/fetch, envelopes per push
+
+
+class BadRequest(Exception):
+    def __init__(self, reason: str, status: int = 400):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def _error(status: int, reason: str, headers: dict | None = None) -> web.Response:
+    return web.json_response({"error": reason}, status=status, headers=headers)
+
+
+def _raw_json(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
+
+
+async def _body(request: web.Request) -> Any:
+    """The request's JSON body, parsed strictly (protocol.parse: no floats, no duplicate keys)."""
+    data = await read_body(request)
+    if not data:
+        raise BadRequest("empty body")
+    try:
+        return parse(data)
+    except ProtocolError as exc:
+        raise BadRequest(exc.reason) from None
+
+
+def _ids(body: Any, field: str = "ids") -> list[str]:
+    ids = body.get(field) if isinstance(body, dict) else None
+    if not isinstance(ids, list):
+        raise BadRequest(f"invalid: schema: {field}")
+    if len(ids) > MAX_IDS:
+        raise BadRequest(f"invalid: too many ids (max {MAX_IDS})", status=413)
+    if not all(is_hex(i, 64) for i in ids):
+        raise BadRequest(f"invalid: schema: {field} (64-hex ids)")
+    return ids
+
+
+@web.middleware
+async def guard(request: web.Request, handler):
+    """Rate limit per client, count bytes, turn every failure into a 4xx with a reason."""
+    node = request.app[NODE]
+    peer_ip = request.remote or "?"
+    wait = node.rate_limiter.take(peer_ip, time.monotonic())
+    if wait > 0:
+        node.metrics_event("rate_limited")
+        return _error(429, "rate limited", headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return _error(413, "invalid: too large")
+    try:
+        response = await handler(request)
+    except BadRequest as exc:
+        return _error(exc.status, exc.reason)
+    except web.HTTPException as exc:
+        if exc.status == 413:
+            return _error(413, "invalid: too large")
+        raise
+    except NegentropyError as exc:
+        return _error(400, f"invalid: negentropy: {exc}")
+    except ProtocolError as exc:
+        return _error(400, exc.reason)
+    except Exception:  # a bug must not take the node down or leak a traceback to a peer
+        log.exception("handler failed: %s %s", request.method, request.path)
+        return _error(500, "internal error")
+    node.bytes_in += request.content_length or 0
+    announced = request.headers.get("X-Ralphswarm-Peer")
+    if announced and response.status < 400:
+        node.learn_inbound(announced)
+    return response
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[NODE].status())
+
+
+async def post_messages(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    body = await _body(request)
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        raise BadRequest("invalid: schema: messages")
+    if len(messages) > MAX_IDS:
+        raise BadRequest(f"invalid: too many messages (max {MAX_IDS})", status=413)
+    origin = request.headers.get("X-Ralphswarm-Peer")
+    report = await node.gossip.ingest(messages, origin=origin if origin in node.peers else None)
+    return web.json_response({
+        "accepted": [e.id for e in report.accepted],
+        "duplicate": list(report.duplicate),
+        "rejected": [{"id": i, "reason": r} for i, r in report.rejected],
+    })
+
+
+async def get_message(request: web.Request) -> web.Response:
+    msg_id = request.match_info["id"]
+    if not is_hex(msg_id, 64):
+        raise BadRequest("invalid: id must be 64 lower-case hex")
+    raw = await request.app[NODE].replica.get_raw(msg_id)
+    if raw is None:
+        return _error(404, "unknown message")
+    return _raw_json(raw)
+
+
+async def fetch(request: web.Request) -> web.Response:
+    ids = _ids(await _body(request))
+    raws = await request.app[NODE].replica.get_many_raw(ids)
+    return _raw_json(b'{"messages":[' + b",".join(raws) + b"]}")
+
+
+async def announce(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    ids = _ids(await _body(request))
+    origin = request.headers.get("X-Ralphswarm-Peer")
+    want = await node.gossip.handle_announce(ids, origin if origin in node.peers else None)
+    return web.json_response({"want": want})
+
+
+async def sync(request: web.Request) -> web.Response:
+    body = await _body(request)
+    msg = body.get("msg") if isinstance(body, dict) else None
+    if not isinstance(msg, str):
+        raise BadRequest("invalid: schema: msg")
+    try:
+        data = bytes.fromhex(msg)
+    except ValueError:
+        raise BadRequest("invalid: msg is not hex") from None
+    answer = await request.app[NODE].gossip.handle_sync(data)
+    return web.json_response({"msg": answer.hex()})
+
+
+async def peers(request: web.Request) -> web.Response:
+    records = await request.app[NODE].replica.peer_records()
+    return _raw_json(b'{"peers":[' + b",".join(r.canonical() for r in records) + b"]}")
+
+
+async def leaderboard(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    task = request.query.get("task") or await node.default_task_id()
+    if not is_hex(task, 64):
+        raise BadRequest("invalid: task must be a 64-hex task id")
+    return web.json_response(await node.leaderboard_json(task))
+
+
+async def local_peers(request: web.Request) -> web.Response:
+    return web.json_response(request.app[NODE].peers_json())
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/peers", local_peers)
+    app.router.add_get("/v1/status", status)
+    app.router.add_post("/v1/messages", post_messages)
+    app.router.add_get("/v1/messages/{id}", get_message)
+    app.router.add_post("/v1/fetch", fetch)
+    app.router.add_post("/v1/announce", announce)
+    app.router.add_post("/v1/sync", sync)
+    app.router.add_get("/v1/peers", peers)
+    app.router.add_get("/v1/leaderboard", leaderboard)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)

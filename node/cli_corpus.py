@@ -1,0 +1,287 @@
+"""Corpus commands: init, id, import, export, leaderboard, show, trust."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import click
+
+from protocol import is_hex
+
+from .errors import UserError
+from .home import Home
+from .views import leaderboard_json, message_json
+
+IMPORT_BATCH = 500  # messages per transaction: a crash keeps whole batches only
+
+
+@contextlib.asynccontextmanager
+async def open_replica(home: Home) -> AsyncIterator[Any]:
+    from store import Replica
+
+    if not home.exists:
+        raise UserError(f"no node in {home.path}; run: ralphswarm init --home {home.path}")
+    identity = home.identity()
+    config = home.config()
+    replica = await Replica.open(home.db_path, swarm=config["swarm"], self_key=identity.pubkey,
+                                 trusted=list(config.get("trusted", [])))
+    try:
+        yield replica
+    finally:
+        await replica.close()
+
+
+async def resolve_task_id(replica: Any, home: Home, task: str | None) -> str:
+    """A task given by id, by name of a task in the corpus, or by built-in name (default: config)."""
+    task = task or home.config().get("task", "tiny")
+    if is_hex(task, 64):
+        return task
+    for env in await replica.tasks():
+        if env.body["name"] == task:
+            from protocol import task_id
+
+            return task_id(env.body)
+    from trainer.tasks import TaskError, resolve_task
+
+    try:
+        return resolve_task(task).id
+    except (TaskError, KeyError):
+        raise UserError(f"unknown task {task!r} (give a built-in name, a task name from the corpus, or a 64-hex id)") from None
+
+
+def _echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def register(cli: click.Group) -> None:
+    from .cli import get_home, home_option
+
+    @cli.command()
+    @home_option
+    @click.option("--swarm", default=None, help="Swarm name (default: public). Part of every message id.")
+    def init(home: Path | None, swarm: str | None) -> None:
+        """Create the node's identity, config file and database; print the public key."""
+        h = get_home(home)
+        identity, created = h.init(swarm=swarm)
+
+        async def make_db() -> None:
+            async with open_replica(h):
+                pass
+
+        asyncio.run(make_db())
+        click.echo(identity.pubkey)
+        if not created:
+            click.echo(f"(kept the existing identity in {h.key_path})", err=True)
+
+    @cli.command("id")
+    @home_option
+    def id_(home: Path | None) -> None:
+        """Print this node's 64-hex public key."""
+        click.echo(get_home(home).identity().pubkey)
+
+    @cli.command("import")
+    @home_option
+    @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+    def import_(home: Path | None, file: Path) -> None:
+        """Import a JSON Lines file of envelopes (one per line) into the replica."""
+        h = get_home(home)
+        try:
+            handle = sys.stdin.buffer if str(file) == "-" else open(file, "rb")
+        except OSError as exc:
+            raise UserError(f"cannot read {file}: {exc.strerror}") from None
+        with handle:
+            counts, rejections = asyncio.run(_import(h, handle))
+        for line, reason in rejections:
+            click.echo(f"line {line}: {reason}")
+        click.echo(f"accepted {counts['accepted']}  duplicate {counts['duplicate']}  rejected {counts['rejected']}")
+
+    @cli.command()
+    @home_option
+    @click.option("--format", "fmt", type=click.Choice(["jsonl", "tsv"]), default="jsonl", show_default=True)
+    @click.option("--task", default=None, help="Only this task (name or id).")
+    def export(home: Path | None, fmt: str, task: str | None) -> None:
+        """Export the corpus: every envelope as stored (jsonl), or a results table (tsv)."""
+        asyncio.run(_export(get_home(home), fmt, task))
+
+    @cli.command()
+    @home_option
+    @click.option("--task", default=None, help="Task name or id (default: the node's task).")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def leaderboard(home: Path | None, task: str | None, as_json: bool) -> None:
+        """Claims ranked by reproduced val_bpb; pending and disputed claims apart."""
+        asyncio.run(_leaderboard(get_home(home), task, as_json))
+
+    @cli.command()
+    @home_option
+    @click.argument("message_id")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def show(home: Path | None, message_id: str, as_json: bool) -> None:
+        """Show one message (a claim with its status and votes)."""
+        asyncio.run(_show(get_home(home), message_id, as_json))
+
+    @cli.group()
+    def trust() -> None:
+        """Keys this node's operator trusts (pre-trusted in the ranking)."""
+
+    @trust.command("add")
+    @home_option
+    @click.argument("key")
+    def trust_add(home: Path | None, key: str) -> None:
+        """Trust KEY (64-hex public key)."""
+        asyncio.run(_trust(get_home(home), key, True))
+        click.echo(f"trusted {key}")
+
+    @trust.command("remove")
+    @home_option
+    @click.argument("key")
+    def trust_remove(home: Path | None, key: str) -> None:
+        """Stop trusting KEY."""
+        asyncio.run(_trust(get_home(home), key, False))
+        click.echo(f"no longer trusted {key}")
+
+    @trust.command("list")
+    @home_option
+    def trust_list(home: Path | None) -> None:
+        """List the operator-trusted keys."""
+        for key in get_home(home).config().get("trusted", []):
+            click.echo(key)
+
+
+async def _import(home: Home, handle) -> tuple[dict[str, int], list[tuple[int, str]]]:
+    from protocol import ProtocolError, parse
+
+    counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
+    rejections: list[tuple[int, str]] = []
+    async with open_replica(home) as replica:
+        batch: list[tuple[int, Any]] = []
+
+        async def flush() -> None:
+            report = await replica.ingest([item for _, item in batch])
+            counts["accepted"] += len(report.accepted)
+            counts["duplicate"] += len(report.duplicate)
+            counts["rejected"] += len(report.rejected)
+            line_of = {}
+            for line_no, item in batch:
+                try:
+                    line_of.setdefault(parse(item).get("id"), line_no)
+                except (ProtocolError, AttributeError):
+                    pass
+            for msg_id, reason in report.rejected:
+                rejections.append((line_of.get(msg_id, 0), reason))
+            batch.clear()
+
+        for line_no, line in enumerate(handle, 1):
+            line = line.rstrip(b"\r\n")
+            if not line.strip():
+                continue
+            batch.append((line_no, line))
+            if len(batch) >= IMPORT_BATCH:
+                await flush()
+        if batch:
+            await flush()
+    rejections.sort()
+    return counts, rejections
+
+
+async def _export(home: Home, fmt: str, task: str | None) -> None:
+    out = sys.stdout.buffer
+    async with open_replica(home) as replica:
+        tid = await resolve_task_id(replica, home, task) if task else None
+        if fmt == "jsonl":
+            async for raw in replica.export(task_id=tid):
+                out.write(raw + b"\n")
+            out.flush()
+            return
+        from protocol import task_id as compute_task_id
+
+        if tid:
+            task_ids = [tid]
+        else:
+            task_ids = sorted({compute_task_id(t.body) for t in await replica.tasks()} | await _claim_tasks(replica))
+        out.write(b"claim\tparent\tval_bpb\tstatus\toutcome\tnote\n")
+        for t in task_ids:
+            for claim in await replica.claims(t):
+                st = await replica.claim_status(claim.id)
+                result = claim.body["result"] or {}
+                bpb = st.reproduced_bpb or result.get("val_bpb") or ""
+                note = claim.body["note"].replace("\t", " ").replace("\n", " ")
+                row = [claim.id, claim.body["parent"] or "", bpb, st.status, claim.body["outcome"], note]
+                out.write(("\t".join(row) + "\n").encode("utf-8"))
+        out.flush()
+
+
+async def _claim_tasks(replica: Any) -> set[str]:
+    """Task ids named by claims, including tasks whose own message this replica lacks."""
+    tasks = set()
+    async for raw in replica.export():
+        env = json.loads(raw)
+        if env["kind"] == "claim":
+            tasks.add(env["body"]["task"])
+    return tasks
+
+
+async def _leaderboard(home: Home, task: str | None, as_json: bool) -> None:
+    async with open_replica(home) as replica:
+        tid = await resolve_task_id(replica, home, task)
+        board = await leaderboard_json(replica, tid)
+    if as_json:
+        _echo_json(board)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"task {tid}")
+    for section in ("verified", "pending", "disputed"):
+        rows = board[section]
+        table = Table(title=f"{section} ({len(rows)})", title_justify="left")
+        for col in ("#", "claim", "val_bpb", "claimed", "votes", "support", "note"):
+            table.add_column(col)
+        for i, e in enumerate(rows, 1):
+            table.add_row(str(i), e["claim"][:12], e["val_bpb"] or "-", e["claimed_bpb"] or "-",
+                          str(e["votes"]), f"{e['support']:.2f}", e["note"][:60])
+        console.print(table)
+
+
+async def _show(home: Home, message_id: str, as_json: bool) -> None:
+    if not is_hex(message_id, 64):
+        raise UserError("a message id is 64 lower-case hex characters")
+    async with open_replica(home) as replica:
+        env = await replica.get(message_id)
+        if env is None:
+            raise UserError(f"no message {message_id} in this replica")
+        detail = await message_json(replica, env)
+    if as_json:
+        _echo_json(detail)
+        return
+    e = detail["envelope"]
+    click.echo(f"{e['kind']} {e['id']}\nauthor  {e['author']}\ncreated {e['created_at']}")
+    if e["kind"] == "claim":
+        b = e["body"]
+        st = detail["status"]
+        click.echo(f"task    {b['task']}\nparent  {b['parent'] or '(baseline)'}\noutcome {b['outcome']}")
+        click.echo(f"status  {st['status']} (support {st['support']}, against {st['against']}, "
+                   f"reproduced val_bpb {st['reproduced_bpb'] or '-'})")
+        click.echo(f"claimed val_bpb {(b['result'] or {}).get('val_bpb', '-')}\nnote: {b['note']}")
+        for v in detail["votes"]:
+            click.echo(f"  vote {v['verdict']:<10} by {v['voter'][:12]} val_bpb {v['val_bpb'] or '-'}  {v['reason']}")
+        click.echo("patch:\n" + b["patch"])
+    else:
+        click.echo(json.dumps(e["body"], indent=2, ensure_ascii=False))
+
+
+async def _trust(home: Home, key: str, on: bool) -> None:
+    if not is_hex(key, 64):
+        raise UserError("a key is 64 lower-case hex characters (see: ralphswarm id)")
+    config = home.config()
+    trusted = [k for k in config.get("trusted", []) if k != key]
+    if on:
+        trusted.append(key)
+    config["trusted"] = trusted
+    async with open_replica(home) as replica:
+        await replica.set_trusted(key, on)
+    home.save_config(config)

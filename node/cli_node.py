@@ -1,0 +1,164 @@
+"""Node commands: node (run the daemon), status, peers."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from protocol import is_hex
+
+from .errors import UserError
+from .home import Home
+from .settings import NetworkSettings, NodeSettings, parse_hostport, to_address
+
+
+def _runtime_path(home: Home) -> Path:
+    return home.path / "node.json"
+
+
+def build_settings(home: Home, *, listen: str | None, bootstrap: tuple[str, ...], swarm: str | None,
+                   swarm_key_file: Path | None, lan: bool | None, lan_interface: str | None, ralph: bool,
+                   reproduce: bool, trusted: tuple[str, ...], advertise: tuple[str, ...],
+                   task: str | None = None) -> NodeSettings:
+    """Flags override the config file, which overrides the embedded defaults."""
+    config = home.config()
+    host, port = parse_hostport(listen or config["listen"], what="--listen")
+    boots = tuple(to_address(b, what="--bootstrap") for b in (bootstrap or tuple(config.get("bootstrap", []))))
+    keys = tuple(dict.fromkeys([*config.get("trusted", []), *trusted]))
+    for key in keys:
+        if not is_hex(key, 64):
+            raise UserError(f"trusted key {key!r} is not 64 lower-case hex")
+    key_file = swarm_key_file or (Path(config["swarm_key_file"]) if config.get("swarm_key_file") else None)
+    if key_file is not None and not key_file.exists():
+        raise UserError(f"swarm key file {key_file} does not exist")
+    network = NetworkSettings(
+        host=host, port=port, advertise=tuple(to_address(a, what="--advertise") for a in advertise),
+        bootstrap=boots, lan=config.get("lan", True) if lan is None else lan,
+        lan_interface=lan_interface or config.get("lan_interface"), swarm_key_file=key_file,
+    )
+    return NodeSettings(home=home.path, swarm=swarm or config["swarm"], network=network, trusted=keys,
+                        ralph=ralph, reproduce=reproduce, task=task or config.get("task", "tiny"))
+
+
+async def run_node(settings: NodeSettings, home: Home, extensions: list[Any] | None = None) -> None:
+    from .daemon import Node
+
+    node = Node(settings, home.identity())
+    node.extensions.extend(extensions or [])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+    except OSError as exc:
+        await node.stop()
+        raise UserError(f"cannot listen on {settings.network.host}:{settings.network.port}: {exc.strerror}") from None
+    runtime = _runtime_path(home)
+    runtime.write_text(json.dumps({"address": node.address, "pid": os.getpid(), "swarm": node.swarm}))
+    click.echo(f"listening: {node.address}")
+    click.echo(f"pubkey: {node.identity.pubkey}")
+    click.echo(f"swarm: {node.swarm}", nl=True)
+    for line in node.startup_notes():
+        click.echo(line)
+    try:
+        await stop.wait()
+    finally:
+        click.echo("stopping: finishing writes and closing the database")
+        await node.stop()
+        runtime.unlink(missing_ok=True)
+        click.echo("stopped")
+
+
+async def _ask(home: Home, path: str) -> Any:
+    """GET from this home's running node (address from its runtime file)."""
+    import aiohttp
+
+    from .transport import PeerUnavailable
+    from .transport_http import HttpTransport
+
+    runtime = _runtime_path(home)
+    if not runtime.exists():
+        raise UserError(f"no node is running for {home.path} (start one: ralphswarm node --home {home.path})")
+    info = json.loads(runtime.read_text())
+    key = None
+    config = home.config()
+    if config.get("swarm_key_file"):
+        from .swarmkey import SwarmKey
+
+        key = SwarmKey.load(Path(config["swarm_key_file"]), info["swarm"])
+    async with aiohttp.ClientSession() as session:
+        transport = HttpTransport(session, swarm_key=key, timeout_s=5)
+        try:
+            return await transport.request("GET", info["address"], path)
+        except PeerUnavailable as exc:
+            raise UserError(f"the node at {info['address']} did not answer ({exc.reason})") from None
+
+
+def register(cli: click.Group) -> None:
+    from .cli import get_home, home_option
+
+    @cli.command()
+    @home_option
+    @click.option("--listen", default=None, metavar="HOST:PORT", help="Address to serve on (default 127.0.0.1:7447; port 0 = any).")
+    @click.option("--bootstrap", multiple=True, metavar="HOST:PORT", help="A peer to join through (repeatable).")
+    @click.option("--swarm", default=None, help="Swarm name (default from config: public).")
+    @click.option("--swarm-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="Shared key of a private swarm.")
+    @click.option("--lan/--no-lan", default=None, help="LAN discovery via zeroconf (default on).")
+    @click.option("--lan-interface", default=None, metavar="ADDR", help="IPv4 address of the interface for LAN discovery.")
+    @click.option("--advertise", multiple=True, metavar="HOST:PORT", help="Address peers should use to reach this node.")
+    @click.option("--ralph/--no-ralph", default=True, help="Run this node's own Ralph loop.")
+    @click.option("--reproduce/--no-reproduce", default=True, help="Reproduce other nodes' claims and vote.")
+    @click.option("--trusted", multiple=True, metavar="KEY", help="A key this operator trusts (repeatable).")
+    @click.option("--sync-interval", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+                  help="Seconds between reconciliations with a random peer.")
+    def node(home: Path | None, listen, bootstrap, swarm, swarm_key_file, lan, lan_interface, advertise, ralph,
+             reproduce, trusted, sync_interval) -> None:
+        """Run a node until SIGINT or SIGTERM."""
+        import logging
+
+        logging.basicConfig(level=logging.INFO if os.environ.get("RALPHSWARM_DEBUG") else logging.WARNING,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        h = get_home(home)
+        if not h.exists:
+            identity, _ = h.init(swarm=swarm)
+            click.echo(f"initialised {h.path} (pubkey {identity.pubkey})")
+        settings = build_settings(h, listen=listen, bootstrap=bootstrap, swarm=swarm, swarm_key_file=swarm_key_file,
+                                  lan=lan, lan_interface=lan_interface, ralph=ralph, reproduce=reproduce,
+                                  trusted=trusted, advertise=advertise)
+        settings = dataclasses.replace(settings, gossip=dataclasses.replace(settings.gossip, sync_interval_s=sync_interval))
+        asyncio.run(run_node(settings, h))
+
+    @cli.command()
+    @home_option
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def status(home: Path | None, as_json: bool) -> None:
+        """Status of this home's running node."""
+        st = asyncio.run(_ask(get_home(home), "/v1/status"))
+        if as_json:
+            click.echo(json.dumps(st, indent=2))
+            return
+        counts = st.get("counts", {})
+        click.echo(f"node    {st.get('address')}\npubkey  {st.get('pubkey')}\nswarm   {st.get('swarm')}\n"
+                   f"peers   {st.get('peers')}\ncorpus  " + "  ".join(f"{k} {v}" for k, v in counts.items()))
+
+    @cli.command()
+    @home_option
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def peers(home: Path | None, as_json: bool) -> None:
+        """Peers of this home's running node, with scores and last contact."""
+        table = asyncio.run(_ask(get_home(home), "/api/peers"))
+        if as_json:
+            click.echo(json.dumps(table, indent=2))
+            return
+        for p in table.get("peers", []):
+            state = "cooling" if p["cooling"] else "active"
+            click.echo(f"{p['address']:<28} {(p['pubkey'] or '?')[:12]:<12} score {p['score']:>6} {state:<8} "
+                       f"{p['source']:<9} {p['last_error'] or ''}")

@@ -1,0 +1,276 @@
+"""The node: composes replica, HTTP API, gossip, discovery (and the loops) into one daemon.
+
+Every background task is created here, held in a set and cancelled on stop (STYLE.md principle 5);
+stop() closes the database last, so every accepted message is on disk when the process exits.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from protocol import Envelope, Identity, build
+from store import Replica
+
+from . import api
+from .gossip import Gossip
+from .peers import PeerTable
+from .ratelimit import RateLimiter
+from .settings import NodeSettings, to_address
+from .transport import PeerUnavailable
+from .transport_http import HttpTransport
+
+log = logging.getLogger(__name__)
+VERSION = "0.1.0"
+
+
+class Node:
+    def __init__(self, settings: NodeSettings, identity: Identity, *, echo: Callable[[str], None] = print):
+        self.settings = settings
+        self.identity = identity
+        self.swarm = settings.swarm
+        self.echo = echo
+        self.replica: Replica | None = None
+        self.gossip: Gossip | None = None
+        self.peers = PeerTable(self_pubkey=identity.pubkey)
+        self.rate_limiter = RateLimiter(settings.rate)
+        self.address: str | None = None
+        self.bytes_in = 0
+        self.events: dict[str, int] = {}
+        self.started_at = time.time()
+        self.swarm_key = None
+        self._tasks: set[asyncio.Task] = set()
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._lan = None
+        self._rng = random.Random()
+        self._stopping = asyncio.Event()
+        self.extensions: list[Any] = []  # ralph loop, reproduction scheduler: objects with start()/stop()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        s.home.mkdir(parents=True, exist_ok=True)
+        if s.network.swarm_key_file is not None:
+            from .swarmkey import SwarmKey
+
+            self.swarm_key = SwarmKey.load(s.network.swarm_key_file, self.swarm)
+        self.replica = await Replica.open(s.home / "replica.sqlite3", swarm=self.swarm,
+                                          self_key=self.identity.pubkey, trusted=list(s.trusted))
+        app = self.make_app()
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, s.network.host, s.network.port)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        host = s.network.host
+        advertised = list(s.network.advertise) or [to_address(f"{_reachable_host(host, s)}:{port}", what="listen")]
+        self.address = advertised[0]
+        self.peers.self_addresses.update(advertised + [f"http://127.0.0.1:{port}", f"http://localhost:{port}"])
+        self._session = aiohttp.ClientSession()
+        transport = HttpTransport(self._session, self_address=self.address, swarm_key=self.swarm_key)
+        self.transport = transport
+        self.gossip = Gossip(self.replica, transport, self.peers, own_key=self.identity.pubkey,
+                             settings=s.gossip, rng=self._rng, on_accepted=self._on_accepted)
+        await self.publish_peer_record(advertised)
+        for addr in s.network.bootstrap:
+            self.peers.add(addr, source="bootstrap")
+        self.spawn(self.gossip.run_push_loop(), "push")
+        self.spawn(self.gossip.run_sync_loop(), "sync")
+        self.spawn(self._discovery_loop(), "discovery")
+        self.spawn(self._republish_loop(), "republish")
+        if s.network.lan:
+            await self._start_lan(port)
+        for ext in self.extensions:
+            await ext.start(self)
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=api.MAX_BODY_BYTES)
+        if self.swarm_key is not None:
+            from .swarmkey import install_swarm_key
+
+            install_swarm_key(app, self.swarm_key)  # outermost: nothing unsealed reaches a handler
+        app.middlewares.append(api.guard)
+        app[api.NODE] = self
+        api.add_routes(app)
+        for ext in self.extensions:
+            if hasattr(ext, "add_routes"):
+                ext.add_routes(app)
+        return app
+
+    async def stop(self) -> None:
+        for ext in reversed(self.extensions):
+            try:
+                await ext.stop()
+            except Exception:  # shutdown goes on: the database must still be closed
+                log.exception("extension stop failed")
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._lan is not None:
+            await self._lan.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        if self.replica is not None:
+            await self.replica.close()
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task:
+        task = asyncio.create_task(self._guarded(coro, name), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _guarded(self, coro: Awaitable[Any], name: str) -> Any:
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task %s failed", name)
+
+    # -- publishing ----------------------------------------------------------------------------
+    async def publish(self, kind: str, body: dict) -> Envelope:
+        """Sign, store and gossip one of our own messages."""
+        env = build(self.identity, self.swarm, kind, body)
+        report = await self.gossip.ingest([env.canonical()])
+        if report.rejected:
+            raise ValueError(report.rejected[0][1])
+        return env
+
+    async def publish_peer_record(self, addresses: list[str]) -> None:
+        await self.publish("peer", {"addresses": addresses,
+                                    "expires_at": int(time.time()) + self.settings.network.peer_record_ttl_s})
+
+    async def _republish_loop(self) -> None:
+        ttl = self.settings.network.peer_record_ttl_s
+        while True:
+            await asyncio.sleep(max(60.0, ttl / 4))
+            await self.publish_peer_record([self.address])
+
+    # -- discovery -----------------------------------------------------------------------------
+    def learn_inbound(self, address: str) -> None:
+        if address not in self.peers and address.startswith("http://") and len(address) < 256:
+            self.peers.add(address, source="inbound")
+
+    async def _on_accepted(self, envelopes: list[Envelope], origin: str | None) -> None:
+        for env in envelopes:
+            if env.kind == "peer" and env.author != self.identity.pubkey \
+                    and env.body["expires_at"] > time.time():
+                for address in env.body["addresses"]:
+                    self.peers.add(address, pubkey=env.author, source="exchange")
+        for ext in self.extensions:
+            if hasattr(ext, "on_accepted"):
+                ext.on_accepted(envelopes)
+
+    async def hello(self, address: str) -> bool:
+        """Check a peer is of our swarm, learn its key, exchange peer records, reconcile."""
+        try:
+            st = await self.transport.status(address)
+        except PeerUnavailable as exc:
+            self.peers.record(address, "timeout", time.time(), error=exc.reason)
+            return False
+        if st.get("swarm") != self.swarm:
+            self.echo(f"warning: {address} is in swarm {st.get('swarm')!r}, not {self.swarm!r}; not joining it")
+            self.peers.remove(address)
+            return False
+        peer = self.peers.get(address)
+        if peer is not None and isinstance(st.get("pubkey"), str):
+            if st["pubkey"] == self.identity.pubkey:
+                self.peers.remove(address)  # ourselves under another address
+                return False
+            peer.pubkey = st["pubkey"]
+        try:
+            records = await self.transport.peer_records(address)
+            await self.gossip.ingest(records, origin=address)
+            await self.gossip.sync_with(address)
+        except PeerUnavailable:
+            return False
+        return True
+
+    async def _discovery_loop(self) -> None:
+        greeted: set[str] = set()
+        interval = self.settings.network.peer_exchange_interval_s
+        while True:
+            for peer in list(self.peers.active(time.time())):
+                if peer.address not in greeted and await self.hello(peer.address):
+                    greeted.add(peer.address)
+            if greeted:
+                candidates = [p for p in self.peers.active(time.time())]
+                if candidates:
+                    await self.hello(self._rng.choice(candidates).address)
+            for addr in self.settings.network.bootstrap:
+                if addr not in self.peers:
+                    self.peers.add(addr, source="bootstrap")
+            await asyncio.sleep(1.0 if len(greeted) < len(self.peers) else interval)
+
+    async def _start_lan(self, port: int) -> None:
+        try:
+            from .discovery_lan import LanDiscovery
+        except ImportError:
+            self.echo("warning: LAN discovery unavailable")
+            return
+
+        def found(address: str, pubkey: str) -> None:
+            if self.peers.add(address, pubkey=pubkey, source="lan") is not None:
+                log.info("LAN peer %s %s", address, pubkey[:12])
+
+        self._lan = LanDiscovery(swarm=self.swarm, pubkey=self.identity.pubkey, port=port,
+                                 interface_addr=self.settings.network.lan_interface, on_peer=found)
+        try:
+            await self._lan.start()
+        except Exception as exc:  # no multicast route, no interface: the node still works by bootstrap
+            self.echo(f"warning: LAN discovery not started: {exc}")
+            self._lan = None
+
+    # -- views ---------------------------------------------------------------------------------
+    def startup_notes(self) -> list[str]:
+        notes = []
+        if self.swarm_key is not None:
+            notes.append("private swarm: requests and answers sealed with the swarm key")
+        if self._lan is not None:
+            notes.append("lan: announcing _ralphswarm._tcp.local.")
+        for ext in self.extensions:
+            if hasattr(ext, "describe"):
+                notes.append(ext.describe())
+        return notes
+
+    def peers_json(self) -> dict[str, Any]:
+        now = time.time()
+        return {"peers": [p.to_json(now) for p in sorted(self.peers.all(), key=lambda p: -p.score)]}
+
+    def metrics_event(self, name: str) -> None:
+        self.events[name] = self.events.get(name, 0) + 1
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "pubkey": self.identity.pubkey,
+            "swarm": self.swarm,
+            "version": VERSION,
+            "address": self.address,
+            "peers": len(self.peers.active(time.time())),
+            "counts": await self.replica.counts(),
+        }
+
+    async def default_task_id(self) -> str:
+        from trainer.tasks import resolve_task
+
+        return resolve_task(self.settings.task).id
+
+    async def leaderboard_json(self, task_id: str) -> dict[str, Any]:
+        from .views import leaderboard_json
+
+        return await leaderboard_json(self.replica, task_id)
+
+
+def _reachable_host(host: str, settings: NodeSettings) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return settings.network.lan_interface or "127.0.0.1"
+    return host

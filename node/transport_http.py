@@ -1,0 +1,114 @@
+"""Gossip over HTTP: the client side of API v1 (node/api.py is the server side).
+
+Envelopes travel as their canonical bytes spliced into a JSON array, so a relay never
+re-encodes what it stores. In a private swarm every exchange is sealed with the swarm key
+(node/swarmkey.py); without the key a peer can neither read nor inject.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Sequence
+
+import aiohttp
+
+from .transport import PeerMisbehaved, PeerUnavailable
+
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+
+
+class HttpTransport:
+    def __init__(self, session: aiohttp.ClientSession, *, self_address: str | None = None,
+                 swarm_key: Any = None, timeout_s: float = 10.0):
+        self.session = session
+        self.self_address = self_address
+        self.swarm_key = swarm_key
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    async def request(self, method: str, peer: str, path: str, body: bytes | None = None) -> Any:
+        """One exchange; returns the decoded JSON answer or raises PeerUnavailable/PeerMisbehaved."""
+        url = peer.rstrip("/") + path
+        headers = {"Content-Type": "application/json"}
+        if self.self_address:
+            headers["X-Ralphswarm-Peer"] = self.self_address
+        payload = body if body is not None else b""
+        nonce = None
+        if self.swarm_key is not None:
+            from .swarmkey import parse_auth_header, seal_request
+
+            sealed_headers, payload = seal_request(self.swarm_key, method, path, payload, time.time())
+            headers.update(sealed_headers)
+            headers["Content-Type"] = "application/octet-stream"
+            nonce = parse_auth_header(sealed_headers)[1]
+        self.bytes_out += len(payload)
+        try:
+            async with self.session.request(method, url, data=payload if (payload or method != "GET") else None,
+                                            headers=headers, timeout=self.timeout) as resp:
+                raw = await resp.content.read(MAX_ANSWER_BYTES + 1)
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PeerUnavailable(f"{type(exc).__name__}: {exc}"[:200]) from None
+        self.bytes_in += len(raw)
+        if len(raw) > MAX_ANSWER_BYTES:
+            raise PeerMisbehaved("answer too large")
+        if self.swarm_key is not None and status != 401:
+            from .swarmkey import SwarmAuthError, open_response
+
+            try:
+                raw = open_response(self.swarm_key, nonce, status, raw)
+            except SwarmAuthError as exc:
+                raise PeerMisbehaved(f"answer does not open with the swarm key: {exc}") from None
+        if status == 429:
+            raise PeerUnavailable("rate limited", status=status,
+                                  retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None)
+        if status >= 400:
+            reason = raw[:200].decode("utf-8", "replace")
+            raise PeerUnavailable(f"HTTP {status}: {reason}", status=status)
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise PeerMisbehaved("answer is not JSON") from None
+
+    async def announce(self, peer: str, ids: Sequence[str]) -> list[str]:
+        answer = await self.request("POST", peer, "/v1/announce", json.dumps({"ids": list(ids)}).encode())
+        want = answer.get("want") if isinstance(answer, dict) else None
+        if not isinstance(want, list) or not all(isinstance(i, str) for i in want):
+            raise PeerMisbehaved("announce answer lacks 'want'")
+        return want
+
+    async def send(self, peer: str, raws: Sequence[bytes]) -> dict[str, Any]:
+        body = b'{"messages":[' + b",".join(raws) + b"]}"
+        answer = await self.request("POST", peer, "/v1/messages", body)
+        if not isinstance(answer, dict):
+            raise PeerMisbehaved("ingest answer is not an object")
+        return answer
+
+    async def fetch(self, peer: str, ids: Sequence[str]) -> list[Any]:
+        answer = await self.request("POST", peer, "/v1/fetch", json.dumps({"ids": list(ids)}).encode())
+        messages = answer.get("messages") if isinstance(answer, dict) else None
+        if not isinstance(messages, list):
+            raise PeerMisbehaved("fetch answer lacks 'messages'")
+        return messages
+
+    async def sync(self, peer: str, msg: bytes) -> bytes:
+        answer = await self.request("POST", peer, "/v1/sync", json.dumps({"msg": msg.hex()}).encode())
+        try:
+            return bytes.fromhex(answer["msg"])
+        except (KeyError, TypeError, ValueError):
+            raise PeerMisbehaved("sync answer lacks a hex 'msg'") from None
+
+    async def peer_records(self, peer: str) -> list[Any]:
+        answer = await self.request("GET", peer, "/v1/peers")
+        records = answer.get("peers") if isinstance(answer, dict) else None
+        if not isinstance(records, list):
+            raise PeerMisbehaved("peers answer lacks 'peers'")
+        return records
+
+    async def status(self, peer: str) -> dict[str, Any]:
+        answer = await self.request("GET", peer, "/v1/status")
+        if not isinstance(answer, dict):
+            raise PeerMisbehaved("status answer is not an object")
+        return answer
