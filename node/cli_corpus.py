@@ -154,23 +154,33 @@ def register(cli: click.Group) -> None:
 async def _import(home: Home, handle) -> tuple[dict[str, int], list[tuple[int, str]]]:
     from protocol import ProtocolError, parse
 
+    from .cli_node import _ask, running_address
+
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
     rejections: list[tuple[int, str]] = []
-    async with open_replica(home) as replica:
+    live = running_address(home) is not None  # a running node gossips what we hand it
+    async with contextlib.AsyncExitStack() as stack:
+        replica = None if live else await stack.enter_async_context(open_replica(home))
         batch: list[tuple[int, Any]] = []
 
         async def flush() -> None:
-            report = await replica.ingest([item for _, item in batch])
-            counts["accepted"] += len(report.accepted)
-            counts["duplicate"] += len(report.duplicate)
-            counts["rejected"] += len(report.rejected)
+            if live:
+                answer = await _ask(home, "/v1/messages", "POST", _import_body([item for _, item in batch]))
+                accepted, duplicate = answer["accepted"], answer["duplicate"]
+                rejected = [(r["id"], r["reason"]) for r in answer["rejected"]]
+            else:
+                report = await replica.ingest([item for _, item in batch])
+                accepted, duplicate, rejected = report.accepted, report.duplicate, report.rejected
+            counts["accepted"] += len(accepted)
+            counts["duplicate"] += len(duplicate)
+            counts["rejected"] += len(rejected)
             line_of = {}
             for line_no, item in batch:
                 try:
                     line_of.setdefault(parse(item).get("id"), line_no)
                 except (ProtocolError, AttributeError):
                     pass
-            for msg_id, reason in report.rejected:
+            for msg_id, reason in rejected:
                 rejections.append((line_of.get(msg_id, 0), reason))
             batch.clear()
 
@@ -185,6 +195,13 @@ async def _import(home: Home, handle) -> tuple[dict[str, int], list[tuple[int, s
             await flush()
     rejections.sort()
     return counts, rejections
+
+
+def _import_body(lines: list[bytes]) -> bytes:
+    """Each line travels as a JSON string holding its exact bytes, so a running node applies the
+    same checks (canonical form included) as a direct import, and rejects bad lines one by one."""
+    return json.dumps({"messages": [line.decode("utf-8", "replace") for line in lines]},
+                      ensure_ascii=False).encode()
 
 
 async def _export(home: Home, fmt: str, task: str | None) -> None:

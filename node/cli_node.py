@@ -61,7 +61,9 @@ async def run_node(settings: NodeSettings, home: Home, extensions: list[Any] | N
         await node.stop()
         raise UserError(f"cannot listen on {settings.network.host}:{settings.network.port}: {exc.strerror}") from None
     runtime = _runtime_path(home)
-    runtime.write_text(json.dumps({"address": node.address, "pid": os.getpid(), "swarm": node.swarm}))
+    key_file = settings.network.swarm_key_file
+    runtime.write_text(json.dumps({"address": node.address, "pid": os.getpid(), "swarm": node.swarm,
+                                   "swarm_key_file": str(key_file.resolve()) if key_file else None}))
     click.echo(f"listening: {node.address}")
     click.echo(f"pubkey: {node.identity.pubkey}")
     click.echo(f"swarm: {node.swarm}", nl=True)
@@ -76,27 +78,38 @@ async def run_node(settings: NodeSettings, home: Home, extensions: list[Any] | N
         click.echo("stopped")
 
 
-async def _ask(home: Home, path: str) -> Any:
-    """GET from this home's running node (address from its runtime file)."""
+def running_address(home: Home) -> str | None:
+    """The address of this home's running node, if its runtime file says one is up."""
+    runtime = _runtime_path(home)
+    if not runtime.exists():
+        return None
+    try:
+        info = json.loads(runtime.read_text())
+        os.kill(int(info["pid"]), 0)
+    except (ValueError, KeyError, OSError):
+        return None  # stale file from a killed node
+    return info["address"]
+
+
+async def _ask(home: Home, path: str, method: str = "GET", body: bytes | None = None) -> Any:
+    """Ask this home's running node (address from its runtime file)."""
     import aiohttp
 
     from .transport import PeerUnavailable
     from .transport_http import HttpTransport
 
-    runtime = _runtime_path(home)
-    if not runtime.exists():
+    if running_address(home) is None:
         raise UserError(f"no node is running for {home.path} (start one: ralphswarm node --home {home.path})")
-    info = json.loads(runtime.read_text())
+    info = json.loads(_runtime_path(home).read_text())
     key = None
-    config = home.config()
-    if config.get("swarm_key_file"):
+    if info.get("swarm_key_file"):  # the running node's own key: the CLI speaks to it sealed
         from .swarmkey import SwarmKey
 
-        key = SwarmKey.load(Path(config["swarm_key_file"]), info["swarm"])
+        key = SwarmKey.load(Path(info["swarm_key_file"]), info["swarm"])
     async with aiohttp.ClientSession() as session:
         transport = HttpTransport(session, swarm_key=key, timeout_s=5)
         try:
-            return await transport.request("GET", info["address"], path)
+            return await transport.request(method, info["address"], path, body)
         except PeerUnavailable as exc:
             raise UserError(f"the node at {info['address']} did not answer ({exc.reason})") from None
 
@@ -135,6 +148,15 @@ def register(cli: click.Group) -> None:
                                   trusted=trusted, advertise=advertise)
         settings = dataclasses.replace(settings, gossip=dataclasses.replace(settings.gossip, sync_interval_s=sync_interval))
         asyncio.run(run_node(settings, h))
+
+    @cli.command("swarm-key")
+    @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+    def swarm_key(file: Path) -> None:
+        """Create a new private-swarm key FILE (mode 0600); share it only with the swarm's nodes."""
+        from .swarmkey import generate_swarm_key
+
+        generate_swarm_key(file)
+        click.echo(f"wrote {file}; start nodes with: ralphswarm node --swarm NAME --swarm-key-file {file}")
 
     @cli.command()
     @home_option

@@ -31,6 +31,7 @@ class GossipSettings:
     sync_interval_s: float = 30.0  # pull period (one random peer each time)
     frame_size_limit: int = 0  # Negentropy frame limit (0 = none)
     max_sync_rounds: int = 64  # a peer that never lets a reconciliation end is cut off
+    promise_s: float = 5.0  # after we answer "want", how long we wait for that body before asking others
 
 
 @dataclass
@@ -84,6 +85,7 @@ class Gossip:
         self.stats = GossipStats()
         self._outbox: OrderedDict[str, _Out] = OrderedDict()
         self._inflight: set[str] = set()
+        self._promised: dict[str, float] = {}  # id -> until when an announcer owes us its body
         self._wake = asyncio.Event()
         self._snapshot: tuple[int, Storage] | None = None
         self._version = 0  # bumped on every accepted message; keys the reconciliation snapshot
@@ -106,6 +108,8 @@ class Gossip:
             elif accepted:
                 self.peers.record(origin, "ok", now)
             self.peers.mark_has(origin, [e.id for e in accepted] + list(report.duplicate))
+        for env in accepted:
+            self._promised.pop(env.id, None)
         if accepted:
             self._version += 1
             for env in accepted:
@@ -123,7 +127,15 @@ class Gossip:
         have = await self.store.has_ids(ids)
         if origin is not None:
             self.peers.mark_has(origin, ids)
-        want = [i for i in dict.fromkeys(ids) if i not in have and i not in self._inflight]
+        now = self.clock()
+        want = [i for i in dict.fromkeys(ids)
+                if i not in have and i not in self._inflight and self._promised.get(i, -1.0) < now]
+        # The announcer now owes us these bodies; don't ask a second announcer meanwhile (a broken
+        # promise only delays the id until the deadline or the next reconciliation).
+        for i in want:
+            self._promised[i] = now + self.settings.promise_s
+        if len(self._promised) > 100_000:
+            self._promised = {k: v for k, v in self._promised.items() if v >= now}
         return want
 
     # -- pushing ---------------------------------------------------------------------------
