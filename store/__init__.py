@@ -1,1 +1,14 @@
-"""The local SQLite replica of the corpus, with ranking and trust."""
+"""The local replica of the corpus: SQLite storage, idempotent ingest, queries, ranking and trust.
+
+See docs/INTERNALS.md for the interface and DESIGN.md "Ranking" for the model.
+"""
+from .errors import StoreError
+from .ingest import IngestReport
+from .ranking import ClaimStatus, Entry, Leaderboard, RankingSettings
+from .replica import Replica, StoreSettings
+from .trust import TrustSettings, TrustView, VoteFact, compute_trust
+
+__all__ = [
+    "Replica", "StoreSettings", "StoreError", "IngestReport", "ClaimStatus", "Entry", "Leaderboard",
+    "RankingSettings", "TrustSettings", "TrustView", "VoteFact", "compute_trust",
+]

@@ -1,0 +1,6 @@
+"""Named errors of the store; the CLI edge turns them into one line (DESIGN.md, "Layout")."""
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """The replica cannot be opened or used: unreadable file, newer schema, closed replica."""

@@ -1,0 +1,410 @@
+"""The local replica (DESIGN.md, "Layout": store/): one SQLite file in WAL mode, one writer.
+
+Writes go through one connection, serialized by an asyncio lock, each call in one transaction
+(sqlite-utils' "one writer" rule). Reads use a second connection, which in WAL mode sees only
+committed transactions, so a reader never observes half a batch. Ranking and trust are pure
+functions (store/trust.py, store/ranking.py); the methods here load their inputs.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterable, Sequence
+
+import aiosqlite
+
+from protocol import Envelope, is_hex
+
+from . import ranking
+from .errors import StoreError
+from .extract import INSERT_SQL
+from .ingest import IngestReport, prepare, quick_id
+from .ranking import ClaimStatus, Entry, Leaderboard, RankingSettings
+from .schema import migrate
+from .trust import TrustSettings, TrustView, VoteFact, compute_trust
+
+KINDS = ("task", "claim", "vote", "peer")
+SQL_CHUNK = 500  # ids per IN (...) query, well under SQLite's bound-parameter limit
+VOTE_COLUMNS = "id, author, claim, verdict, vote_bpb, created_at"
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    trust: TrustSettings = field(default_factory=TrustSettings)
+    ranking: RankingSettings = field(default_factory=RankingSettings)
+    busy_timeout_ms: int = 10_000  # another process (a CLI import) may hold the write lock briefly
+    # WAL + NORMAL: a committed batch survives a crash of this process (not necessarily a power cut).
+    synchronous: str = "NORMAL"
+    thread_decode_at: int = 32  # decode batches at least this big in a worker thread, off the event loop
+
+
+def _envelope(raw: bytes) -> Envelope:
+    """Rebuild an Envelope from stored canonical bytes (checked at ingest, so no re-validation)."""
+    raw = bytes(raw)
+    obj = json.loads(raw)
+    return Envelope(obj["id"], obj["author"], obj["created_at"], obj["swarm"], obj["kind"], obj["body"], obj["sig"],
+                    raw=raw)
+
+
+def _vote(row: Sequence) -> VoteFact:
+    return VoteFact(id=row[0], voter=row[1], claim=row[2], verdict=row[3], val_bpb=row[4], created_at=row[5])
+
+
+def _check_key(key: Any, what: str) -> str:
+    if not is_hex(key, 64):
+        raise StoreError(f"{what} must be a 64-hex Ed25519 public key, got {str(key)[:80]!r}")
+    return key
+
+
+def _bound(value: Any) -> tuple[int, str]:
+    """A reconciliation bound: (created_at, id) or a bare created_at (= (created_at, ""))."""
+    if isinstance(value, int):
+        return (value, "")
+    created_at, ident = value
+    return (int(created_at), str(ident))
+
+
+class Replica:
+    def __init__(self, path: str, swarm: str, self_key: str, trusted: Iterable[str], settings: StoreSettings):
+        self.path = path
+        self.swarm = swarm
+        self.self_key = self_key
+        self.settings = settings
+        self._config_trusted = set(trusted)
+        self._db_trusted: set[str] = set()
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self._trust: TrustView | None = None
+        self._trust_generation = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: str | Path, *, swarm: str, self_key: str, trusted: Iterable[str] = (),
+                   settings: StoreSettings | None = None) -> "Replica":
+        """Open (creating and migrating) the replica at ``path``; ``":memory:"`` gives a private one.
+
+        ``trusted`` are the operator's configured keys for this session; keys added with
+        ``set_trusted`` are persisted in the database. Both form the pre-trusted set.
+        """
+        _check_key(self_key, "self_key")
+        trusted = [_check_key(k, "trusted key") for k in trusted]
+        replica = cls(str(path), swarm, self_key, trusted, settings or StoreSettings())
+        try:
+            await replica._connect()
+        except sqlite3.DatabaseError as exc:
+            await replica.close()
+            raise StoreError(f"cannot open replica {path}: {exc}") from None
+        except BaseException:
+            await replica.close()
+            raise
+        return replica
+
+    async def _connect(self) -> None:
+        memory = self.path == ":memory:"
+        if not memory:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._pragmas(self._writer)
+        if not memory:
+            async with self._writer.execute("PRAGMA journal_mode=WAL") as cur:
+                (mode,) = await cur.fetchone()
+            if str(mode).lower() != "wal":
+                raise StoreError(f"cannot put {self.path} in WAL mode (got {mode})")
+        await migrate(self._writer)
+        async with self._writer.execute("SELECT key FROM trusted_keys") as cur:
+            self._db_trusted = {r[0] for r in await cur.fetchall()}
+        if not memory:
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._pragmas(self._reader)
+            await self._reader.execute("PRAGMA query_only=ON")
+
+    async def _pragmas(self, conn: aiosqlite.Connection) -> None:
+        if self.settings.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StoreError(f"unknown synchronous mode {self.settings.synchronous!r}")
+        await conn.execute(f"PRAGMA busy_timeout={int(self.settings.busy_timeout_ms)}")
+        await conn.execute(f"PRAGMA synchronous={self.settings.synchronous.upper()}")
+
+    async def close(self) -> None:
+        for name in ("_reader", "_writer"):
+            conn = getattr(self, name)
+            setattr(self, name, None)
+            if conn is not None:
+                await conn.close()
+
+    async def __aenter__(self) -> "Replica":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _conn(self, conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
+        if conn is None:
+            raise StoreError("replica is closed")
+        return conn
+
+    async def _fetchall(self, sql: str, params: Sequence = ()) -> list:
+        if self._reader is not None:
+            async with self._reader.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        # One connection (":memory:"): read under the write lock so no read sees half a batch.
+        async with self._write_lock:
+            async with self._conn(self._writer).execute(sql, params) as cur:
+                return list(await cur.fetchall())
+
+    async def _fetch_in(self, sql: str, ids: Sequence[str], extra: Sequence = ()) -> list:
+        """Run ``sql`` (with one ``{}`` for the placeholders) over ``ids`` in chunks."""
+        out: list = []
+        for i in range(0, len(ids), SQL_CHUNK):
+            chunk = list(ids[i:i + SQL_CHUNK])
+            out.extend(await self._fetchall(sql.format(",".join("?" * len(chunk))), [*chunk, *extra]))
+        return out
+
+    # -- ingest ------------------------------------------------------------------------------
+
+    async def ingest(self, items: Iterable[Any], now: int | None = None, *, check_sig: bool = True) -> IngestReport:
+        """Validate and store a batch; the stored part of it commits in ONE transaction.
+
+        Each item is raw bytes, str or a dict envelope. The report says, per message, accepted /
+        duplicate (already stored, or twice in this batch) / rejected with the protocol reason.
+        ``check_sig=False`` only for items whose signatures the caller has verified (bulk import
+        verifying on several cores). An I/O error raises and leaves nothing of the batch.
+        """
+        items = list(items)
+        # Gossip and re-imports bring mostly known messages: skip decoding what is already stored.
+        named = [quick_id(item) for item in items]
+        stored = await self.has_ids([i for i in named if i is not None])
+        known = [i for i in named if i in stored]
+        items = [item for item, i in zip(items, named) if i not in stored]
+        args = dict(swarm=self.swarm, now=now, check_sig=check_sig)
+        if len(items) >= self.settings.thread_decode_at:
+            batch = await asyncio.to_thread(prepare, items, **args)
+        else:
+            batch = prepare(items, **args)
+        report = IngestReport(rejected=batch.rejected, duplicate=known + batch.in_batch_duplicates)
+        if not batch.rows:
+            return report
+        async with self._write_lock:
+            writer = self._conn(self._writer)
+            # BEGIN IMMEDIATE takes SQLite's write lock first, so the existence check and the
+            # inserts see the same table even if another process writes this file too.
+            await writer.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [r[0] for r in batch.rows]
+                present: set[str] = set()
+                for i in range(0, len(ids), SQL_CHUNK):
+                    chunk = ids[i:i + SQL_CHUNK]
+                    sql = f"SELECT id FROM messages WHERE id IN ({','.join('?' * len(chunk))})"
+                    async with writer.execute(sql, chunk) as cur:
+                        present.update(r[0] for r in await cur.fetchall())
+                fresh = [r for r in batch.rows if r[0] not in present]
+                if fresh:
+                    await writer.executemany(INSERT_SQL, fresh)
+                await writer.execute("COMMIT")
+            except BaseException:
+                try:
+                    await writer.execute("ROLLBACK")
+                except (sqlite3.Error, ValueError):  # connection already gone: nothing was committed
+                    pass
+                raise
+        for env in batch.envelopes:
+            if env.id in present:
+                report.duplicate.append(env.id)
+            else:
+                report.accepted.append(env)
+        if any(env.kind in ("claim", "vote") for env in report.accepted):
+            self._invalidate_trust()
+        return report
+
+    # -- messages ----------------------------------------------------------------------------
+
+    async def get(self, message_id: str) -> Envelope | None:
+        raw = await self.get_raw(message_id)
+        return _envelope(raw) if raw is not None else None
+
+    async def get_raw(self, message_id: str) -> bytes | None:
+        rows = await self._fetchall("SELECT raw FROM messages WHERE id = ?", (message_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    async def get_many_raw(self, ids: Iterable[str]) -> list[bytes]:
+        """Canonical bytes of the stored ones among ``ids``, in the order asked (missing skipped)."""
+        ids = list(dict.fromkeys(ids))
+        rows = await self._fetch_in("SELECT id, raw FROM messages WHERE id IN ({})", ids)
+        found = {r[0]: bytes(r[1]) for r in rows}
+        return [found[i] for i in ids if i in found]
+
+    async def has_ids(self, ids: Iterable[str]) -> set[str]:
+        rows = await self._fetch_in("SELECT id FROM messages WHERE id IN ({})", list(dict.fromkeys(ids)))
+        return {r[0] for r in rows}
+
+    async def items(self, lo: Any = None, hi: Any = None) -> list[tuple[int, str]]:
+        """(created_at, id) pairs in [lo, hi), ascending: the set that reconciliation compares."""
+        where, params = [], []
+        if lo is not None:
+            where.append("(created_at, id) >= (?, ?)")
+            params.extend(_bound(lo))
+        if hi is not None:
+            where.append("(created_at, id) < (?, ?)")
+            params.extend(_bound(hi))
+        sql = "SELECT created_at, id FROM messages" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._fetchall(sql + " ORDER BY created_at, id", params)
+        return [(r[0], r[1]) for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(KINDS, 0)
+        for kind, n in await self._fetchall("SELECT kind, COUNT(*) FROM messages GROUP BY kind"):
+            out[kind] = n
+        return out
+
+    async def tasks(self) -> list[Envelope]:
+        """One envelope per task id (the earliest publication of it)."""
+        rows = await self._fetchall("SELECT task, raw FROM messages WHERE kind = 'task' ORDER BY created_at, id")
+        first: dict[str, bytes] = {}
+        for task, raw in rows:
+            first.setdefault(task, raw)
+        return [_envelope(raw) for raw in first.values()]
+
+    async def claims(self, task_id: str) -> list[Envelope]:
+        rows = await self._fetchall(
+            "SELECT raw FROM messages WHERE task = ? AND kind = 'claim' ORDER BY created_at, id", (task_id,))
+        return [_envelope(r[0]) for r in rows]
+
+    async def votes(self, claim_id: str) -> list[Envelope]:
+        rows = await self._fetchall(
+            "SELECT raw FROM messages WHERE claim = ? AND kind = 'vote' ORDER BY created_at, id", (claim_id,))
+        return [_envelope(r[0]) for r in rows]
+
+    async def lineage(self, claim_id: str) -> dict[str, list[Envelope]]:
+        """Ancestors root-first (as far as this replica holds them) and direct children."""
+        ancestors: list[Envelope] = []
+        seen = {claim_id}
+        claim = await self.get(claim_id)
+        parent = claim.body.get("parent") if claim is not None and claim.kind == "claim" else None
+        while parent and parent not in seen:
+            seen.add(parent)
+            env = await self.get(parent)
+            if env is None or env.kind != "claim":
+                break
+            ancestors.append(env)
+            parent = env.body.get("parent")
+        rows = await self._fetchall(
+            "SELECT raw FROM messages WHERE parent = ? AND kind = 'claim' ORDER BY created_at, id", (claim_id,))
+        return {"ancestors": ancestors[::-1], "children": [_envelope(r[0]) for r in rows]}
+
+    async def peer_records(self, now: int | None = None) -> list[Envelope]:
+        """Per author, the newest peer record that has not expired."""
+        now = int(time.time()) if now is None else now
+        rows = await self._fetchall(
+            "SELECT author, raw FROM messages WHERE kind = 'peer' AND expires_at > ? "
+            "ORDER BY author, created_at DESC, id DESC", (now,))
+        newest: dict[str, bytes] = {}
+        for author, raw in rows:
+            newest.setdefault(author, raw)
+        return [_envelope(raw) for raw in newest.values()]
+
+    async def source_hashes(self, task_id: str) -> set[str]:
+        rows = await self._fetchall(
+            "SELECT DISTINCT source_sha256 FROM messages WHERE task = ? AND kind = 'claim'", (task_id,))
+        return {r[0] for r in rows}
+
+    async def export(self, task_id: str | None = None, page: int = 500) -> AsyncIterator[bytes]:
+        """Canonical bytes in (created_at, id) order; with ``task_id``, its task, claims and their votes.
+
+        Pages by key (not one long cursor) so an export never pins a WAL snapshot for its duration.
+        """
+        if task_id is None:
+            where, params = "1", []
+        else:
+            where = ("((kind IN ('task', 'claim') AND task = ?) OR (kind = 'vote' AND claim IN "
+                     "(SELECT id FROM messages WHERE kind = 'claim' AND task = ?)))")
+            params = [task_id, task_id]
+        after = (-1, "")
+        while True:
+            rows = await self._fetchall(
+                f"SELECT created_at, id, raw FROM messages WHERE {where} AND (created_at, id) > (?, ?) "
+                "ORDER BY created_at, id LIMIT ?", [*params, *after, page])
+            for row in rows:
+                yield bytes(row[2])
+            if len(rows) < page:
+                return
+            after = (rows[-1][0], rows[-1][1])
+
+    # -- trust and ranking -------------------------------------------------------------------
+
+    def _invalidate_trust(self) -> None:
+        self._trust = None
+        self._trust_generation += 1
+
+    async def _trust_view(self) -> TrustView:
+        if self._trust is not None:
+            return self._trust
+        generation = self._trust_generation
+        authors = dict(await self._fetchall("SELECT id, author FROM messages WHERE kind = 'claim'"))
+        votes = [_vote(r) for r in await self._fetchall(f"SELECT {VOTE_COLUMNS} FROM messages WHERE kind = 'vote'")]
+        view = compute_trust(self.self_key, self.trusted_set(), authors, votes, self.settings.trust)
+        if generation == self._trust_generation:  # nothing was ingested while we computed
+            self._trust = view
+        return view
+
+    async def trust(self) -> dict[str, float]:
+        return dict((await self._trust_view()).weights)
+
+    async def claim_status(self, claim_id: str) -> ClaimStatus | None:
+        """This node's view of one claim; None when the replica does not hold it."""
+        claim = await self.get(claim_id)
+        if claim is None or claim.kind != "claim":
+            return None
+        view = await self._trust_view()
+        rows = await self._fetchall(f"SELECT {VOTE_COLUMNS} FROM messages WHERE claim = ? AND kind = 'vote'",
+                                    (claim_id,))
+        return ranking.claim_status(claim, [_vote(r) for r in rows], view, self.self_key, self.settings.ranking)
+
+    async def _statuses(self, task_id: str) -> tuple[list[Envelope], dict[str, ClaimStatus]]:
+        claims = await self.claims(task_id)
+        view = await self._trust_view()
+        rows = await self._fetchall(
+            f"SELECT {VOTE_COLUMNS} FROM messages WHERE kind = 'vote' AND claim IN "
+            "(SELECT id FROM messages WHERE task = ? AND kind = 'claim')", (task_id,))
+        by_claim = ranking.group_votes(_vote(r) for r in rows)
+        statuses = {c.id: ranking.claim_status(c, by_claim.get(c.id, []), view, self.self_key,
+                                               self.settings.ranking) for c in claims}
+        return claims, statuses
+
+    async def leaderboard(self, task_id: str) -> Leaderboard:
+        claims, statuses = await self._statuses(task_id)
+        return ranking.leaderboard(claims, statuses)
+
+    async def top_entries(self, task_id: str, k: int) -> list[Entry]:
+        claims, statuses = await self._statuses(task_id)
+        board = ranking.leaderboard(claims, statuses)
+        return ranking.top_entries(board, statuses, k, self.settings.ranking)
+
+    # -- local settings ----------------------------------------------------------------------
+
+    def trusted_set(self) -> frozenset[str]:
+        return frozenset(self._config_trusted | self._db_trusted)
+
+    async def set_trusted(self, key: str, trusted: bool = True) -> None:
+        """Trust (persisted) or stop trusting a key, this session's configured keys included."""
+        _check_key(key, "trusted key")
+        async with self._write_lock:
+            writer = self._conn(self._writer)
+            if trusted:
+                await writer.execute("INSERT OR IGNORE INTO trusted_keys(key, added_at) VALUES (?, ?)",
+                                     (key, int(time.time())))
+                self._db_trusted.add(key)
+            else:
+                await writer.execute("DELETE FROM trusted_keys WHERE key = ?", (key,))
+                self._db_trusted.discard(key)
+                self._config_trusted.discard(key)
+        self._invalidate_trust()
+
+    async def trusted_keys(self) -> list[str]:
+        return sorted(self.trusted_set())
