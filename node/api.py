@@ -71,6 +71,7 @@ async def guard(request: web.Request, handler):
     if wait > 0:
         node.metrics_event("rate_limited")
         return _error(429, "rate limited", headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+    node.bytes_in += request.content_length or 0
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return _error(413, "invalid: too large")
     try:
@@ -88,7 +89,6 @@ async def guard(request: web.Request, handler):
     except Exception:  # a bug must not take the node down or leak a traceback to a peer
         log.exception("handler failed: %s %s", request.method, request.path)
         return _error(500, "internal error")
-    node.bytes_in += request.content_length or 0
     announced = request.headers.get("X-Ralphswarm-Peer")
     if announced and response.status < 400:
         node.learn_inbound(announced)
@@ -170,8 +170,13 @@ async def local_peers(request: web.Request) -> web.Response:
     return web.json_response(request.app[NODE].peers_json())
 
 
+async def local_stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[NODE].stats_json())
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/peers", local_peers)
+    app.router.add_get("/api/stats", local_stats)
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/messages", post_messages)
     app.router.add_get("/v1/messages/{id}", get_message)

@@ -242,6 +242,16 @@ class Node:
                 notes.append(ext.describe())
         return notes
 
+    def stats_json(self) -> dict[str, Any]:
+        """Traffic and gossip counters (the bench and /metrics read these)."""
+        g = self.gossip.stats
+        return {
+            "bytes_received": self.bytes_in + self.transport.bytes_in,  # request bodies served + answers read
+            "bytes_sent": self.transport.bytes_out,
+            "gossip": {k: v for k, v in vars(g).items()},
+            "events": dict(self.events),
+        }
+
     def peers_json(self) -> dict[str, Any]:
         now = time.time()
         return {"peers": [p.to_json(now) for p in sorted(self.peers.all(), key=lambda p: -p.score)]}
