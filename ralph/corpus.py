@@ -1,0 +1,92 @@
+"""How the loop reads the corpus (docs/INTERNALS.md, ``ralph.corpus.CorpusView``).
+
+ralph never imports the store: the node implements ``CorpusView`` over its replica (verified
+leaderboard, lineage-reconstructed sources, own claims). ``InMemoryCorpus`` is the same contract over
+plain dicts, for tests and for running a loop without a node.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from protocol import canon
+
+
+@dataclass(frozen=True)
+class CorpusEntry:
+    claim_id: str
+    source_sha256: str
+    val_bpb: float | None  # reproduced value for verified entries; None for a crashed claim
+    note: str
+    patch: str  # unified diff against the parent's source
+    outcome: str = "improved"  # improved | worse | crashed
+    parent: str | None = None
+
+
+@runtime_checkable
+class CorpusView(Protocol):
+    async def top_entries(self, task_id: str, k: int) -> list[CorpusEntry]:
+        """Verified claims of the task, best (largest reproduced improvement) first."""
+
+    async def source_of(self, claim_id: str) -> str:
+        """The full train script of a claim (its patch applied along its lineage)."""
+
+    async def has_source(self, task_id: str, sha: str) -> bool:
+        """Whether any claim of the task already has this source hash (tried before, by anyone)."""
+
+    async def recent_negatives(self, task_id: str, n: int) -> list[CorpusEntry]:
+        """The latest ``worse`` and ``crashed`` claims, newest first: what not to try again."""
+
+    async def own_best(self, task_id: str) -> CorpusEntry | None:
+        """This node's own best measured claim of the task, verified or not."""
+
+
+class InMemoryCorpus:
+    """``CorpusView`` over dicts. ``add`` doubles as the loop's ``publish`` target in tests."""
+
+    def __init__(self) -> None:
+        self._claims: list[tuple[str, dict, str, bool, bool]] = []  # (id, body, source, own, verified)
+        self._sources: dict[str, str] = {}
+
+    def add(self, body: dict, source: str, *, own: bool = True, verified: bool = True) -> str:
+        """Record a claim body with its full source; returns a content-derived 64-hex claim id."""
+        claim_id = hashlib.sha256(canon([len(self._claims), body])).hexdigest()
+        self._claims.append((claim_id, body, source, own, verified))
+        self._sources[claim_id] = source
+        return claim_id
+
+    @property
+    def bodies(self) -> list[dict]:
+        return [c[1] for c in self._claims]
+
+    @staticmethod
+    def _entry(claim_id: str, body: dict) -> CorpusEntry:
+        result = body.get("result")
+        bpb = float(result["val_bpb"]) if result else None
+        return CorpusEntry(claim_id, body["source_sha256"], bpb, body["note"], body["patch"],
+                           body["outcome"], body["parent"])
+
+    async def top_entries(self, task_id: str, k: int) -> list[CorpusEntry]:
+        good = [self._entry(i, b) for i, b, _, _, v in self._claims
+                if v and b["task"] == task_id and b["outcome"] == "improved"]
+        return sorted(good, key=lambda e: e.val_bpb)[:k]
+
+    async def source_of(self, claim_id: str) -> str:
+        try:
+            return self._sources[claim_id]
+        except KeyError:
+            raise KeyError(f"unknown claim {claim_id[:12]}") from None
+
+    async def has_source(self, task_id: str, sha: str) -> bool:
+        return any(b["task"] == task_id and b["source_sha256"] == sha for _, b, _, _, _ in self._claims)
+
+    async def recent_negatives(self, task_id: str, n: int) -> list[CorpusEntry]:
+        bad = [self._entry(i, b) for i, b, _, _, _ in self._claims
+               if b["task"] == task_id and b["outcome"] in ("worse", "crashed")]
+        return bad[::-1][:n]
+
+    async def own_best(self, task_id: str) -> CorpusEntry | None:
+        mine = [self._entry(i, b) for i, b, _, own, _ in self._claims
+                if own and b["task"] == task_id and b["outcome"] == "improved"]
+        return min(mine, key=lambda e: e.val_bpb, default=None)

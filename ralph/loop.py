@@ -1,0 +1,220 @@
+"""One Ralph loop: seed, context, propose, dedupe, run, keep or discard, publish, remember.
+
+DESIGN.md, "The outer loop". Everything with side effects is injected: the corpus view and
+``publish`` (the node's), the proposer, and ``run_experiment`` (an async wrapper around
+``trainer.experiment.run_experiment``, see ``threaded_runner``), so a step is testable without a
+network, and without training when a test wants that.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Protocol
+
+from protocol.errors import ProtocolError
+from protocol.limits import MAX_NOTE_BYTES, MAX_PATCH_BYTES, MAX_SOURCE_BYTES
+from protocol.schemas import validate_claim
+from trainer.patches import make_patch, source_sha256
+
+from .context import Seed, build_context, pick_seed
+from .corpus import CorpusView
+from .hyperparams import diff_constants
+from .memory import Memory, Record, summarize
+from .proposers.base import ProposalError, Proposer, Usage
+from .settings import RalphSettings
+
+log = logging.getLogger("ralph.loop")
+
+Publish = Callable[[dict], Awaitable[Any]]  # the node signs, stores and gossips; may return the claim id
+
+
+class RunExperiment(Protocol):
+    async def __call__(self, task: Any, source: str, *, seed: int, budget_scale: float) -> Any:
+        """Returns an object with ``outcome_ok``, ``result`` (protocol result dict or None), ``reason``, ``val_bpb``."""
+
+
+def threaded_runner(**options: Any) -> RunExperiment:
+    """``trainer.experiment.run_experiment`` in a worker thread, so the node's event loop keeps serving."""
+    from trainer.experiment import run_experiment
+
+    async def run(task: Any, source: str, *, seed: int, budget_scale: float) -> Any:
+        return await asyncio.to_thread(run_experiment, task, source, seed=seed, budget_scale=budget_scale, **options)
+
+    return run
+
+
+def memory_path(home: Path, task_id: str, agent: int = 0) -> Path:
+    """One memory file per task and agent (``agent_count`` loops run side by side)."""
+    return Path(home) / "ralph" / f"{task_id[:16]}-agent{agent}.json"
+
+
+@dataclass(frozen=True)
+class StepReport:
+    status: str  # published | skipped | proposal_failed | baseline_failed | invalid
+    seed: Seed | None
+    note: str = ""
+    outcome: str | None = None  # improved | worse | crashed, when published
+    val_bpb: float | None = None
+    claim_id: str | None = None
+    reason: str = ""
+    screened_out: bool = False
+    usage: Usage = Usage()
+
+    def line(self) -> str:
+        seed = "baseline" if self.seed is None or self.seed.claim_id is None else self.seed.claim_id[:12]
+        if self.status != "published":
+            return f"ralph: {self.status} (seed {seed}): {self.reason}"
+        bpb = "-" if self.val_bpb is None else f"{self.val_bpb:.6f}"
+        return f"ralph: {self.outcome} val_bpb {bpb} (seed {seed}): {self.note}"
+
+
+def _truncate_utf8(text: str, max_bytes: int) -> str:
+    data = text.encode("utf-8")
+    return text if len(data) <= max_bytes else data[: max_bytes - 3].decode("utf-8", "ignore") + "..."
+
+
+class RalphLoop:
+    def __init__(self, task: Any, corpus: CorpusView, proposer: Proposer, settings: RalphSettings, memory: Memory,
+                 publish: Publish, run_experiment: RunExperiment, rng: random.Random | None = None) -> None:
+        self.task, self.corpus, self.proposer, self.settings = task, corpus, proposer, settings
+        self.memory, self.publish, self.run_experiment = memory, publish, run_experiment
+        self.rng = rng or random.Random()
+        self.threshold = settings.effective_keep_threshold(task.tolerance)
+
+    async def _measure(self, source: str, scale: float) -> float | None:
+        """This node's own val_bpb for a seed source at a budget scale, cached in memory."""
+        sha = source_sha256(source)
+        known = self.memory.measurement(sha, scale)
+        if known is not None:
+            return known
+        res = await self.run_experiment(self.task, source, seed=self.settings.train_seed, budget_scale=scale)
+        if not res.outcome_ok or res.val_bpb is None:
+            log.warning("ralph: measuring seed %s at %g budget crashed: %s", sha[:12], scale, res.reason)
+            return None
+        self.memory.remember_measurement(sha, scale, float(res.val_bpb))
+        return float(res.val_bpb)
+
+    async def step(self) -> StepReport:
+        s = self.settings
+        top = await self.corpus.top_entries(self.task.id, s.top_k)
+        baseline = self.task.body["source"]
+        seed = await pick_seed(self.task, self.corpus, top, self.rng, s.exploration,
+                               self.memory.measurement(source_sha256(baseline), 1.0))
+        if seed.val_bpb is None:  # the baseline, never measured here: needed to judge improvement
+            bpb = await self._measure(baseline, 1.0)
+            if bpb is None:
+                return StepReport("baseline_failed", seed, reason="the task baseline crashed; see the experiment log")
+            seed = dataclasses.replace(seed, val_bpb=bpb)
+        context = await build_context(self.task, seed, top, self.corpus, self.memory.render(),
+                                      self.threshold, n_negatives=s.top_k)
+        try:
+            proposal = await asyncio.to_thread(self.proposer.propose, context)
+        except ProposalError as e:
+            log.warning("ralph: proposal failed: %s", e)
+            return StepReport("proposal_failed", seed, reason=str(e))
+        sha = source_sha256(proposal.source)
+        changes = [list(c) for c in diff_constants(seed.source, proposal.source)]
+        reason = await self._duplicate(sha, seed)
+        if reason:
+            log.info("ralph: skipped: %s (%s)", reason, proposal.note)
+            self._remember(seed, proposal.note, changes, None, "skipped", None, proposal.usage)
+            return StepReport("skipped", seed, proposal.note, reason=reason, usage=proposal.usage)
+        patch = make_patch(seed.source, proposal.source)
+        if len(proposal.source.encode()) > MAX_SOURCE_BYTES or len(patch.encode()) > MAX_PATCH_BYTES:
+            return StepReport("proposal_failed", seed, proposal.note, reason="proposal exceeds the 64 KiB source/patch limit",
+                              usage=proposal.usage)
+        outcome, result, reason, screened_out = await self._evaluate(seed, proposal.source)
+        note = proposal.note
+        if outcome == "crashed":
+            first_line = (reason.strip().splitlines() or ["crashed"])[-1][:300]  # the exception line is last
+            note += f" [crashed: {first_line}]"
+        elif screened_out:
+            note += f" [screened out at {s.experiment_budget:g} of the budget]"
+        body = {"task": self.task.id, "parent": seed.claim_id, "patch": patch, "source_sha256": sha,
+                "note": _truncate_utf8(note, MAX_NOTE_BYTES), "outcome": outcome, "result": result}
+        try:
+            validate_claim(body)
+        except ProtocolError as e:  # a harness bug, not the proposal's fault: do not publish garbage
+            log.error("ralph: claim body invalid, not published: %s", e.reason)
+            return StepReport("invalid", seed, note, reason=e.reason, usage=proposal.usage)
+        claim_id = await self.publish(body)
+        claim_id = claim_id if isinstance(claim_id, str) else getattr(claim_id, "id", None)
+        val_bpb = float(result["val_bpb"]) if result else None
+        self._remember(seed, proposal.note, changes, val_bpb, outcome, claim_id, proposal.usage)
+        usage = proposal.usage + await self._maybe_rewrite_strategy()
+        report = StepReport("published", seed, body["note"], outcome, val_bpb, claim_id, reason, screened_out, usage)
+        log.info("%s", report.line())
+        return report
+
+    async def _duplicate(self, sha: str, seed: Seed) -> str:
+        """Why this source needs no run (someone measured it already), or "" when it is new."""
+        if sha == seed.source_sha256:
+            return f"source {sha[:12]} is the seed itself; not running it again"
+        if sha == source_sha256(self.task.body["source"]):
+            return f"source {sha[:12]} is the task baseline; not running it again"
+        if await self.corpus.has_source(self.task.id, sha):
+            return f"source {sha[:12]} is already in the corpus; not running it again"
+        return ""
+
+    async def _evaluate(self, seed: Seed, source: str) -> tuple[str, dict | None, str, bool]:
+        """(outcome, result, crash reason, screened_out). With experiment_budget < 1 a screening run at
+        that fraction comes first, compared with the seed at the same fraction; only a promising one
+        gets the full-budget run that decides keep or discard."""
+        s = self.settings
+        if s.experiment_budget < 1.0:
+            seed_screen = await self._measure(seed.source, s.experiment_budget)
+            res = await self.run_experiment(self.task, source, seed=s.train_seed, budget_scale=s.experiment_budget)
+            if not res.outcome_ok or res.result is None:
+                return "crashed", None, res.reason or "crashed", False
+            if seed_screen is not None and float(res.val_bpb) >= seed_screen:
+                return "worse", res.result, "", True
+        res = await self.run_experiment(self.task, source, seed=s.train_seed, budget_scale=1.0)
+        if not res.outcome_ok or res.result is None:
+            return "crashed", None, res.reason or "crashed", False
+        improved = float(res.val_bpb) < seed.val_bpb - self.threshold
+        return ("improved" if improved else "worse"), res.result, "", False
+
+    def _remember(self, seed: Seed, note: str, changes: list, val_bpb: float | None, outcome: str,
+                  claim_id: str | None, usage: Usage) -> None:
+        self.memory.add(Record(self.memory.next_step, seed.claim_id or "baseline", seed.val_bpb, note, changes,
+                               val_bpb, outcome, outcome == "improved", claim_id, usage.cost_usd))
+
+    async def _maybe_rewrite_strategy(self) -> Usage:
+        """Every coordinator_frequency experiments, compress memory into a new strategy note."""
+        m, s = self.memory, self.settings
+        if not m.due_for_rewrite(s.coordinator_frequency):
+            return Usage()
+        summarizer = getattr(self.proposer, "summarize", None)
+        if summarizer is not None:
+            history = "\n".join(r.line() for r in m.recent())
+            try:
+                note, usage = await asyncio.to_thread(summarizer, m.strategy, history, s.memory_depth)
+                m.set_strategy(note)
+                return usage
+            except ProposalError as e:
+                log.warning("ralph: strategy rewrite by the proposer failed (%s); using the deterministic summary", e)
+        m.set_strategy(summarize(m.records[-s.memory_depth * s.coordinator_frequency:], m.strategy, s.memory_depth))
+        return Usage()
+
+    async def run(self, stop: asyncio.Event, max_steps: int | None = None, pause_s: float = 5.0) -> list[StepReport]:
+        """Step until ``stop`` is set (checked between steps) or ``max_steps`` are done. After a step that
+        ran nothing (skipped, failed proposal, spend cap) wait ``pause_s``, doubling up to 5 minutes,
+        so an exhausted proposer or a reached cap does not spin."""
+        reports: list[StepReport] = []
+        wait = pause_s
+        while not stop.is_set() and (max_steps is None or len(reports) < max_steps):
+            report = await self.step()
+            reports.append(report)
+            if report.status == "published":
+                wait = pause_s
+                continue
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+            except asyncio.TimeoutError:
+                pass
+            wait = min(300.0, wait * 2)
+        return reports
