@@ -51,6 +51,12 @@ class Node:
         self._rng = random.Random()
         self._stopping = asyncio.Event()
         self.extensions: list[Any] = []  # ralph loop, reproduction scheduler: objects with start()/stop()
+        # Shared with the extensions: device slots, tasks, the corpus view, live activity, counters.
+        self.slots = None
+        self.tasks = None
+        self.corpus = None
+        self.activity: dict[str, Any] = {"experiment": None, "queue": [], "recent": []}
+        self.counters: dict[str, float] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -62,6 +68,12 @@ class Node:
             self.swarm_key = SwarmKey.load(s.network.swarm_key_file, self.swarm)
         self.replica = await Replica.open(s.home / "replica.sqlite3", swarm=self.swarm,
                                           self_key=self.identity.pubkey, trusted=list(s.trusted))
+        from .corpus_view import ReplicaCorpus, TaskBook
+        from .slots import DeviceSlots, detect_devices
+
+        self.slots = DeviceSlots(devices=["cpu"] if s.device == "cpu" else detect_devices())
+        self.tasks = TaskBook(self.replica)
+        self.corpus = ReplicaCorpus(self.replica, self.tasks, self.identity.pubkey)
         app = self.make_app()
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -258,6 +270,14 @@ class Node:
 
     def metrics_event(self, name: str) -> None:
         self.events[name] = self.events.get(name, 0) + 1
+
+    def count(self, name: str, amount: float = 1.0) -> None:
+        self.counters[name] = self.counters.get(name, 0.0) + amount
+
+    def note_activity(self, text: str, **fields: Any) -> None:
+        """A line of live activity for the dashboard (bounded)."""
+        self.activity["recent"].insert(0, {"at": int(time.time()), "text": text, **fields})
+        del self.activity["recent"][50:]
 
     async def status(self) -> dict[str, Any]:
         return {

@@ -33,6 +33,11 @@ class NodeSettings:
     ralph: bool = True
     reproduce: bool = True
     task: str = "tiny"
+    run_untrusted: str = "sandbox"  # sandbox | trusted | never (DESIGN.md, "Running other people's code")
+    verify_share: float = 0.3  # at most this share of compute on reproduction while the own loop has work
+    budget_scale: float = 1.0  # fraction of the task's token budget for own experiments (tests, demos)
+    device: str = "auto"
+    ralph_options: dict = field(default_factory=dict)  # the config file's "ralph" section merged with flags
 
 
 def parse_hostport(value: str, *, what: str) -> tuple[str, int]:

@@ -1,0 +1,186 @@
+"""CLI commands of the inner loop: ``ralphswarm task list|show`` and ``ralphswarm experiment``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from trainer.datasets import DataError
+from trainer.experiment import ExperimentResult, run_experiment
+from trainer.patches import PatchError, apply_patch, source_sha256
+from trainer.tasks import Task, TaskError, builtin_tasks, resolve_task
+
+from .errors import UserError
+from .home import Home
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+CRASHED_EXIT = 2  # the experiment ran and crashed: a result, not a usage error
+
+
+def _task(name_or_id: str) -> Task:
+    try:
+        return resolve_task(name_or_id)
+    except TaskError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _summary(task: Task) -> dict:
+    body = task.body
+    out = {"id": task.id, "name": task.name, "description": body["description"], "harness": body["harness"],
+           "data": body["data"], "budget": body["budget"], "tolerance": body["tolerance"]}
+    if task.entropy_bpb is not None:
+        out["entropy_bpb"] = f"{task.entropy_bpb:.6f}"
+    return out
+
+
+def resolve_parent_source(home: Home, parent_id: str, *, task: Task) -> str:
+    """The source a ``--parent`` claim id stands for. Only the task baseline (named by the task id)
+    resolves until the corpus is wired in here: look the claim up in the replica at home.db_path,
+    walk its lineage and apply the patches root-first."""
+    if parent_id in (task.id, "baseline"):
+        return task.source
+    raise UserError(f"unknown parent {parent_id[:16]}: no such claim in the local corpus ({home.db_path})")
+
+
+def _echo_task_table(tasks: list[Task]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "id", "budget (tokens)", "tolerance", "data", "floor (bpb)")
+    for task in tasks:
+        data = task.body["data"]
+        floor = f"{task.entropy_bpb:.4f}" if task.entropy_bpb is not None else "-"
+        table.add_row(task.name, task.id[:16], f"{task.budget_tokens:,}", task.body["tolerance"],
+                      f"{data['name']} ({data['bytes']:,} B)", floor)
+    Console().print(table)
+
+
+def _progress_runner(enabled: bool):
+    """A rich progress bar on stderr (tokens, loss, ETA) when it is a terminal; else nothing."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:
+        return None, None
+    progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
+                        TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=console,
+                        transient=True)
+    state: dict = {}
+
+    def on_progress(tokens: int, budget: int, loss) -> None:
+        if "id" not in state:
+            state["id"] = progress.add_task("train", total=budget, loss="-")
+        progress.update(state["id"], completed=tokens, loss=f"{loss:.4f}" if loss is not None else "-")
+
+    return progress, on_progress
+
+
+def _echo_result(run: ExperimentResult, task: Task, sha: str) -> None:
+    rows = [("task", f"{task.name} {task.id[:16]}"), ("source_sha256", sha), ("sandbox", run.sandbox)]
+    if run.outcome_ok:
+        r = run.result
+        rows += [("val_bpb", r["val_bpb"])]
+        if "entropy_bpb" in r:
+            rows += [("entropy_bpb", r["entropy_bpb"])]
+        rows += [("tokens", str(r["tokens"])), ("seed", str(r["seed"])), ("train_s", r["wall_s"]),
+                 ("total_s", f"{run.wall_s:.3f}"), ("flops_per_token", str(r["flops_per_token"])),
+                 ("device", r["device"]), ("torch", r["torch"])]
+    else:
+        rows += [("outcome", "crashed"), ("reason", run.reason), ("total_s", f"{run.wall_s:.3f}")]
+    width = max(len(k) for k, _ in rows) + 2
+    for key, value in rows:  # autoresearch style: a grep-able key: value block
+        click.echo(f"{key + ':':<{width}}{value}")
+
+
+def register(group: click.Group) -> None:
+    from .cli import get_home, home_option  # here, not at import: node.cli imports this module
+
+    @group.group("task")
+    def task_group() -> None:
+        """Tasks: the arenas claims compete in (built-in: tiny, shakespeare)."""
+
+    @task_group.command("list")
+    @home_option
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+    def task_list(home: Path | None, as_json: bool) -> None:
+        """List the tasks this node knows."""
+        get_home(home)
+        tasks = list(builtin_tasks().values())
+        if as_json:
+            click.echo(json.dumps([_summary(t) for t in tasks]))
+        else:
+            _echo_task_table(tasks)
+
+    @task_group.command("show")
+    @click.argument("name_or_id")
+    @home_option
+    @click.option("--json", "as_json", is_flag=True, help='Print {"id": ..., "body": <task body>}.')
+    def task_show(name_or_id: str, home: Path | None, as_json: bool) -> None:
+        """Show one task, by name, id or id prefix, with its baseline train script."""
+        get_home(home)
+        task = _task(name_or_id)
+        if as_json:
+            click.echo(json.dumps({"id": task.id, "body": task.body}, ensure_ascii=False))
+            return
+        for key, value in _summary(task).items():
+            if isinstance(value, dict):
+                value = ", ".join(f"{k}={v}" for k, v in value.items())
+            click.echo(f"{key + ':':<14}{value}")
+        click.echo("\n# baseline train script\n" + task.source)
+
+    @group.command("experiment")
+    @home_option
+    @click.option("--task", "task_name", default=None, help="Task name or id (default: the config's task).")
+    @click.option("--patch", "patch_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="Unified diff to apply to the parent's source.")
+    @click.option("--parent", default=None, help="Parent claim id (default: the task baseline).")
+    @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
+    @click.option("--budget-scale", type=float, default=1.0, show_default=True,
+                  help="Fraction of the task's token budget to train on.")
+    @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+    @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=None,
+                  help="Wall-clock limit of training in seconds.")
+    @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
+    def experiment(home: Path | None, task_name: str | None, patch_file: Path | None, parent: str | None,
+                   seed: int, budget_scale: float, device: str, timeout_s: float | None, as_json: bool) -> None:
+        """Train the task's script (optionally patched) in the sandbox and measure val_bpb."""
+        h = get_home(home)
+        task = _task(task_name or str(h.config().get("task", "tiny")))
+        if not (budget_scale > 0 and budget_scale <= 100):
+            raise UserError(f"--budget-scale must be in (0, 100], got {budget_scale}")
+        if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
+            raise UserError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N, mps)")
+        source = resolve_parent_source(h, parent, task=task) if parent else task.source
+        if patch_file is not None:
+            try:
+                patch = patch_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UserError(f"cannot read patch {patch_file}: {exc}") from None
+            try:
+                source = apply_patch(source, patch)
+            except PatchError as exc:
+                raise UserError(f"patch {patch_file.name}: {exc}") from None
+        progress, on_progress = _progress_runner(not as_json)
+        try:
+            if progress is not None:
+                with progress:
+                    run = run_experiment(task, source, seed=seed, budget_scale=budget_scale, device=device,
+                                         timeout_s=timeout_s, on_progress=on_progress, cache_dir=h.cache_dir)
+            else:
+                run = run_experiment(task, source, seed=seed, budget_scale=budget_scale, device=device,
+                                     timeout_s=timeout_s, cache_dir=h.cache_dir)
+        except DataError as exc:  # pragma: no cover - run_experiment reports data errors as outcomes
+            raise UserError(str(exc)) from None
+        sha = source_sha256(source)
+        if as_json:
+            click.echo(json.dumps({"task": task.id, "parent": parent, "source_sha256": sha, "ok": run.outcome_ok,
+                                   "reason": run.reason, "sandbox": run.sandbox, "total_s": f"{run.wall_s:.3f}",
+                                   "result": run.result}))
+        else:
+            _echo_result(run, task, sha)
+        if not run.outcome_ok:
+            if not as_json:
+                click.echo(f"error: experiment crashed: {run.reason}", err=True)
+            raise click.exceptions.Exit(CRASHED_EXIT)
