@@ -36,7 +36,7 @@ def cli() -> None:
 def _register_all() -> None:
     import importlib
 
-    for name in ("cli_corpus", "cli_trainer", "cli_node"):
+    for name in ("cli_corpus", "cli_trainer", "cli_node", "cli_demo"):
         try:
             module = importlib.import_module(f"node.{name}")
         except ModuleNotFoundError as exc:

@@ -114,6 +114,46 @@ async def _ask(home: Home, path: str, method: str = "GET", body: bytes | None = 
             raise UserError(f"the node at {info['address']} did not answer ({exc.reason})") from None
 
 
+RALPH_FLAGS = [
+    ("--experiment-budget", float, "Screening fraction of the budget before a full-budget confirmation."),
+    ("--memory-type", click.Choice(["full", "strategy"]), "Full history, or a compressed strategy note."),
+    ("--memory-depth", int, "How many past experiments reach the proposer's context."),
+    ("--agent-count", int, "Concurrent Ralph loops on this node."),
+    ("--boldness", float, "Mutation scale of the proposer."),
+    ("--exploration", float, "Epsilon of the epsilon-greedy seed choice."),
+    ("--coordinator-frequency", int, "Rewrite the strategy note every N experiments."),
+    ("--keep-threshold", float, "Improvement in val_bpb needed to keep a change (never below the task tolerance)."),
+    ("--model", str, "Anthropic model, when ANTHROPIC_API_KEY is set."),
+    ("--daily-spend-usd", float, "Anthropic spend cap per UTC day (0 = offline proposer)."),
+]
+
+
+def ralph_options(fn):
+    for flag, kind, text in reversed(RALPH_FLAGS):
+        fn = click.option(flag, type=kind, default=None, help=text)(fn)
+    return fn
+
+
+def make_extensions(settings: NodeSettings, config: dict, ralph_flags: dict) -> list[Any]:
+    """The loops a node runs besides gossip: its own Ralph loop(s) and the reproduction scheduler."""
+    from ralph.settings import RalphSettings, SettingsError
+
+    extensions: list[Any] = []
+    if settings.ralph:
+        from .ralph_runner import RalphRunner
+
+        try:
+            ralph = RalphSettings.from_sources(config.get("ralph"), ralph_flags)
+        except SettingsError as exc:
+            raise UserError(str(exc)) from None
+        extensions.append(RalphRunner(ralph))
+    if settings.reproduce:
+        from .reproduce import Reproducer
+
+        extensions.append(Reproducer())
+    return extensions
+
+
 def register(cli: click.Group) -> None:
     from .cli import get_home, home_option
 
@@ -132,8 +172,18 @@ def register(cli: click.Group) -> None:
     @click.option("--trusted", multiple=True, metavar="KEY", help="A key this operator trusts (repeatable).")
     @click.option("--sync-interval", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
                   help="Seconds between reconciliations with a random peer.")
+    @click.option("--task", default=None, help="Task the own loop works on (default from config: tiny).")
+    @click.option("--device", default=None, help="auto | cpu | cuda | mps (default auto).")
+    @click.option("--budget-scale", type=click.FloatRange(min=0.0001, max=1.0), default=None,
+                  help="Fraction of the task's token budget for own experiments (demos, tests).")
+    @click.option("--run-untrusted", type=click.Choice(["sandbox", "trusted", "never"]), default=None,
+                  help="Run strangers' code only in a working sandbox (default), also without one, or never.")
+    @click.option("--verify-share", type=click.FloatRange(0.0, 1.0), default=None,
+                  help="Most compute share spent reproducing while the own loop has work (default 0.3).")
+    @ralph_options
     def node(home: Path | None, listen, bootstrap, swarm, swarm_key_file, lan, lan_interface, advertise, ralph,
-             reproduce, trusted, sync_interval) -> None:
+             reproduce, trusted, sync_interval, task, device, budget_scale, run_untrusted, verify_share,
+             **ralph_flags) -> None:
         """Run a node until SIGINT or SIGTERM."""
         import logging
 
@@ -146,8 +196,14 @@ def register(cli: click.Group) -> None:
         settings = build_settings(h, listen=listen, bootstrap=bootstrap, swarm=swarm, swarm_key_file=swarm_key_file,
                                   lan=lan, lan_interface=lan_interface, ralph=ralph, reproduce=reproduce,
                                   trusted=trusted, advertise=advertise)
-        settings = dataclasses.replace(settings, gossip=dataclasses.replace(settings.gossip, sync_interval_s=sync_interval))
-        asyncio.run(run_node(settings, h))
+        config = h.config()
+        settings = dataclasses.replace(
+            settings, gossip=dataclasses.replace(settings.gossip, sync_interval_s=sync_interval),
+            task=task or settings.task, device=device or config.get("device", "auto"),
+            budget_scale=budget_scale or float(config.get("budget_scale", 1.0)),
+            run_untrusted=run_untrusted or config.get("run_untrusted", "sandbox"),
+            verify_share=float(config.get("verify_share", 0.3)) if verify_share is None else verify_share)
+        asyncio.run(run_node(settings, h, make_extensions(settings, config, ralph_flags)))
 
     @cli.command("swarm-key")
     @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))

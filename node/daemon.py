@@ -18,6 +18,7 @@ from protocol import Envelope, Identity, build
 from store import Replica
 
 from . import api
+from .errors import UserError
 from .gossip import Gossip
 from .peers import PeerTable
 from .ratelimit import RateLimiter
@@ -90,6 +91,7 @@ class Node:
         self.gossip = Gossip(self.replica, transport, self.peers, own_key=self.identity.pubkey,
                              settings=s.gossip, rng=self._rng, on_accepted=self._on_accepted)
         await self.publish_peer_record(advertised)
+        await self.publish_task()
         for addr in s.network.bootstrap:
             self.peers.add(addr, source="bootstrap")
         self.spawn(self.gossip.run_push_loop(), "push")
@@ -102,14 +104,19 @@ class Node:
             await ext.start(self)
 
     def make_app(self) -> web.Application:
+        from . import dashboard, metrics
+
         app = web.Application(client_max_size=api.MAX_BODY_BYTES)
         if self.swarm_key is not None:
             from .swarmkey import install_swarm_key
 
-            install_swarm_key(app, self.swarm_key)  # outermost: nothing unsealed reaches a handler
+            # outermost: nothing unsealed reaches a handler, except the dashboard read from loopback
+            install_swarm_key(app, self.swarm_key, exempt=dashboard.local_view)
         app.middlewares.append(api.guard)
         app[api.NODE] = self
         api.add_routes(app)
+        dashboard.add_routes(app)
+        metrics.add_routes(app)
         for ext in self.extensions:
             if hasattr(ext, "add_routes"):
                 ext.add_routes(app)
@@ -160,6 +167,18 @@ class Node:
     async def publish_peer_record(self, addresses: list[str]) -> None:
         await self.publish("peer", {"addresses": addresses,
                                     "expires_at": int(time.time()) + self.settings.network.peer_record_ttl_s})
+
+    async def publish_task(self) -> None:
+        """Make the node's task known to the swarm (once: the task id is the hash of its body)."""
+        from protocol import task_id
+        from trainer.tasks import TaskError, resolve_task
+
+        try:
+            task = resolve_task(self.settings.task)
+        except TaskError as exc:
+            raise UserError(str(exc)) from None
+        if not any(task_id(t.body) == task.id for t in await self.replica.tasks()):
+            await self.publish("task", dict(task.body))
 
     async def _republish_loop(self) -> None:
         ttl = self.settings.network.peer_record_ttl_s
