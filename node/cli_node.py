@@ -134,7 +134,8 @@ def ralph_options(fn):
     return fn
 
 
-def make_extensions(settings: NodeSettings, config: dict, ralph_flags: dict) -> list[Any]:
+def make_extensions(settings: NodeSettings, config: dict, ralph_flags: dict,
+                    ralph_steps: int | None = None) -> list[Any]:
     """The loops a node runs besides gossip: its own Ralph loop(s) and the reproduction scheduler."""
     from ralph.settings import RalphSettings, SettingsError
 
@@ -146,7 +147,7 @@ def make_extensions(settings: NodeSettings, config: dict, ralph_flags: dict) -> 
             ralph = RalphSettings.from_sources(config.get("ralph"), ralph_flags)
         except SettingsError as exc:
             raise UserError(str(exc)) from None
-        extensions.append(RalphRunner(ralph))
+        extensions.append(RalphRunner(ralph, max_steps=ralph_steps))
     if settings.reproduce:
         from .reproduce import Reproducer
 
@@ -180,10 +181,12 @@ def register(cli: click.Group) -> None:
                   help="Run strangers' code only in a working sandbox (default), also without one, or never.")
     @click.option("--verify-share", type=click.FloatRange(0.0, 1.0), default=None,
                   help="Most compute share spent reproducing while the own loop has work (default 0.3).")
+    @click.option("--ralph-steps", type=click.IntRange(min=1), default=None,
+                  help="Stop the own loop after this many experiments (the node keeps serving and reproducing).")
     @ralph_options
     def node(home: Path | None, listen, bootstrap, swarm, swarm_key_file, lan, lan_interface, advertise, ralph,
              reproduce, trusted, sync_interval, task, device, budget_scale, run_untrusted, verify_share,
-             **ralph_flags) -> None:
+             ralph_steps, **ralph_flags) -> None:
         """Run a node until SIGINT or SIGTERM."""
         import logging
 
@@ -203,7 +206,7 @@ def register(cli: click.Group) -> None:
             budget_scale=budget_scale or float(config.get("budget_scale", 1.0)),
             run_untrusted=run_untrusted or config.get("run_untrusted", "sandbox"),
             verify_share=float(config.get("verify_share", 0.3)) if verify_share is None else verify_share)
-        asyncio.run(run_node(settings, h, make_extensions(settings, config, ralph_flags)))
+        asyncio.run(run_node(settings, h, make_extensions(settings, config, ralph_flags, ralph_steps)))
 
     @cli.command("swarm-key")
     @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))

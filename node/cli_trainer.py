@@ -47,12 +47,13 @@ def _echo_task_table(tasks: list[Task]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "id", "budget (tokens)", "tolerance", "data", "floor (bpb)")
+    table = Table("name", "id", "budget", "tolerance", "data bytes", "floor bpb")
+    for column in table.columns[:2]:
+        column.no_wrap = True
     for task in tasks:
-        data = task.body["data"]
         floor = f"{task.entropy_bpb:.4f}" if task.entropy_bpb is not None else "-"
-        table.add_row(task.name, task.id[:16], f"{task.budget_tokens:,}", task.body["tolerance"],
-                      f"{data['name']} ({data['bytes']:,} B)", floor)
+        table.add_row(task.name, task.id[:12], f"{task.budget_tokens:,}", task.body["tolerance"],
+                      f"{task.body['data']['bytes']:,}", floor)
     Console().print(table)
 
 
@@ -181,6 +182,4 @@ def register(group: click.Group) -> None:
         else:
             _echo_result(run, task, sha)
         if not run.outcome_ok:
-            if not as_json:
-                click.echo(f"error: experiment crashed: {run.reason}", err=True)
-            raise click.exceptions.Exit(CRASHED_EXIT)
+            raise UserError(f"experiment crashed: {run.reason}", exit_code=CRASHED_EXIT)

@@ -281,6 +281,7 @@ class Node:
             "bytes_sent": self.transport.bytes_out,
             "gossip": {k: v for k, v in vars(g).items()},
             "events": dict(self.events),
+            "counters": {**self.counters, **{f"busy_s_{k}": v for k, v in self.slots.busy_s.items()}},
         }
 
     def peers_json(self) -> dict[str, Any]:

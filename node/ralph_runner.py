@@ -7,6 +7,7 @@ results and crashes too, so nobody burns compute twice.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import random
@@ -47,7 +48,9 @@ class RalphRunner:
         task = resolve_task(node.settings.task)
         home = node.settings.home
         for i in range(self.settings.agent_count):
-            proposer = select_proposer(self.settings, self.env, home=home, seed=i)
+            # Seeded by identity and agent: two nodes must not walk the same mutation sequence.
+            seed = int.from_bytes(hashlib.sha256(f"{node.identity.pubkey}:{i}".encode()).digest()[:4], "big")
+            proposer = select_proposer(self.settings, self.env, home=home, seed=seed)
             self.proposer_line = getattr(proposer, "description", type(proposer).__name__)
             memory = Memory.load(memory_path(home, task.id, i), self.settings.memory_type, self.settings.memory_depth)
             loop = RalphLoop(task, node.corpus, proposer, self.settings, memory, self._publish, self._run,

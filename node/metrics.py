@@ -1,0 +1,131 @@
+"""Prometheus metrics at /metrics (DESIGN.md, "What a user sees").
+
+One CollectorRegistry per node, never the process-global one: tests and simulations run several
+nodes in one process, and each must report only itself. A custom collector reads the node's live
+state when scraped, so no counter is kept twice; the replica's counts are async, so the handler
+loads them just before it renders.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .api import NODE
+
+PREFIX = "ralphswarm"
+REGISTRY: web.AppKey["NodeCollector"] = web.AppKey("metrics", object)
+VERDICTS = ("reproduced", "mismatch", "failed", "refused")
+# node.counters names the loops fill -> (metric, labels); absent counters read as 0.
+EXPERIMENT_COUNTERS = {"run": "experiments_run", "kept": "experiments_kept", "crashed": "experiments_crashed"}
+
+
+class NodeCollector(Collector):
+    def __init__(self, node: Any):
+        self.node = node
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        self._db: dict[str, dict[str, int]] = {"messages": {}, "votes": {}}
+
+    async def refresh(self) -> None:
+        """Load what lives in the replica (async) so that collect() can stay synchronous."""
+        replica = self.node.replica
+        self._db = {"messages": await replica.counts(), "votes": await replica.votes_by_verdict()}
+
+    async def render(self) -> bytes:
+        await self.refresh()
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        node = self.node
+        counters = node.counters
+        yield _info(node)
+
+        messages = GaugeMetricFamily(f"{PREFIX}_messages", "Messages in the replica, by kind", labels=["kind"])
+        for kind, n in sorted(self._db["messages"].items()):
+            messages.add_metric([kind], n)
+        yield messages
+        votes = GaugeMetricFamily(f"{PREFIX}_votes", "Votes in the replica, by verdict", labels=["verdict"])
+        stored = self._db["votes"]
+        for verdict in sorted(set(VERDICTS) | set(stored)):
+            votes.add_metric([verdict], stored.get(verdict, 0))
+        yield votes
+
+        stats = node.gossip.stats
+        ingest = CounterMetricFamily(f"{PREFIX}_ingest_messages", "Messages offered to ingest, by result",
+                                     labels=["result"])
+        for result in ("accepted", "duplicate", "rejected"):
+            ingest.add_metric([result], getattr(stats, result))
+        yield ingest
+        rejected = CounterMetricFamily(f"{PREFIX}_ingest_rejected", "Rejected messages, by reason",
+                                       labels=["reason"])
+        for reason, n in sorted(stats.rejected_by_reason.items()):
+            rejected.add_metric([reason], n)
+        yield rejected
+        gossip = CounterMetricFamily(f"{PREFIX}_gossip_events", "Gossip work: ids announced, envelopes "
+                                     "sent and fetched, reconciliations and their rounds", labels=["event"])
+        for event in ("announced", "sent", "fetched", "syncs", "sync_rounds"):
+            gossip.add_metric([event], getattr(stats, event))
+        yield gossip
+        traffic = node.stats_json()
+        yield CounterMetricFamily(f"{PREFIX}_gossip_received_bytes", "Bytes received (requests served and "
+                                  "answers read)", value=traffic["bytes_received"])
+        yield CounterMetricFamily(f"{PREFIX}_gossip_sent_bytes", "Bytes sent in requests to peers",
+                                  value=traffic["bytes_sent"])
+        events = CounterMetricFamily(f"{PREFIX}_http_events", "HTTP events (rate limited, ...)", labels=["event"])
+        for event, n in sorted(node.events.items()):
+            events.add_metric([event], n)
+        yield events
+
+        now = time.time()
+        everyone = node.peers.all()
+        active = len(node.peers.active(now))
+        peers = GaugeMetricFamily(f"{PREFIX}_peers", "Known peers, by state", labels=["state"])
+        peers.add_metric(["active"], active)
+        peers.add_metric(["cooling"], len(everyone) - active)
+        yield peers
+
+        experiments = CounterMetricFamily(f"{PREFIX}_experiments", "Own experiments, by result", labels=["result"])
+        for label, name in EXPERIMENT_COUNTERS.items():
+            experiments.add_metric([label], counters.get(name, 0))
+        yield experiments
+        yield CounterMetricFamily(f"{PREFIX}_reproductions", "Reproductions of others' claims run",
+                                  value=counters.get("reproductions_run", 0))
+        cast = CounterMetricFamily(f"{PREFIX}_votes_cast", "Votes this node published, by verdict",
+                                   labels=["verdict"])
+        for verdict in VERDICTS:
+            cast.add_metric([verdict], counters.get(f"votes_{verdict}", 0))
+        yield cast
+        share = node.slots.share("reproduce") if node.slots is not None else 0.0
+        yield GaugeMetricFamily(f"{PREFIX}_reproduction_share", "Share of busy device time spent reproducing",
+                                value=share)
+
+        tokens = CounterMetricFamily(f"{PREFIX}_proposer_tokens", "LLM proposer tokens", labels=["direction"])
+        tokens.add_metric(["input"], counters.get("proposer_input_tokens", 0))
+        tokens.add_metric(["output"], counters.get("proposer_output_tokens", 0))
+        yield tokens
+        yield CounterMetricFamily(f"{PREFIX}_proposer_cost_usd", "LLM proposer spend in US dollars",
+                                  value=counters.get("proposer_cost_usd", 0))
+
+
+def _info(node: Any) -> Metric:
+    from .daemon import VERSION
+
+    info = GaugeMetricFamily(f"{PREFIX}_node_info", "This node: key, swarm, version",
+                             labels=["pubkey", "swarm", "version"])
+    info.add_metric([node.identity.pubkey, node.swarm, VERSION], 1)
+    return info
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = await request.app[REGISTRY].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def add_routes(app: web.Application) -> None:
+    app[REGISTRY] = NodeCollector(app[NODE])
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,262 @@
+"""The reproduction scheduler as a node extension: re-run other nodes' claims and vote on them
+(DESIGN.md, "Reproduction and voting" and "Running other people's code").
+
+Two tasks owned by the extension: the planner rebuilds the queue (debounced) whenever claims or
+votes arrive and shows it in ``node.activity["queue"]``; the worker takes the top claim when the
+compute share allows, applies the ``--run-untrusted`` policy, rebuilds the claim's source, runs
+the spot check (same seed, first part of the budget, curves compared) and only then the full run,
+and publishes one vote. Nothing here may crash the node: a failing claim is logged and skipped.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from protocol import task_id as protocol_task_id
+
+from .corpus_view import SourceError
+from .scheduler import (Candidate, QueueItem, Scheduler, SchedulerSettings, claim_budget, may_reproduce,
+                        verdict_from_full, verdict_from_spot)
+from .threads import run_in_daemon_thread
+
+log = logging.getLogger(__name__)
+MAX_REASON_CHARS = 1000  # vote.reason is capped at 4 KiB of UTF-8 (protocol/limits.py)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    debounce_s: float = 1.0  # gather a burst of gossip into one queue rebuild
+    poll_s: float = 5.0  # re-check the compute share / an empty queue at least this often
+    run_timeout_s: float | None = None  # per experiment process; None: the trainer's default for the budget
+    stop_timeout_s: float = 3.0  # stop() waits at most this long; a running experiment thread is abandoned
+
+
+class Reproducer:
+    def __init__(self, settings: SchedulerSettings | None = None, worker: WorkerSettings = WorkerSettings(),
+                 rng: random.Random | None = None, cache_dir: Path | None = None):
+        self.settings = settings  # None: SchedulerSettings with the node's verify_share
+        self.worker = worker
+        self.rng = rng
+        self.cache_dir = cache_dir
+        self.node: Any = None
+        self.scheduler: Scheduler | None = None
+        self.queue: list[QueueItem] = []
+        self._voted: set[str] = set()  # claims this node voted on (cached: a vote never goes away)
+        self._checked: set[str] = set()  # claims whose votes were looked up for one of ours
+        self._attempted: set[str] = set()  # claims the worker took, voted or not: never retried this run
+        self._dirty = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    # -- extension protocol ------------------------------------------------------------------
+    async def start(self, node: Any) -> None:
+        self.node = node
+        if self.settings is None:
+            self.settings = SchedulerSettings(verify_share=node.settings.verify_share)
+        self.scheduler = Scheduler(node.identity.pubkey, self.settings, self.rng)
+        self._dirty.set()
+        self._tasks = [asyncio.create_task(self._plan_loop(), name="reproduce-plan"),
+                       asyncio.create_task(self._work_loop(), name="reproduce-work")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:  # a training thread is not awaited: it ends by its own timeout, abandoned
+            await asyncio.wait(self._tasks, timeout=self.worker.stop_timeout_s)
+        self._tasks = []
+
+    def on_accepted(self, envelopes: list) -> None:
+        own = self.node.identity.pubkey if self.node is not None else None
+        for env in envelopes:
+            if env.kind == "vote" and env.author == own:
+                self._voted.add(env.body["claim"])
+            if env.kind in ("claim", "vote", "task"):
+                self._dirty.set()
+
+    def describe(self) -> str:
+        s = self.settings or SchedulerSettings()
+        return (f"reproduce: top-{s.top_k} claims, spot check {s.spot_fraction:g} of the budget first, "
+                f"at most {s.verify_share:g} of compute while the own loop works; "
+                f"--run-untrusted={self.node.settings.run_untrusted if self.node else '?'}")
+
+    # -- the queue ---------------------------------------------------------------------------
+    async def _plan_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(self.worker.debounce_s)
+            self._dirty.clear()
+            try:
+                await self.rebuild()
+            except Exception:
+                log.exception("reproduce: rebuilding the queue failed")
+
+    async def rebuild(self) -> list[QueueItem]:
+        candidates, budgets = await self._candidates()
+        trust = await self.node.replica.trust()
+        await self._lookup_own_votes(candidates)
+        self.queue = self.scheduler.build(candidates, trust, voted=self._voted | self._attempted,
+                                          task_budgets=budgets)
+        self.node.activity["queue"] = [item.to_json() for item in self.queue]
+        self._ready.set()
+        return self.queue
+
+    async def _task_ids(self) -> set[str]:
+        from trainer.tasks import builtin_tasks
+
+        ids = {t.id for t in builtin_tasks().values()}
+        ids.update(protocol_task_id(dict(env.body)) for env in await self.node.replica.tasks())
+        return ids
+
+    async def _candidates(self) -> tuple[list[Candidate], dict[str, int]]:
+        replica, rows, budgets = self.node.replica, [], {}
+        for tid in sorted(await self._task_ids()):
+            task = await self.node.tasks.get(tid)
+            if task is None:
+                continue
+            board = await replica.leaderboard(tid)
+            if not (board.verified or board.pending or board.disputed):
+                continue
+            budgets[tid] = task.budget_tokens
+            for entry, duplicate in [(e, False) for e in board.verified + board.pending + board.disputed] + \
+                                    [(e, True) for e in board.duplicates]:
+                env, result = entry.claim, entry.claim.body.get("result") or {}
+                rows.append(Candidate(
+                    claim=env.id, task=tid, author=env.author, created_at=env.created_at,
+                    outcome=env.body["outcome"], status=entry.status,
+                    value=float(entry.val_bpb) if entry.val_bpb is not None else None,
+                    tokens=result.get("tokens"), has_curve=bool(result.get("curve")), duplicate=duplicate))
+        return rows, budgets
+
+    async def _lookup_own_votes(self, candidates: list[Candidate]) -> None:
+        own = self.node.identity.pubkey
+        for c in candidates:
+            if c.claim in self._checked or c.author == own or c.outcome != "improved":
+                continue
+            self._checked.add(c.claim)
+            if any(v.author == own for v in await self.node.replica.votes(c.claim)):
+                self._voted.add(c.claim)
+
+    # -- the worker --------------------------------------------------------------------------
+    def _own_loop_busy(self) -> bool:
+        node = self.node
+        if not node.settings.ralph:
+            return False
+        if any(use.purpose == "ralph" for use in node.slots.in_use.values()):
+            return True
+        return any(getattr(ext, "idle", True) is False for ext in node.extensions if ext is not self)
+
+    def _next(self) -> QueueItem | None:
+        return next((item for item in self.queue if item.claim not in self._attempted
+                     and item.claim not in self._voted), None)
+
+    async def _work_loop(self) -> None:
+        while True:
+            self._ready.clear()
+            item = self._next()
+            allowed = item is not None and may_reproduce(
+                self.node.slots.share("reproduce"), self.settings.verify_share, self._own_loop_busy())
+            if not allowed:
+                try:
+                    await asyncio.wait_for(self._ready.wait(), timeout=self.worker.poll_s)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            self._attempted.add(item.claim)
+            try:
+                await self.reproduce(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reproduce: claim %s skipped", item.claim[:12])
+            self._dirty.set()
+
+    async def reproduce(self, item: QueueItem) -> dict | None:
+        """Reproduce one claim and publish the vote; returns the vote body (None: nothing to vote)."""
+        from trainer.policy import may_run
+        from trainer.sandbox import detect_sandbox
+
+        node = self.node
+        env = await node.replica.get(item.claim)
+        if env is None or env.kind != "claim":
+            return None
+        task = await node.tasks.get(env.body["task"])
+        if task is None:
+            return await self._vote(item.claim, "failed", None, f"unknown task {env.body['task'][:12]}")
+        trusted = env.author in node.replica.trusted_set()
+        allowed, why = may_run(trusted, node.settings.run_untrusted, await run_in_daemon_thread(detect_sandbox))
+        if not allowed:
+            return await self._vote(item.claim, "refused", None, why)
+        try:
+            source = await node.corpus.source_of(item.claim)
+        except SourceError as exc:
+            return await self._vote(item.claim, "failed", None, f"source: {exc}")
+        claimed = env.body["result"]
+        budget = claim_budget(int(claimed["tokens"]), task.budget_tokens, self.settings.full_budget_slack)
+        verdict, result, reason = await self._run(item.claim, task, source, claimed, budget)
+        return await self._vote(item.claim, verdict, result, reason)
+
+    async def _run(self, claim_id: str, task: Any, source: str, claimed: dict,
+                   budget: int) -> tuple[str, dict | None, str]:
+        from trainer.experiment import run_experiment, spot_check
+
+        node = self.node
+        common = dict(seed=int(claimed["seed"]), timeout_s=self.worker.run_timeout_s,
+                      cache_dir=self.cache_dir or node.settings.home / "cache")
+        async with node.slots.acquire("reproduce", label=claim_id) as device:
+            started = time.time()
+            exp = {"kind": "reproduce", "claim": claim_id, "phase": "spot", "tokens": 0, "budget": budget,
+                   "loss": None, "started_at": int(started), "device": device}
+            node.activity["experiment"] = exp
+            progress = _progress_into(exp)
+            try:
+                node.count("reproductions_run")
+                node.count("reproduce_spot_checks")
+                spot = await run_in_daemon_thread(
+                    spot_check, task, source, fraction=self.settings.spot_fraction,
+                    reference_curve=claimed["curve"], device=device, on_progress=progress,
+                    **_budget_args(spot_check, task, budget), **common)
+                verdict, reason = verdict_from_spot(spot.ok, spot.reason, spot.curve, claimed["curve"])
+                if verdict is not None:
+                    return verdict, None, reason
+                exp.update(phase="full", tokens=0, loss=None)
+                node.count("reproduce_full_runs")
+                run = await run_in_daemon_thread(
+                    run_experiment, task, source, device=device, on_progress=progress,
+                    **_budget_args(run_experiment, task, budget), **common)
+            finally:
+                if node.activity.get("experiment") is exp:
+                    node.activity["experiment"] = None
+        if not run.outcome_ok:
+            return "failed", None, f"full run crashed: {run.reason}"
+        verdict, why = verdict_from_full(claimed["val_bpb"], run.result["val_bpb"], task.body["tolerance"])
+        return verdict, run.result, f"{reason}; {why}"
+
+    async def _vote(self, claim_id: str, verdict: str, result: dict | None, reason: str) -> dict:
+        body = {"claim": claim_id, "verdict": verdict, "result": result, "reason": reason[:MAX_REASON_CHARS]}
+        await self.node.publish("vote", body)
+        self._voted.add(claim_id)
+        self.node.count(f"votes_{verdict}")
+        self.node.note_activity(f"vote {verdict} on {claim_id[:12]}: {body['reason']}", kind="vote",
+                                claim=claim_id, verdict=verdict)
+        return body
+
+
+def _budget_args(fn: Callable, task: Any, budget: int) -> dict:
+    """Run at exactly ``budget`` tokens: by name where the trainer takes one, else as a scale whose
+    product with the task budget truncates to ``budget`` (half a token up guards float rounding)."""
+    if "budget_tokens" in inspect.signature(fn).parameters:
+        return {"budget_tokens": budget}
+    return {"budget_scale": (budget + 0.5) / task.budget_tokens}
+
+
+def _progress_into(exp: dict) -> Callable[[int, int, "float | None"], None]:
+    def progress(tokens: int, total: int, loss: float | None) -> None:  # called from the run's thread
+        exp.update(tokens=tokens, budget=total, loss=loss)
+
+    return progress

@@ -1,0 +1,228 @@
+"""The reproduction queue and the verdicts (DESIGN.md, "Reproduction and voting").
+
+Pure logic over plain data, no I/O: ``node/reproduce.py`` loads the node's view of the corpus into
+``Candidate`` rows, and this module decides which claims are worth this node's compute and in what
+order, whether the node may spend compute on reproduction right now, which token budget a claim ran
+with, and what a run's measurements mean as a verdict.
+
+Which claims: pending claims that would enter their task's top-K if true, ordered by expected gain
+times the author's trust; claims already verified by trusted reproductions are skipped, except
+random audits after BOINC's adaptive replication (BOINC wiki, "AdaptiveReplication": a host with
+CV consecutive valid results is trusted with probability 1 - 1/CV, i.e. re-checked with 1/CV).
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Iterable, Mapping
+
+VERDICTS = ("reproduced", "mismatch", "failed", "refused")
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    verify_share: float = 0.3  # most of the node's compute spent on reproduction while its own loop has work
+    top_k: int = 5  # a claim is worth reproducing when it would enter its task's top-K verified entries
+    spot_fraction: float = 0.25  # share of the claim's budget re-run first, to compare loss curves
+    audit: bool = True  # re-check verified claims at random, 1/n for an author with n verified in a row
+    max_queue: int = 100  # queue entries kept (and shown on the dashboard)
+    audit_weight: float = 0.5  # an audit ranks below a pending claim of the same expected gain
+    full_budget_slack: float = 0.05  # see claim_budget()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One claim as the scheduler sees it: the envelope's fields plus this node's status of it."""
+
+    claim: str
+    task: str
+    author: str
+    created_at: int
+    outcome: str  # improved | worse | crashed
+    status: str  # verified | pending | disputed (store/ranking.py claim_status)
+    value: float | None  # reproduced val_bpb when verified, else the claimed one
+    tokens: int | None = None  # result.tokens; None when the claim carries no result
+    has_curve: bool = True
+    duplicate: bool = False  # a later copy of an already claimed source: copying earns nothing
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    claim: str
+    task: str
+    priority: float
+    reason: str
+    audit: bool = False
+
+    def to_json(self) -> dict:
+        return {"claim": self.claim, "task": self.task, "priority": round(self.priority, 6),
+                "reason": self.reason, "audit": self.audit}
+
+
+def author_runs(candidates: Iterable[Candidate]) -> dict[str, int]:
+    """Per author, the run of verified claims since its latest disputed one (BOINC's CV(H))."""
+    by_author: dict[str, list[Candidate]] = defaultdict(list)
+    for c in candidates:
+        if c.status in ("verified", "disputed") and not c.duplicate:
+            by_author[c.author].append(c)
+    runs = {}
+    for author, claims in by_author.items():
+        claims.sort(key=lambda c: (c.created_at, c.claim))
+        n = 0
+        for c in claims:
+            n = n + 1 if c.status == "verified" else 0
+        runs[author] = n
+    return runs
+
+
+def expected_gain(value: float, others: list[float], top_k: int) -> tuple[bool, float, str]:
+    """(enters the top-K, gain, why) for a claim of ``value`` against the task's other verified values.
+
+    The gain is how far the claim is under the K-th verified entry, plus how far under the best when
+    it would be a new record. With fewer than K verified entries every claim enters; its gain is
+    measured against the worst of them (0 when there are none: then lower claimed values go first).
+    """
+    others = sorted(others)
+    if len(others) >= top_k:
+        kth = others[top_k - 1]
+        if value >= kth:
+            return False, 0.0, f"{value:.6f} would not beat the #{top_k} verified entry ({kth:.6f})"
+        gain = kth - value
+        why = f"{gain:.6f} under the #{top_k} verified entry"
+    elif others:
+        gain = max(0.0, others[-1] - value)
+        why = f"top-{top_k} has room ({len(others)} verified)"
+    else:
+        return True, 0.0, "first claim to verify for its task"
+    if value < others[0]:
+        gain += others[0] - value
+        why += f"; would be the best by {others[0] - value:.6f}"
+    return True, gain, why
+
+
+class Scheduler:
+    """Builds the reproduction queue. Holds the audit draws, so each verified claim is drawn once
+    (a fresh draw at every rebuild would audit every claim sooner or later)."""
+
+    def __init__(self, own_key: str, settings: SchedulerSettings = SchedulerSettings(),
+                 rng: random.Random | None = None):
+        self.own_key = own_key
+        self.settings = settings
+        self.rng = rng or random.Random()
+        self._audit_draws: dict[str, bool] = {}
+
+    def draw_audit(self, claim: str, run: int) -> bool:
+        if claim not in self._audit_draws:
+            self._audit_draws[claim] = self.rng.random() < 1.0 / max(1, run)
+        return self._audit_draws[claim]
+
+    def build(self, candidates: Iterable[Candidate], trust: Mapping[str, float],
+              voted: set[str] | frozenset[str] = frozenset(), task_budgets: Mapping[str, int] | None = None
+              ) -> list[QueueItem]:
+        """The queue, best first. ``voted``: claims this node already voted on (or gave up on);
+        ``task_budgets``: the token budget of each task this node can run (others are skipped)."""
+        s = self.settings
+        candidates = [c for c in candidates if not c.duplicate]
+        runs = author_runs(candidates)
+        verified: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        for c in candidates:
+            if c.status == "verified" and c.value is not None:
+                verified[c.task].append((c.claim, c.value))
+        scored: list[tuple[float, float, int, str, QueueItem]] = []
+        for c in candidates:
+            if not self._reproducible(c, voted, task_budgets):
+                continue
+            audit = c.status == "verified"
+            if audit and not (s.audit and self.draw_audit(c.claim, runs.get(c.author, 0))):
+                continue
+            if c.status not in ("pending", "verified"):
+                continue  # disputed: trusted mismatches already outweigh it
+            others = [v for cid, v in verified[c.task] if cid != c.claim]
+            enters, gain, why = expected_gain(c.value, others, s.top_k)
+            if not enters:
+                continue
+            author_trust = float(trust.get(c.author, 0.0))
+            # 1 + trust: an unknown author's claim still gets reproduced (that is how trust is earned),
+            # a trusted author's claim of the same gain first.
+            priority = gain * (1.0 + author_trust) * (s.audit_weight if audit else 1.0)
+            if audit:
+                n = runs.get(c.author, 0)
+                why = f"audit: author has {n} verified in a row (p=1/{max(1, n)}); {why}"
+            else:
+                why = f"pending, claims {c.value:.6f}: {why}; author trust {author_trust:.3f}"
+            item = QueueItem(c.claim, c.task, priority, why, audit)
+            scored.append((-priority, c.value, c.created_at, c.claim, item))
+        scored.sort(key=lambda t: t[:4])
+        return [t[4] for t in scored[:s.max_queue]]
+
+    def _reproducible(self, c: Candidate, voted, task_budgets) -> bool:
+        if c.author == self.own_key or c.claim in voted:
+            return False
+        if c.outcome != "improved" or c.value is None or not c.has_curve or not c.tokens or c.tokens <= 0:
+            return False
+        if task_budgets is not None:
+            budget = task_budgets.get(c.task)
+            if budget is None or c.tokens > budget:  # not a task we run, or not within its terms
+                return False
+        return True
+
+
+# -- when and at which budget --------------------------------------------------------------------
+
+def may_reproduce(share: float, verify_share: float, own_loop_busy: bool) -> bool:
+    """Reproduction takes at most ``verify_share`` of the compute while the own loop has work
+    (DESIGN.md, "Reproduction and voting"); with the loop off or idle it may take all of it."""
+    return not own_loop_busy or share < verify_share
+
+
+def claim_budget(tokens: int, task_budget: int, slack: float = SchedulerSettings.full_budget_slack) -> int:
+    """The token budget a claim ran with, from its ``result.tokens``.
+
+    ``result.tokens`` counts the tokens the budget loader delivered, in whole batches, so a run at the
+    task budget reports up to one batch less. The budget decides the schedule (progress = tokens /
+    budget) and where the curve points fall, so it must be exact: a claim within ``slack`` under
+    the task budget ran the task budget; any other claim ran a scaled budget equal to its tokens.
+    """
+    if task_budget * (1 - slack) <= tokens <= task_budget:
+        return task_budget
+    return tokens
+
+
+# -- verdicts ------------------------------------------------------------------------------------
+
+def _dec(value: object) -> Decimal:
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"not a decimal: {value!r}") from None
+
+
+def verdict_from_spot(ok: bool, reason: str, curve: list, reference_curve: list) -> tuple[str | None, str]:
+    """A spot check's meaning: (None, why) to go on to the full run, or a final (verdict, reason).
+
+    A crash of the re-run is ``failed``; a curve that diverges from the claimed one is ``mismatch``;
+    a claimed curve with no point inside the spot-checked part cannot be judged here.
+    """
+    if ok:
+        return None, f"spot check passed: {reason}"
+    if not curve:
+        return "failed", f"spot check crashed: {reason}"
+    checked = {int(t) for t, _ in curve}
+    if not any(int(t) in checked for t, _ in reference_curve):
+        return None, "spot check inconclusive: the claimed curve has no point in the checked part"
+    return "mismatch", f"spot check: {reason}"
+
+
+def verdict_from_full(claimed_bpb: object, measured_bpb: object, tolerance: object) -> tuple[str, str]:
+    """``reproduced`` when |measured - claimed| <= tolerance (decimal arithmetic: the edge is exact)."""
+    claimed, measured, tol = _dec(claimed_bpb), _dec(measured_bpb), _dec(tolerance)
+    diff = abs(measured - claimed)
+    if diff <= tol:
+        return "reproduced", f"val_bpb {measured} vs claimed {claimed}: within tolerance {tol}"
+    return "mismatch", f"val_bpb {measured} vs claimed {claimed}: off by {diff} > tolerance {tol}"
+
+
+__all__ = ["Candidate", "QueueItem", "Scheduler", "SchedulerSettings", "VERDICTS", "author_runs",
+           "claim_budget", "expected_gain", "may_reproduce", "verdict_from_full", "verdict_from_spot"]

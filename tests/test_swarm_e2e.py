@@ -1,0 +1,117 @@
+"""The mission end to end: real node processes on loopback, offline proposer, tiny task at a small
+budget. An improved claim is reproduced by the other nodes before anyone believes it; a fabricated
+one is caught.
+
+    .venv/bin/python -m pytest tests/test_swarm_e2e.py -q
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from protocol import Identity, build
+from tests.nodeproc import NodeProcess, cli, wait_until
+
+pytestmark = pytest.mark.slow
+SCALE = "0.05"
+COMMON = ("--no-lan", "--sync-interval", "1", "--budget-scale", SCALE, "--verify-share", "1.0")
+
+
+def board(node):
+    out = cli("leaderboard", "--json", home=node.home)
+    assert out.returncode == 0, out.stderr.decode()
+    return json.loads(out.stdout)
+
+
+def votes_on(node, claim_id):
+    out = cli("show", claim_id, "--json", home=node.home)
+    return json.loads(out.stdout)["votes"] if out.returncode == 0 else []
+
+
+def fixed_identity(home, seed: bytes):
+    """Give a home a known key before its first start, so its loop's choices are reproducible."""
+    assert cli("init", home=home).returncode == 0
+    (home / "identity.key").unlink()
+    Identity.from_seed(seed).save(home / "identity.key")
+
+
+def test_three_nodes_agree_on_a_reproduced_claim(tmp_path):
+    fixed_identity(tmp_path / "a", b"\x0a" * 32)
+    a = NodeProcess(tmp_path / "a", *COMMON, "--ralph-steps", "4", "--no-reproduce").start()
+    b = NodeProcess(tmp_path / "b", *COMMON, "--no-ralph", "--bootstrap", a.address).start()
+    c = NodeProcess(tmp_path / "c", *COMMON, "--no-ralph", "--bootstrap", a.address).start()
+    nodes = (a, b, c)
+    try:
+        # a's loop publishes; its best improved claim tops its own board (its own run verifies it)
+        top_a = wait_until(lambda: (board(a)["verified"] or [None])[0] if a.get("/api/stats")["counters"]
+                           .get("experiments_run", 0) >= 4 else None, timeout=240, what="a's loop to finish")
+        assert top_a["outcome"] == "improved", top_a
+        claim = top_a["claim"]
+
+        def agreed():
+            tops = [(board(n)["verified"] or [{}])[0].get("claim") for n in nodes]
+            return tops if all(t == claim for t in tops) else False
+
+        wait_until(agreed, timeout=300, interval=2, what="all three leaderboards to put a's claim on top")
+        voters = {v["voter"]: v for v in votes_on(a, claim)}
+        assert {b.pubkey, c.pubkey} <= set(voters)
+        assert all(voters[k]["verdict"] == "reproduced" for k in (b.pubkey, c.pubkey))
+        assert voters[b.pubkey]["val_bpb"] == top_a["claimed_bpb"]  # a CPU run repeats bit for bit
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def _author_trust(home, author):
+    from store import Replica
+
+    async def read():
+        config = json.loads((home / "config.json").read_text())
+        me = Identity.load(home / "identity.key").pubkey
+        r = await Replica.open(home / "replica.sqlite3", swarm=config["swarm"], self_key=me)
+        try:
+            return (await r.trust()).get(author, 0.0)
+        finally:
+            await r.close()
+
+    return asyncio.run(read())
+
+
+def test_fabricated_claim_gets_mismatch_votes_and_costs_its_author_trust(tmp_path):
+    from trainer.experiment import run_experiment
+    from trainer.patches import make_patch, source_sha256
+    from trainer.tasks import resolve_task
+
+    task = resolve_task("tiny")
+    source = task.source.replace("MATRIX_LR = ", "MATRIX_LR = 1.1 * ", 1)
+    assert source != task.source
+    real = run_experiment(task, source, seed=0, budget_scale=float(SCALE), device="cpu")
+    assert real.outcome_ok, real.reason
+    fake = dict(real.result, val_bpb=f"{float(real.result['val_bpb']) * 0.8:.6f}")  # 20% better than true
+    mallory = Identity.from_seed(b"\x66" * 32)
+    env = build(mallory, "public", "claim", {
+        "task": task.id, "parent": None, "patch": make_patch(task.source, source),
+        "source_sha256": source_sha256(source), "note": "MATRIX_LR x1.1 (falsified result)",
+        "outcome": "improved", "result": fake})
+    b = NodeProcess(tmp_path / "b", *COMMON, "--no-ralph").start()
+    c = NodeProcess(tmp_path / "c", *COMMON, "--no-ralph", "--bootstrap", b.address).start()
+    try:
+        assert b.push([env.canonical()])["accepted"] == [env.id]
+
+        def both_voted():
+            verdicts = {v["voter"]: v["verdict"] for v in votes_on(b, env.id)}
+            return verdicts if {b.pubkey, c.pubkey} <= set(verdicts) else False
+
+        verdicts = wait_until(both_voted, timeout=240, interval=2, what="b and c to vote on the fabricated claim")
+        assert verdicts[b.pubkey] == verdicts[c.pubkey] == "mismatch"
+        for n in (b, c):
+            lb = board(n)
+            assert env.id not in [e["claim"] for e in lb["verified"]]
+            assert env.id in [e["claim"] for e in lb["disputed"]]
+    finally:
+        b.stop()
+        c.stop()
+    assert _author_trust(b.home, mallory.pubkey) == 0.0
+    assert _author_trust(c.home, mallory.pubkey) == 0.0
