@@ -86,7 +86,7 @@ def _result_summary(result: Any) -> dict[str, Any] | None:
 
 
 async def tasks(request: web.Request) -> web.Response:
-    """Every task this node knows: its default, built-ins, task messages, and task ids claims name."""
+    """Every task this node knows: its default task, task messages, and task ids that claims name."""
     node = request.app[NODE]
     default = await node.default_task_id()
     counts = await node.replica.claim_tasks()

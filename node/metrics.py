@@ -11,7 +11,8 @@ import time
 from typing import Any, Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -123,7 +124,9 @@ def _info(node: Any) -> Metric:
 
 async def metrics(request: web.Request) -> web.Response:
     body = await request.app[REGISTRY].render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    # Our names and labels are plain ASCII, so the output is valid text format 0.0.4, which every
+    # Prometheus server reads (the library's default content type, 1.0.0, needs a recent one).
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
 
 def add_routes(app: web.Application) -> None:

@@ -263,6 +263,14 @@ class Replica:
             out[kind] = n
         return out
 
+    async def votes_by_verdict(self) -> dict[str, int]:
+        """Stored votes per verdict (every vote, superseded ones included): the /metrics gauge."""
+        return dict(await self._fetchall("SELECT verdict, COUNT(*) FROM messages WHERE kind = 'vote' GROUP BY verdict"))
+
+    async def claim_tasks(self) -> dict[str, int]:
+        """Claims per task id, tasks this replica holds no task message for included."""
+        return dict(await self._fetchall("SELECT task, COUNT(*) FROM messages WHERE kind = 'claim' GROUP BY task"))
+
     async def tasks(self) -> list[Envelope]:
         """One envelope per task id (the earliest publication of it)."""
         rows = await self._fetchall("SELECT task, raw FROM messages WHERE kind = 'task' ORDER BY created_at, id")

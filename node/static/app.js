@@ -5,7 +5,7 @@
 
 const POLL_MS = 2000;
 const SVG = "http://www.w3.org/2000/svg";
-const state = { task: null, last: {} };
+const state = { task: null, last: {}, gen: 0 };
 
 // -- small helpers -----------------------------------------------------------------------------
 function el(tag, attrs, ...children) {
@@ -15,7 +15,7 @@ function el(tag, attrs, ...children) {
     if (k === "text") node.textContent = v;
     else node.setAttribute(k, v === true ? "" : v);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -62,7 +62,7 @@ function changed(key, data) {
   return true;
 }
 function fill(target, ...children) {
-  target.replaceChildren(...children.flat().filter((c) => c));
+  target.replaceChildren(...children.flat(Infinity).filter((c) => c));
 }
 
 // -- the loss chart ----------------------------------------------------------------------------
@@ -182,13 +182,13 @@ function lineageSection(lin) {
 }
 
 function renderPeers(data) {
-  const rows = data.peers.map((p) => [el("span", { class: "mono", text: p.address }),
-    el("span", { class: "mono muted", title: p.pubkey || "", text: short(p.pubkey) }),
+  const rows = data.peers.map((p) => [
+    el("div", {}, el("div", { class: "mono", text: p.address }),
+      el("div", { class: "muted small" }, el("span", { class: "mono", title: p.pubkey || "", text: short(p.pubkey) }),
+        ` · ${p.source}`, p.last_error ? el("span", { class: "bad", text: ` · ${p.last_error}` }) : null)),
     el("span", { class: p.score < 0 ? "bad" : "good", text: p.score.toFixed(1) }),
-    ago(p.last_contact), p.cooling ? badge("cooling") : badge("active"),
-    el("span", { class: "muted small", text: p.last_error || p.source })]);
-  fill(document.querySelector("#peers .body"),
-    table(["address", "key", "score", "last contact", "state", "note"], rows, "No peers yet."));
+    ago(p.last_contact), p.cooling ? badge("cooling") : badge("active")]);
+  fill(document.querySelector("#peers .body"), table(["peer", "score", "last contact", "state"], rows, "No peers yet."));
 }
 
 function renderActivity(a) {
@@ -219,7 +219,7 @@ function renderActivity(a) {
 }
 
 function diffView(patch) {
-  return el("pre", { class: "diff" }, patch.split("\n").map((line) => el("span", {
+  return el("pre", { class: "diff" }, patch.replace(/\n$/, "").split("\n").map((line) => el("span", {
     class: line.startsWith("@@") ? "hunk" : line.startsWith("+++") || line.startsWith("---") ? "meta"
       : line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : "ctx", text: line || " " })));
 }
@@ -266,6 +266,9 @@ function route() {
 async function refresh() {
   const r = route();
   const view = document.getElementById("view");
+  // A refresh started before a navigation may finish after it: only the latest one may draw.
+  const gen = ++state.gen;
+  const current = () => gen === state.gen;
   try {
     const [tasks, activity, peers] = await Promise.all([api("/api/tasks"), api("/api/activity"), api("/api/peers")]);
     document.getElementById("offline").hidden = true;
@@ -278,15 +281,15 @@ async function refresh() {
         c = await api(`/api/claim/${r.id}`);
       } catch (err) {
         if (!err.status) throw err;
-        if (changed("view", { missing: r.id })) fill(view, el("p", {}, el("a", { href: "#/", text: "← leaderboard" })),
+        if (current() && changed("view", { missing: r.id })) fill(view, el("p", {}, el("a", { href: "#/", text: "← leaderboard" })),
           el("p", { class: "empty", text: `This node holds no claim ${short(r.id)} (${err.message}).` }));
         return;
       }
-      if (changed("view", c)) fill(view, claimView(c));
+      if (current() && changed("view", c)) fill(view, claimView(c));
     } else {
       const q = `?task=${state.task}`;
       const [lb, lin] = await Promise.all([api(`/api/leaderboard${q}`), api(`/api/lineage${q}`)]);
-      if (changed("view", [lb, lin])) fill(view, leaderboardSection(lb), lineageSection(lin));
+      if (current() && changed("view", [lb, lin])) fill(view, leaderboardSection(lb), lineageSection(lin));
     }
   } catch (err) {
     document.getElementById("offline").hidden = false;
@@ -302,6 +305,12 @@ function schedule(now) {
 
 document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("task").addEventListener("change", (e) => { state.task = e.target.value; schedule(true); });
-  window.addEventListener("hashchange", () => { window.scrollTo(0, 0); schedule(true); });
+  window.addEventListener("hashchange", () => {
+    // never show the previous page's claim under the new address while the new one loads
+    delete state.last.view;
+    fill(document.getElementById("view"), el("p", { class: "muted", text: "loading…" }));
+    window.scrollTo(0, 0);
+    schedule(true);
+  });
   schedule(true);
 });
