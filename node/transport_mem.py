@@ -11,7 +11,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from protocol import Envelope, canon, decode
+from protocol import Envelope, ProtocolError, canon, decode
 
 from .transport import PeerUnavailable
 
@@ -38,7 +38,11 @@ class MemoryStore:
     async def ingest(self, items: Iterable[Any], now: int | None = None) -> MemReport:
         report = MemReport()
         for item in items:
-            env = item if isinstance(item, Envelope) else decode(item, swarm=self.swarm, now=now, check_sig=False)
+            try:
+                env = item if isinstance(item, Envelope) else decode(item, swarm=self.swarm, now=now, check_sig=False)
+            except ProtocolError as exc:
+                report.rejected.append((item.get("id") if isinstance(item, dict) else None, exc.reason))
+                continue
             if env.id in self._raw:
                 report.duplicate.append(env.id)
                 continue
