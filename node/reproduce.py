@@ -197,7 +197,8 @@ class Reproducer:
         except SourceError as exc:
             return await self._vote(item.claim, "failed", None, f"source: {exc}")
         claimed = env.body["result"]
-        budget = claim_budget(int(claimed["tokens"]), task.budget_tokens, self.settings.full_budget_slack)
+        known = (task.budget_tokens, max(1, int(task.budget_tokens * node.settings.budget_scale)))
+        budget = claim_budget(int(claimed["tokens"]), known, self.settings.full_budget_slack)
         verdict, result, reason = await self._run(item.claim, task, source, claimed, budget)
         return await self._vote(item.claim, verdict, result, reason)
 
