@@ -1,0 +1,170 @@
+"""Whole experiments: sandboxed training + sandboxed evaluation of the tiny task on CPU.
+
+Run: .venv/bin/python -m pytest tests/test_trainer_experiment.py -q
+Budgets are scaled down (a few seconds of training each); the one quality test uses half the budget.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from protocol.schemas import validate_result
+from trainer.experiment import compare_curves, run_experiment, spot_check
+from trainer.patches import apply_patch, make_patch
+from trainer.tasks import builtin_tasks, load_data, split_data
+
+pytestmark = pytest.mark.slow
+TINY = builtin_tasks()["tiny"]
+SCALE = 0.05  # 10k tokens
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache")
+    load_data(TINY, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def baseline(cache):
+    return run_experiment(TINY, TINY.source, seed=1, budget_scale=SCALE, device="cpu", cache_dir=cache)
+
+
+def _edit(source: str, old: str, new: str) -> str:
+    assert old in source
+    return apply_patch(source, make_patch(source, source.replace(old, new)))
+
+
+def test_result_satisfies_the_protocol_schema(baseline):
+    assert baseline.outcome_ok, baseline.reason
+    validate_result(baseline.result)
+    r = baseline.result
+    assert r["seed"] == 1 and r["device"] == "cpu" and r["torch"] == torch.__version__
+    assert 0 < r["tokens"] <= int(TINY.budget_tokens * SCALE)
+    assert 1 <= len(r["curve"]) <= 64 and r["curve"][-1][0] <= r["tokens"]
+    assert r["flops_per_token"] > 0
+    assert r["entropy_bpb"] == f"{TINY.entropy_bpb:.6f}"
+    assert r["sandbox"] == baseline.sandbox
+
+
+def test_same_seed_gives_identical_result(cache, baseline):
+    again = run_experiment(TINY, TINY.source, seed=1, budget_scale=SCALE, device="cpu", cache_dir=cache)
+    assert again.result["val_bpb"] == baseline.result["val_bpb"]
+    assert again.result["curve"] == baseline.result["curve"]
+
+
+def test_learning_rate_patch_changes_the_result(cache, baseline):
+    source = _edit(TINY.source, "MATRIX_LR = 0.03", "MATRIX_LR = 0.06")
+    run = run_experiment(TINY, source, seed=1, budget_scale=SCALE, device="cpu", cache_dir=cache)
+    assert run.outcome_ok, run.reason
+    assert run.result["val_bpb"] != baseline.result["val_bpb"]
+    assert run.result["curve"][0] == baseline.result["curve"][0]  # same init, same first batch
+    assert run.result["curve"] != baseline.result["curve"]
+
+
+def _unigram_bpb(train: bytes, val: bytes) -> float:
+    counts = [1] * 256  # add-one smoothing, as a fitted unigram model would
+    for b in train:
+        counts[b] += 1
+    total = sum(counts)
+    return -sum(math.log2(counts[b] / total) for b in val) / len(val)
+
+
+def test_trained_model_beats_unigram_and_stays_above_the_floor(cache):
+    run = run_experiment(TINY, TINY.source, seed=0, budget_scale=0.5, device="cpu", cache_dir=cache)
+    assert run.outcome_ok, run.reason
+    train, val = split_data(TINY, load_data(TINY, cache))
+    unigram = _unigram_bpb(train, val[1:])
+    bpb = run.val_bpb
+    assert bpb < unigram - 1.0, (bpb, unigram)
+    # The entropy rate is a true floor; the finite validation split wobbles around it by ~0.01.
+    assert bpb > TINY.entropy_bpb - 0.02
+
+
+def test_nan_loss_crashes_fast(cache):
+    source = _edit(TINY.source, "        log(loss.detach())", "        log(loss.detach() * float('nan'))")
+    run = run_experiment(TINY, source, seed=0, budget_scale=1.0, device="cpu", cache_dir=cache)
+    assert not run.outcome_ok and run.result is None
+    assert run.reason == "nan loss"
+    assert run.wall_s < 60
+
+
+def test_exception_in_script_names_the_line(cache):
+    source = _edit(TINY.source, "    optimizers = make_optimizers(model)", "    optimizers = make_optimizers(model) + 1")
+    run = run_experiment(TINY, source, seed=0, budget_scale=SCALE, device="cpu", cache_dir=cache)
+    assert not run.outcome_ok
+    assert run.reason.startswith("TypeError:") and "train.py line" in run.reason
+
+
+def test_training_never_sees_the_validation_split(cache, tmp_path):
+    # The script reports what its working directory holds through the crash reason.
+    source = _edit(TINY.source, "    optimizers = make_optimizers(model)",
+                   "    import os\n    raise RuntimeError(' '.join(sorted(os.listdir('.'))))")
+    run = run_experiment(TINY, source, seed=0, budget_scale=SCALE, device="cpu", cache_dir=cache)
+    assert "train.bin" in run.reason and "train.py" in run.reason
+    assert "val" not in run.reason
+
+
+def _processes_under(path: Path) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cwd = os.readlink(f"/proc/{entry}/cwd")
+            except OSError:
+                continue
+            if cwd.startswith(str(path)):
+                pids.append(int(entry))
+    return pids
+
+
+def test_hanging_script_times_out_and_leaves_nothing_behind(cache, tmp_path):
+    source = _edit(TINY.source, "    optimizers = make_optimizers(model)",
+                   "    import subprocess, sys\n    subprocess.Popen([sys.executable, '-c', 'while True: pass'])\n"
+                   "    while True:\n        pass")
+    run = run_experiment(TINY, source, seed=0, budget_scale=SCALE, device="cpu", cache_dir=cache,
+                         timeout_s=8, work_dir=tmp_path / "work")
+    assert not run.outcome_ok and run.reason == "timeout after 8 s"
+    assert run.wall_s < 40
+    assert _processes_under(tmp_path) == []
+
+
+def test_out_of_memory_is_a_crash(cache):
+    source = _edit(TINY.source, "    optimizers = make_optimizers(model)",
+                   "    hog = torch.empty(1 << 40, dtype=torch.uint8)")
+    run = run_experiment(TINY, source, seed=0, budget_scale=SCALE, device="cpu", cache_dir=cache)
+    assert not run.outcome_ok and "memory" in run.reason
+
+
+def test_spot_check_passes_for_the_same_code_and_catches_other_code(cache, baseline):
+    # The spot check runs the first half of the baseline's budget under the same schedule.
+    check = spot_check(TINY, TINY.source, seed=1, fraction=0.5, reference_curve=baseline.result["curve"],
+                       budget_scale=SCALE, device="cpu", cache_dir=cache, tolerance=0.0)
+    assert check.ok, check.reason
+    half = int(TINY.budget_tokens * SCALE) // 2
+    assert check.curve == [p for p in baseline.result["curve"] if p[0] <= half]
+    other = _edit(TINY.source, "EMBED_LR = 0.1", "EMBED_LR = 0.5")
+    check = spot_check(TINY, other, seed=1, fraction=0.5, reference_curve=baseline.result["curve"],
+                       budget_scale=SCALE, device="cpu", cache_dir=cache)
+    assert not check.ok and check.reason.startswith("curve diverges at")
+
+
+def test_compare_curves():
+    ref = [[10, "2.000000"], [20, "1.500000"]]
+    assert compare_curves([[10, "2.005000"]], ref, 0.01)[0]
+    ok, reason = compare_curves([[10, "2.000000"], [20, "1.600000"]], ref, 0.01)
+    assert not ok and "at 20 tokens" in reason
+    assert not compare_curves([[15, "2.0"]], ref, 0.01)[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run(cache):
+    run = run_experiment(TINY, TINY.source, seed=0, budget_scale=SCALE, device="cuda", cache_dir=cache)
+    assert run.outcome_ok, run.reason
+    assert run.result["device"].startswith("cuda:")
+    validate_result(run.result)
