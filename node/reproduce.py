@@ -10,7 +10,6 @@ and publishes one vote. Nothing here may crash the node: a failing claim is logg
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import random
 import time
@@ -21,7 +20,7 @@ from typing import Any, Callable
 from protocol import task_id as protocol_task_id
 
 from .corpus_view import SourceError
-from .scheduler import (Candidate, QueueItem, Scheduler, SchedulerSettings, claim_budget, may_reproduce,
+from .scheduler import (Candidate, QueueItem, Scheduler, SchedulerSettings, may_reproduce,
                         verdict_from_full, verdict_from_spot)
 from .threads import run_in_daemon_thread
 
@@ -197,8 +196,7 @@ class Reproducer:
         except SourceError as exc:
             return await self._vote(item.claim, "failed", None, f"source: {exc}")
         claimed = env.body["result"]
-        known = (task.budget_tokens, max(1, int(task.budget_tokens * node.settings.budget_scale)))
-        budget = claim_budget(int(claimed["tokens"]), known, self.settings.full_budget_slack)
+        budget = int(claimed["tokens"])  # the claim's token budget (protocol/SPEC.md, result.tokens)
         verdict, result, reason = await self._run(item.claim, task, source, claimed, budget)
         return await self._vote(item.claim, verdict, result, reason)
 
@@ -221,7 +219,7 @@ class Reproducer:
                 spot = await run_in_daemon_thread(
                     spot_check, task, source, fraction=self.settings.spot_fraction,
                     reference_curve=claimed["curve"], device=device, on_progress=progress,
-                    **_budget_args(spot_check, task, budget), **common)
+                    budget_tokens=budget, **common)
                 verdict, reason = verdict_from_spot(spot.ok, spot.reason, spot.curve, claimed["curve"])
                 if verdict is not None:
                     return verdict, None, reason
@@ -229,7 +227,7 @@ class Reproducer:
                 node.count("reproduce_full_runs")
                 run = await run_in_daemon_thread(
                     run_experiment, task, source, device=device, on_progress=progress,
-                    **_budget_args(run_experiment, task, budget), **common)
+                    budget_tokens=budget, **common)
             finally:
                 if node.activity.get("experiment") is exp:
                     node.activity["experiment"] = None
@@ -246,14 +244,6 @@ class Reproducer:
         self.node.note_activity(f"vote {verdict} on {claim_id[:12]}: {body['reason']}", kind="vote",
                                 claim=claim_id, verdict=verdict)
         return body
-
-
-def _budget_args(fn: Callable, task: Any, budget: int) -> dict:
-    """Run at exactly ``budget`` tokens: by name where the trainer takes one, else as a scale whose
-    product with the task budget truncates to ``budget`` (half a token up guards float rounding)."""
-    if "budget_tokens" in inspect.signature(fn).parameters:
-        return {"budget_tokens": budget}
-    return {"budget_scale": (budget + 0.5) / task.budget_tokens}
 
 
 def _progress_into(exp: dict) -> Callable[[int, int, "float | None"], None]:

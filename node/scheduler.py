@@ -29,7 +29,6 @@ class SchedulerSettings:
     audit: bool = True  # re-check verified claims at random, 1/n for an author with n verified in a row
     max_queue: int = 100  # queue entries kept (and shown on the dashboard)
     audit_weight: float = 0.5  # an audit ranks below a pending claim of the same expected gain
-    full_budget_slack: float = 0.25  # see claim_budget(): a batch is under a quarter of any budget
 
 
 @dataclass(frozen=True)
@@ -177,22 +176,6 @@ def may_reproduce(share: float, verify_share: float, own_loop_busy: bool) -> boo
     return not own_loop_busy or share < verify_share
 
 
-def claim_budget(tokens: int, budgets: Iterable[int], slack: float = SchedulerSettings.full_budget_slack) -> int:
-    """The token budget a claim ran with, from its ``result.tokens``.
-
-    ``result.tokens`` counts the tokens the budget loader delivered, in whole batches, so a run
-    reports up to one batch less than its budget. The budget decides the schedule (progress =
-    tokens / budget) and where the curve points fall, so the re-run must use the very same one. The
-    protocol's result does not carry it: the claim ran the smallest of the known ``budgets`` (the
-    task's, and the task's at this node's budget scale) that its tokens fall at most ``slack`` under;
-    any other claim is taken to have run exactly its tokens.
-    """
-    for budget in sorted(set(budgets)):
-        if budget * (1 - slack) <= tokens <= budget:
-            return budget
-    return tokens
-
-
 # -- verdicts ------------------------------------------------------------------------------------
 
 def _dec(value: object) -> Decimal:
@@ -228,4 +211,4 @@ def verdict_from_full(claimed_bpb: object, measured_bpb: object, tolerance: obje
 
 
 __all__ = ["Candidate", "QueueItem", "Scheduler", "SchedulerSettings", "VERDICTS", "author_runs",
-           "claim_budget", "expected_gain", "may_reproduce", "verdict_from_full", "verdict_from_spot"]
+           "expected_gain", "may_reproduce", "verdict_from_full", "verdict_from_spot"]

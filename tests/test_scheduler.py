@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from node.scheduler import (Candidate, Scheduler, SchedulerSettings, author_runs, claim_budget, expected_gain,
+from node.scheduler import (Candidate, Scheduler, SchedulerSettings, author_runs, expected_gain,
                             may_reproduce, verdict_from_full, verdict_from_spot)
 
 ME = "e" * 64
@@ -152,16 +152,6 @@ def test_compute_share():
 
 
 # -- budgets -----------------------------------------------------------------------------------
-
-def test_claim_budget():
-    assert claim_budget(199_680, [200_000]) == 200_000  # whole batches: up to one batch under the budget
-    assert claim_budget(200_000, [200_000]) == 200_000
-    assert claim_budget(8192, [200_000]) == 8192  # a scaled run we know nothing of: exactly its tokens
-    assert claim_budget(9216, [200_000, 10_000]) == 10_000  # a run at the budget scale this node uses
-    assert claim_budget(7000, [200_000, 10_000]) == 7000  # more than a quarter under: not that budget
-
-
-# -- verdicts ----------------------------------------------------------------------------------
 
 def test_verdict_from_full_at_the_tolerance_edges():
     assert verdict_from_full("1.500000", "1.520000", "0.02")[0] == "reproduced"

@@ -23,7 +23,7 @@ from typing import Callable
 from .datasets import DataError
 from .harness.curve import MAX_POINTS
 from .rlimits import GiB, Limits
-from .sandbox import SandboxRun, SandboxUnavailable, run_sandboxed
+from .sandbox import SandboxRun, SandboxUnavailable, gpu_device_paths, run_sandboxed
 from .tasks import Task, TaskError, load_data, split_data
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -109,8 +109,10 @@ class _Child:
 
         def target() -> None:
             try:
+                devices = gpu_device_paths() if _device_kind(device) == "gpu" else ()
                 self._holder["run"] = run_sandboxed(argv, scratch=scratch, ro_paths=[PACKAGE_DIR], limits=limits,
-                                                    env=env, timeout_s=timeout_s, mode=settings.sandbox_mode)
+                                                    env=env, timeout_s=timeout_s, mode=settings.sandbox_mode,
+                                                    devices=devices)
             except (SandboxUnavailable, OSError, ValueError) as exc:
                 self._holder["error"] = f"sandbox: {exc}"
 
@@ -196,7 +198,13 @@ def _default_cache() -> Path:
     return Path(os.environ.get("RALPHSWARM_HOME", Path.home() / ".ralphswarm")).expanduser() / "cache"
 
 
-def _budget(task: Task, budget_scale: float) -> int:
+def _budget(task: Task, budget_scale: float, budget_tokens: int | None = None) -> int:
+    """The run's token budget: ``budget_tokens`` when given (a reproduction uses the claim's), else
+    the task's budget times ``budget_scale``."""
+    if budget_tokens is not None:
+        if not isinstance(budget_tokens, int) or budget_tokens < 1:
+            raise _Crash(f"budget must be a positive number of tokens, got {budget_tokens!r}")
+        return budget_tokens
     if not (budget_scale > 0 and math.isfinite(budget_scale)):
         raise _Crash(f"budget scale must be a positive number, got {budget_scale}")
     return max(1, int(task.budget_tokens * budget_scale))
@@ -269,15 +277,19 @@ class _Evaluation:
         return out
 
 
-def _result(task: Task, trained: dict, evaluation: dict, *, seed: int, sandbox: str) -> dict:
-    """The protocol ``result`` object: measurements as decimal strings."""
+def _result(task: Task, trained: dict, evaluation: dict, *, seed: int, budget: int, sandbox: str) -> dict:
+    """The protocol ``result`` object: measurements as decimal strings.
+
+    ``tokens`` is the run's token budget (the denominator of every schedule), not the tokens the
+    loader happened to deliver (whole batches, up to one batch fewer; the curve shows those): a
+    reproduction must run the very same budget to repeat the run (protocol/SPEC.md, result)."""
     bpb = evaluation["nats"] / (math.log(2) * evaluation["bytes"])
     if not math.isfinite(bpb):
         raise _Crash("nan loss", sandbox)
     result = {
         "val_bpb": _decimal(bpb, 6),
         "curve": trained["curve"][:MAX_POINTS],
-        "tokens": int(trained["tokens"]),
+        "tokens": int(budget),
         "seed": seed,
         "wall_s": _decimal(trained["wall_s"], 3),
         "device": str(trained["device"])[:200],
@@ -290,7 +302,8 @@ def _result(task: Task, trained: dict, evaluation: dict, *, seed: int, sandbox: 
     return result
 
 
-def run_experiment(task: Task, source: str, *, seed: int = 0, budget_scale: float = 1.0, device: str = "auto",
+def run_experiment(task: Task, source: str, *, seed: int = 0, budget_scale: float = 1.0, budget_tokens: int | None = None,
+                   device: str = "auto",
                    timeout_s: float | None = None, on_progress: ProgressFn | None = None,
                    work_dir: Path | None = None, cache_dir: Path | None = None,
                    settings: RunSettings = RunSettings()) -> ExperimentResult:
@@ -299,7 +312,7 @@ def run_experiment(task: Task, source: str, *, seed: int = 0, budget_scale: floa
     ws = _Workspace(work_dir)
     sandbox = "none"
     try:
-        budget = _budget(task, budget_scale)
+        budget = _budget(task, budget_scale, budget_tokens)
         train_bytes, val_bytes = _splits(task, cache_dir)
         limit = timeout_s or settings.train_timeout(budget, _device_kind(device))
         evaluation = _Evaluation(task, source, ws, val_bytes, seed=seed, device=device,
@@ -319,7 +332,7 @@ def run_experiment(task: Task, source: str, *, seed: int = 0, budget_scale: floa
             evaluation.abort()
             raise
         measured = evaluation.finish(scratch / "weights.pt", trained["batch_shape"])
-        result = _result(task, trained, measured, seed=seed, sandbox=sandbox)
+        result = _result(task, trained, measured, seed=seed, budget=budget, sandbox=sandbox)
         return ExperimentResult(True, result, "", sandbox, time.perf_counter() - start)
     except _Crash as crash:
         return ExperimentResult(False, None, crash.reason, crash.sandbox if crash.sandbox != "none" else sandbox,
@@ -342,6 +355,7 @@ def compare_curves(curve: list, reference: list, tolerance: float) -> tuple[bool
 
 def spot_check(task: Task, source: str, *, seed: int, fraction: float, reference_curve: list,
                device: str = "auto", tolerance: float | None = None, budget_scale: float = 1.0,
+               budget_tokens: int | None = None,
                timeout_s: float | None = None, on_progress: ProgressFn | None = None,
                work_dir: Path | None = None, cache_dir: Path | None = None,
                settings: RunSettings = RunSettings()) -> SpotCheck:
@@ -354,7 +368,7 @@ def spot_check(task: Task, source: str, *, seed: int, fraction: float, reference
     try:
         if not 0 < fraction <= 1:
             raise _Crash(f"spot check fraction must be in (0, 1], got {fraction}")
-        budget = _budget(task, budget_scale)
+        budget = _budget(task, budget_scale, budget_tokens)
         train_bytes, _ = _splits(task, cache_dir)
         limit = timeout_s or settings.train_timeout(budget, _device_kind(device))
         out, _, _ = _train(task, source, ws, train_bytes, seed=seed, budget=budget, device=device, limit=limit,

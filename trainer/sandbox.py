@@ -104,7 +104,14 @@ def base_env(scratch: Path) -> dict[str, str]:
     }
 
 
-def _bwrap_cmd(scratch: Path, keep: list[Path], as_root: bool) -> list[str]:
+def gpu_device_paths() -> list[str]:
+    """Device nodes a CUDA run needs inside bubblewrap (whose fresh /dev hides them)."""
+    import glob
+
+    return sorted(glob.glob("/dev/nvidia*") + glob.glob("/dev/dri/*"))
+
+
+def _bwrap_cmd(scratch: Path, keep: list[Path], as_root: bool, devices: Sequence[str] = ()) -> list[str]:
     # As root we skip the user namespace: sandbox_init drops to the run's uid instead, which (unlike a
     # uid mapped back to root) is subject to RLIMIT_NPROC and file permissions outside.
     cmd = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
@@ -119,6 +126,10 @@ def _bwrap_cmd(scratch: Path, keep: list[Path], as_root: bool) -> list[str]:
     for f in _ETC_FILES:
         cmd += ["--ro-bind-try", f, f]
     cmd += ["--proc", "/proc", "--dev", "/dev"]
+    for dev in devices:  # GPUs: the driver's device nodes, and /sys for the driver to find them
+        cmd += ["--dev-bind-try", dev, dev]
+    if devices:
+        cmd += ["--ro-bind-try", "/sys", "/sys"]
     # bwrap (as root) creates missing parents 0700; the dropped uid must traverse them
     for d in _ancestors([*keep, scratch]):
         cmd += ["--perms", "0755", "--dir", str(d)]
@@ -158,7 +169,7 @@ def _init_cmd(argv: Sequence[str], cfg: dict) -> list[str]:
 
 
 def build_command(mode: str, argv: Sequence[str], *, scratch: Path, ro_paths: Sequence[Path], limits: Limits,
-                  env: dict[str, str], uid: int | None) -> list[str]:
+                  env: dict[str, str], uid: int | None, devices: Sequence[str] = ()) -> list[str]:
     keep = _outermost([*python_paths(), *(Path(p).resolve() for p in ro_paths)])
     cfg = {
         "scratch": str(scratch),
@@ -175,7 +186,7 @@ def build_command(mode: str, argv: Sequence[str], *, scratch: Path, ro_paths: Se
     }
     as_root = os.geteuid() == 0
     if mode == "bwrap":
-        prefix = _bwrap_cmd(scratch, keep, as_root)
+        prefix = _bwrap_cmd(scratch, keep, as_root, devices)
     elif mode == "namespaces":
         prefix = _unshare_cmd(as_root)
     else:
@@ -293,14 +304,15 @@ def _normalize(rc: int) -> int:
 
 
 def _run(mode: str, argv: Sequence[str], scratch: Path, ro_paths: Sequence[Path], limits: Limits,
-         env: dict[str, str] | None, timeout_s: float) -> SandboxRun:
+         env: dict[str, str] | None, timeout_s: float, devices: Sequence[str] = ()) -> SandboxRun:
     scratch = Path(scratch).resolve()
     (scratch / "tmp").mkdir(parents=True, exist_ok=True)
     full_env = {**base_env(scratch), **(env or {})}
     uid = (RUN_UID_BASE + secrets.randbelow(RUN_UID_SPAN)) if os.geteuid() == 0 else None
     if uid is not None:
         _chown_tree(scratch, uid, uid)
-    cmd = build_command(mode, argv, scratch=scratch, ro_paths=ro_paths, limits=limits, env=full_env, uid=uid)
+    cmd = build_command(mode, argv, scratch=scratch, ro_paths=ro_paths, limits=limits, env=full_env, uid=uid,
+                        devices=devices)
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=full_env, cwd=scratch, start_new_session=True, close_fds=True)
@@ -347,11 +359,13 @@ def detect_sandbox() -> str:
 
 
 def run_sandboxed(argv: list[str], *, scratch: Path, ro_paths: Sequence[Path] = (), limits: Limits = Limits(),
-                  env: dict[str, str] | None = None, timeout_s: float, mode: str = "auto") -> SandboxRun:
+                  env: dict[str, str] | None = None, timeout_s: float, mode: str = "auto",
+                  devices: Sequence[str] = ()) -> SandboxRun:
     """Run argv contained, with scratch (created if missing) as its only writable place and cwd.
 
     env is added to a minimal environment (see base_env); nothing of this process's environment leaks.
     mode "auto" picks detect_sandbox(); a named mode that does not work raises SandboxUnavailable.
+    ``devices`` are device nodes to expose read-write (a GPU run's /dev/nvidia*: see gpu_device_paths).
     """
     if not argv:
         raise ValueError("argv is empty")
@@ -361,4 +375,4 @@ def run_sandboxed(argv: list[str], *, scratch: Path, ro_paths: Sequence[Path] = 
         raise ValueError(f"unknown sandbox mode {mode!r}; expected auto, {', '.join(MODES)}")
     elif not mode_works(mode):
         raise SandboxUnavailable(f"sandbox mode {mode!r} does not work on this machine")
-    return _run(mode, list(argv), Path(scratch), ro_paths, limits, env, timeout_s)
+    return _run(mode, list(argv), Path(scratch), ro_paths, limits, env, timeout_s, devices)
