@@ -85,16 +85,19 @@ def register(cli: click.Group) -> None:
 
     @cli.command("import")
     @home_option
-    @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+    @click.argument("file", type=click.Path(path_type=Path))
     def import_(home: Path | None, file: Path) -> None:
-        """Import a JSON Lines file of envelopes (one per line) into the replica."""
+        """Import a JSON Lines file of envelopes (one per line, "-" for stdin) into the replica.
+
+        Prints each rejected line's number and reason, then the counts; exits 0 whenever the file
+        was read, even if messages were rejected."""
         h = get_home(home)
         try:
             handle = sys.stdin.buffer if str(file) == "-" else open(file, "rb")
         except OSError as exc:
-            raise UserError(f"cannot read {file}: {exc.strerror}") from None
+            raise UserError(f"cannot read {file}: {exc.strerror or exc}") from None
         with handle:
-            counts, rejections = asyncio.run(_import(h, handle))
+            counts, rejections = asyncio.run(_import(h, handle, file))
         for line, reason in rejections:
             click.echo(f"line {line}: {reason}")
         click.echo(f"accepted {counts['accepted']}  duplicate {counts['duplicate']}  rejected {counts['rejected']}")
@@ -147,13 +150,14 @@ def register(cli: click.Group) -> None:
     @home_option
     def trust_list(home: Path | None) -> None:
         """List the operator-trusted keys."""
-        for key in get_home(home).config().get("trusted", []):
+        h = get_home(home)
+        if not h.exists:
+            raise UserError(f"no node in {h.path}; run: ralphswarm init --home {h.path}")
+        for key in h.config().get("trusted", []):
             click.echo(key)
 
 
-async def _import(home: Home, handle) -> tuple[dict[str, int], list[tuple[int, str]]]:
-    from protocol import ProtocolError, parse
-
+async def _import(home: Home, handle, name: Path) -> tuple[dict[str, int], list[tuple[int, str]]]:
     from .cli_node import _ask, running_address
 
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
@@ -174,20 +178,11 @@ async def _import(home: Home, handle) -> tuple[dict[str, int], list[tuple[int, s
             counts["accepted"] += len(accepted)
             counts["duplicate"] += len(duplicate)
             counts["rejected"] += len(rejected)
-            line_of = {}
-            for line_no, item in batch:
-                try:
-                    line_of.setdefault(parse(item).get("id"), line_no)
-                except (ProtocolError, AttributeError):
-                    pass
-            for msg_id, reason in rejected:
-                rejections.append((line_of.get(msg_id, 0), reason))
+            rejections.extend(_rejected_lines(batch, rejected, swarm))
             batch.clear()
 
-        for line_no, line in enumerate(handle, 1):
-            line = line.rstrip(b"\r\n")
-            if not line.strip():
-                continue
+        swarm = home.config()["swarm"]
+        for line_no, line in _numbered_lines(handle, name):
             batch.append((line_no, line))
             if len(batch) >= IMPORT_BATCH:
                 await flush()
@@ -195,6 +190,50 @@ async def _import(home: Home, handle) -> tuple[dict[str, int], list[tuple[int, s
             await flush()
     rejections.sort()
     return counts, rejections
+
+
+def _numbered_lines(handle, name: Path):
+    """(line number, line without its end) for each non-blank line; a read error is a UserError
+    (the batches stored before it stay: each is whole)."""
+    try:
+        for line_no, line in enumerate(handle, 1):
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                yield line_no, line
+    except OSError as exc:
+        raise UserError(f"cannot read {name}: {exc.strerror or exc}") from None
+
+
+def _rejected_lines(batch: list[tuple[int, bytes]], rejected: list[tuple[str | None, str]],
+                    swarm: str) -> list[tuple[int, str]]:
+    """The line of each rejection. The replica reports rejections in the order of its items, each
+    with the id its item claims (None for garbage): each goes to the first unused line claiming that
+    id, or, where several lines claim it (a forged copy beside the real message), to the first of
+    them that decode refuses for the same reason."""
+    from protocol import ProtocolError, decode
+    from store.ingest import claimed_id
+
+    def refusal(item: bytes) -> str | None:
+        try:
+            decode(item, swarm=swarm)
+        except ProtocolError as exc:
+            return exc.reason
+        return None
+
+    by_id: dict[str | None, list[tuple[int, bytes]]] = {}
+    for line_no, item in batch:
+        by_id.setdefault(claimed_id(item), []).append((line_no, item))
+    out = []
+    for msg_id, reason in rejected:
+        candidates = by_id.get(msg_id)
+        if not candidates:  # cannot happen with the replica's own ids; never lose the reason
+            out.append((0, reason))
+            continue
+        pick = 0
+        if len(candidates) > 1:
+            pick = next((i for i, (_, item) in enumerate(candidates) if refusal(item) == reason), 0)
+        out.append((candidates.pop(pick)[0], reason))
+    return out
 
 
 def _import_body(lines: list[bytes]) -> bytes:

@@ -3,14 +3,14 @@
 Bytes and dicts in; frozen dataclasses or a ProtocolError (with a machine-readable reason) out.
 """
 from .canon import canon, parse
-from .envelope import Envelope, build, compute_id, decode, task_id, verify_sig
+from .envelope import BAD_SIGNATURE, Envelope, build, compute_id, decode, task_id, verify_sig
 from .errors import ProtocolError
 from .keys import Identity, KeyFileError, is_hex, verify
 from .limits import PROTOCOL_VERSION
 from .schemas import KINDS, OUTCOMES, VERDICTS, validate_result
 
 __all__ = [
-    "canon", "parse", "Envelope", "build", "compute_id", "decode", "task_id", "verify_sig",
+    "canon", "parse", "BAD_SIGNATURE", "Envelope", "build", "compute_id", "decode", "task_id", "verify_sig",
     "ProtocolError", "Identity", "KeyFileError", "is_hex", "verify", "PROTOCOL_VERSION",
     "KINDS", "OUTCOMES", "VERDICTS", "validate_result",
 ]

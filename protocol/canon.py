@@ -47,12 +47,29 @@ def _check(value: Any, path: str = "$") -> None:
     raise ProtocolError(f"invalid: unsupported type {type(value).__name__} at {path}")
 
 
+def _make_c_encoder() -> Any:
+    """The C encoder behind _ENCODER, made once (JSONEncoder.encode builds it on every call),
+    or None where this Python lacks it or builds it differently: then _ENCODER does the work."""
+    try:
+        make = json.encoder.c_make_encoder
+        encode = make(None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", True, False, False)
+        sample = {"b": [1, "\u00e9\n\"", None, True], "a": {"y": -2, "x": ""}}
+        return encode if "".join(encode(sample, 0)) == _ENCODER.encode(sample) else None
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+_C_ENCODE = _make_c_encoder()
+
+
 def encode_checked(value: Any) -> bytes:
     """Canonical bytes of a value already known to hold only JSON types (e.g. from ``parse``).
 
     Skips the type walk of ``canon``; still refuses lone surrogates, which UTF-8 cannot carry.
     """
     try:
+        if _C_ENCODE is not None and type(value) is dict:
+            return "".join(_C_ENCODE(value, 0)).encode("utf-8")
         return _ENCODER.encode(value).encode("utf-8")
     except UnicodeEncodeError:
         raise ProtocolError("invalid: lone surrogate in string") from None
@@ -107,23 +124,35 @@ def _reject_surrogates(value: Any) -> None:
             _reject_surrogates(item)
 
 
+# An integer beyond +-2^53 has at least 16 digits, and a JSON number starts at the document's
+# start or after ``[``, ``,``, ``:``, ``-`` or whitespace. Mapping digits to ``0`` and those
+# characters to ``,`` finds every such run with one C-speed search (a run inside a string, e.g. a
+# note, is a harmless false alarm); text without one skips the per-integer range check, which
+# costs a Python call for each integer of a message.
+_NUMBER_MARKS = bytes.maketrans(b"0123456789[,:- \t\n\r", b"0000000000,,,,,,,,")
+_LONG_INTEGER_MARK = b",0000000000000000"
+_HOOKS = dict(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant, parse_float=_reject_float)
+_DECODER = json.JSONDecoder(parse_int=_parse_int, **_HOOKS)
+_SHORT_INTS_DECODER = json.JSONDecoder(**_HOOKS)
+
+
 def parse(data: bytes | str) -> Any:
     """Parse JSON strictly: duplicate keys, floats, NaN/Infinity, integers beyond +-2^53,
     lone surrogates and bad UTF-8 are errors. Whitespace is allowed here; ``decode`` demands
     the canonical bytes."""
+    decoder = _DECODER
     if isinstance(data, (bytes, bytearray, memoryview)):
+        data = bytes(data)
+        if _LONG_INTEGER_MARK not in b"," + data.translate(_NUMBER_MARKS):
+            decoder = _SHORT_INTS_DECODER
         try:
-            data = bytes(data).decode("utf-8")
+            data = data.decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError("invalid: not UTF-8") from None
     try:
-        value = json.loads(
-            data,
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_reject_constant,
-            parse_float=_reject_float,
-            parse_int=_parse_int,
-        )
+        if data.startswith("\ufeff"):  # as json.loads does
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
+        value = decoder.decode(data)
     except ProtocolError:
         raise
     except (ValueError, RecursionError) as exc:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from .errors import ProtocolError
 
-HEX64 = frozenset("0123456789abcdef")
 _MAX_KEY_FILE_BYTES = 256  # 64 hex + newline; anything far bigger is not our key file
 
 
@@ -20,8 +20,11 @@ class KeyFileError(Exception):
     """A key file that cannot be used: missing, malformed, or readable by others."""
 
 
+_LOWER_HEX = re.compile("[0-9a-f]*")
+
+
 def is_hex(value: object, length: int) -> bool:
-    return isinstance(value, str) and len(value) == length and set(value) <= HEX64
+    return isinstance(value, str) and len(value) == length and _LOWER_HEX.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,11 @@ VERDICTS = ("reproduced", "mismatch", "failed", "refused")
 SANDBOXES = ("bwrap", "namespaces", "none")
 
 
-def _obj(value: Any, field: str, required: set[str], optional: set[str] = frozenset()) -> dict:
+def _obj(value: Any, field: str, required: frozenset[str], optional: frozenset[str] = frozenset()) -> dict:
     if not isinstance(value, dict):
         raise schema_error(field, "not an object")
+    if value.keys() == required:  # the usual case, decided by one comparison
+        return value
     missing = required - value.keys()
     if missing:
         raise schema_error(f"{field}.{sorted(missing)[0]}", "missing")
@@ -83,13 +85,69 @@ def _enum(value: Any, field: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+# The fast paths below accept only what the field-by-field checks accept; anything they do not
+# accept goes through those checks, which name the first bad field. Same messages accepted, same
+# reasons: decode runs once per ingested message, and a result's curve is most of its fields.
+# DECIMAL_RE without the sign, possessive (a digit never follows a digit run): no backtracking.
+_NON_NEGATIVE_DECIMAL = r"(?:0|[1-9][0-9]{0,15}+)(?:\.[0-9]{1,12}+)?+"
+# Comma-joined non-negative decimals; a decimal holds no comma, so counting commas pins the count.
+_DECIMALS_RE = re.compile(f"(?:{_NON_NEGATIVE_DECIMAL},)*+{_NON_NEGATIVE_DECIMAL}")
+_RESULT_REQUIRED = frozenset({"val_bpb", "curve", "tokens", "seed", "wall_s", "device", "torch", "flops_per_token"})
+_RESULT_OPTIONAL = frozenset({"entropy_bpb", "sandbox"})
+_RESULT_FIELDS = _RESULT_REQUIRED | _RESULT_OPTIONAL
+_LIST_TYPE, _INT_TYPE, _PAIR_LENGTH = {list}, {int}, {2}
+_SHORT_TEXT_CHARS = MAX_SHORT_TEXT_BYTES // 4  # this many characters fit the byte limit whatever they are
+
+
+def _result_ok(value: Any) -> bool:
+    """True only for a valid result; False sends it through ``_check_result`` for the reason."""
+    if len(value) == len(_RESULT_REQUIRED):
+        if value.keys() != _RESULT_REQUIRED:
+            return False
+        decimals = [value["val_bpb"], value["wall_s"]]
+    else:
+        keys = value.keys()
+        if not (keys >= _RESULT_REQUIRED and keys <= _RESULT_FIELDS):
+            return False
+        decimals = [value["val_bpb"], value["wall_s"]]
+        if "entropy_bpb" in value:
+            decimals.append(value["entropy_bpb"])
+        if "sandbox" in value and value["sandbox"] not in SANDBOXES:
+            return False
+    tokens, seed, flops = value["tokens"], value["seed"], value["flops_per_token"]
+    device, torch = value["device"], value["torch"]
+    if (type(tokens) is not int or type(seed) is not int or type(flops) is not int
+            or not (0 <= tokens <= MAX_SAFE_INT and 0 <= seed <= MAX_SAFE_INT and 0 <= flops <= MAX_SAFE_INT)
+            or type(device) is not str or type(torch) is not str
+            or len(device) > _SHORT_TEXT_CHARS or len(torch) > _SHORT_TEXT_CHARS):
+        return False
+    curve = value["curve"]
+    if type(curve) is not list or len(curve) > MAX_CURVE_POINTS:
+        return False
+    if curve:
+        # Whole-list builtins instead of a Python loop over up to 64 points.
+        if set(map(type, curve)) != _LIST_TYPE or set(map(len, curve)) != _PAIR_LENGTH:
+            return False
+        steps, losses = zip(*curve)
+        if set(map(type, steps)) != _INT_TYPE or min(steps) < 0 or max(steps) > MAX_SAFE_INT:
+            return False
+        decimals += losses
+    try:
+        joined = ",".join(decimals)
+    except TypeError:  # a measurement that is not a string
+        return False
+    return joined.count(",") == len(decimals) - 1 and _DECIMALS_RE.fullmatch(joined) is not None
+
+
 def validate_result(value: Any, field: str = "body.result") -> dict:
-    _obj(
-        value,
-        field,
-        {"val_bpb", "curve", "tokens", "seed", "wall_s", "device", "torch", "flops_per_token"},
-        {"entropy_bpb", "sandbox"},
-    )
+    if type(value) is dict and _result_ok(value):
+        return value
+    return _check_result(value, field)
+
+
+def _check_result(value: Any, field: str) -> dict:
+    """Field by field, in a fixed order, so a bad result is refused with its first bad field."""
+    _obj(value, field, _RESULT_REQUIRED, _RESULT_OPTIONAL)
     decimal(value["val_bpb"], f"{field}.val_bpb")
     curve = value["curve"]
     if not isinstance(curve, list):
@@ -114,30 +172,35 @@ def validate_result(value: Any, field: str = "body.result") -> dict:
     return value
 
 
+_TASK_FIELDS = frozenset({"name", "description", "harness", "source", "data", "metric", "direction", "budget",
+                          "tolerance"})
+_DATA_FIELDS = frozenset({"name", "sha256", "bytes"})
+_BUDGET_FIELDS = frozenset({"tokens"})
+_CLAIM_FIELDS = frozenset({"task", "parent", "patch", "source_sha256", "note", "outcome", "result"})
+_VOTE_FIELDS = frozenset({"claim", "verdict", "result", "reason"})
+_PEER_FIELDS = frozenset({"addresses", "expires_at"})
+
+
 def validate_task(body: Any) -> dict:
-    _obj(
-        body,
-        "body",
-        {"name", "description", "harness", "source", "data", "metric", "direction", "budget", "tolerance"},
-    )
+    _obj(body, "body", _TASK_FIELDS)
     _text(body["name"], "body.name", MAX_SHORT_TEXT_BYTES, allow_empty=False)
     _text(body["description"], "body.description", MAX_NOTE_BYTES)
     _text(body["harness"], "body.harness", MAX_SHORT_TEXT_BYTES, allow_empty=False)
     _text(body["source"], "body.source", MAX_SOURCE_BYTES, allow_empty=False)
-    data = _obj(body["data"], "body.data", {"name", "sha256", "bytes"})
+    data = _obj(body["data"], "body.data", _DATA_FIELDS)
     _text(data["name"], "body.data.name", MAX_SHORT_TEXT_BYTES, allow_empty=False)
     _hex64(data["sha256"], "body.data.sha256")
     _int(data["bytes"], "body.data.bytes")
     _enum(body["metric"], "body.metric", ("val_bpb",))
     _enum(body["direction"], "body.direction", ("min",))
-    budget = _obj(body["budget"], "body.budget", {"tokens"})
+    budget = _obj(body["budget"], "body.budget", _BUDGET_FIELDS)
     _int(budget["tokens"], "body.budget.tokens", lo=1)
     decimal(body["tolerance"], "body.tolerance")
     return body
 
 
 def validate_claim(body: Any) -> dict:
-    _obj(body, "body", {"task", "parent", "patch", "source_sha256", "note", "outcome", "result"})
+    _obj(body, "body", _CLAIM_FIELDS)
     _hex64(body["task"], "body.task")
     if body["parent"] is not None:
         _hex64(body["parent"], "body.parent")
@@ -154,7 +217,7 @@ def validate_claim(body: Any) -> dict:
 
 
 def validate_vote(body: Any) -> dict:
-    _obj(body, "body", {"claim", "verdict", "result", "reason"})
+    _obj(body, "body", _VOTE_FIELDS)
     _hex64(body["claim"], "body.claim")
     _enum(body["verdict"], "body.verdict", VERDICTS)
     if body["result"] is None:
@@ -169,7 +232,7 @@ def validate_vote(body: Any) -> dict:
 
 
 def validate_peer(body: Any) -> dict:
-    _obj(body, "body", {"addresses", "expires_at"})
+    _obj(body, "body", _PEER_FIELDS)
     addresses = body["addresses"]
     if not isinstance(addresses, list) or not addresses:
         raise schema_error("body.addresses", "not a non-empty list")
