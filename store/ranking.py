@@ -125,9 +125,11 @@ def leaderboard(
 ) -> Leaderboard:
     """Verified claims ranked by reproduced val_bpb (lower is better), pending and disputed apart.
 
-    Crashed claims carry no measurement and are not ranked. Among claims with the same
-    source_sha256 only the earliest (created_at, id) counts; later copies go to ``duplicates``,
-    so copying a source earns nothing (DESIGN.md, "Ranking").
+    Only ``improved`` claims are contributions to rank: ``worse`` and ``crashed`` ones are negative
+    results, shared so nobody runs them again, but a change that did not beat its own seed is not
+    put forward as a recipe (and nobody reproduces it). Among claims with the same source_sha256
+    only the earliest (created_at, id) counts, negative results included; later copies go to
+    ``duplicates``, so copying a source earns nothing (DESIGN.md, "Ranking").
     """
     ranked = sorted((c for c in claims if c.body.get("outcome") != "crashed"), key=lambda c: (c.created_at, c.id))
     first_by_source: dict[str, str] = {}
@@ -138,7 +140,8 @@ def leaderboard(
         if first != claim.id:
             board.duplicates.append(_entry(claim, st, duplicate_of=first))
             continue
-        getattr(board, st.status).append(_entry(claim, st))
+        if claim.body.get("outcome") == "improved":
+            getattr(board, st.status).append(_entry(claim, st))
     for entries in (board.verified, board.pending, board.disputed):
         entries.sort(key=_sort_key)
     return board
