@@ -31,11 +31,11 @@ VERSION = "0.1.0"
 
 
 class Node:
-    def __init__(self, settings: NodeSettings, identity: Identity, *, echo: Callable[[str], None] = print):
+    def __init__(self, settings: NodeSettings, identity: Identity, *, echo: Callable[[str], None] | None = None):
         self.settings = settings
         self.identity = identity
         self.swarm = settings.swarm
-        self.echo = echo
+        self.echo = echo or (lambda line: print(line, flush=True))
         self.replica: Replica | None = None
         self.gossip: Gossip | None = None
         self.peers = PeerTable(self_pubkey=identity.pubkey)
@@ -298,6 +298,7 @@ class Node:
         """A line of live activity for the dashboard (bounded)."""
         self.activity["recent"].insert(0, {"at": int(time.time()), "text": text, **fields})
         del self.activity["recent"][50:]
+        self.echo(f"{time.strftime('%H:%M:%S')} {text}")
 
     async def status(self) -> dict[str, Any]:
         return {

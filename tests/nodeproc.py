@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import sys
 import time
 import urllib.request
@@ -52,8 +53,19 @@ class NodeProcess:
             elif line.startswith("pubkey: "):
                 self.pubkey = line.split(": ", 1)[1].strip()
             elif line.startswith("swarm: "):
+                # keep draining stdout into the log: a node printing activity must never block on a full pipe
+                threading.Thread(target=self._drain, args=(self.proc, self._logf), daemon=True).start()
                 return self
         raise RuntimeError("node did not start in time")
+
+    @staticmethod
+    def _drain(proc, logf) -> None:
+        for line in proc.stdout:
+            try:
+                logf.write(line)
+                logf.flush()
+            except ValueError:  # log closed at stop
+                return
 
     def get(self, path: str, timeout: float = 10):
         with urllib.request.urlopen(self.address + path, timeout=timeout) as resp:
@@ -81,11 +93,11 @@ class NodeProcess:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
         try:
-            rest = self.proc.communicate(timeout=timeout)[0]
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            rest = self.proc.communicate()[0]
-        self._logf.write(rest or b"")
+            self.proc.wait()
+        time.sleep(0.05)  # let the drain thread write the last lines
         self._logf.close()
         return self.proc.returncode
 
