@@ -1,6 +1,7 @@
 """Ed25519 identities: generate, save (mode 0600), load (refusing files others can read), sign, verify."""
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -111,10 +112,18 @@ class Identity:
         return cls.from_seed(bytes.fromhex(text))
 
 
+@functools.lru_cache(maxsize=4096)
+def _public_key(pubkey_hex: str) -> Ed25519PublicKey:
+    # A node hears from a bounded set of authors, each many times: load each key once (loading
+    # costs about 2% of a verify; scripts/bench/ingest). lru_cache keeps no exceptions, so a bad
+    # key is refused every time.
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(pubkey_hex))
+
+
 def verify(pubkey_hex: str, signature: bytes, message: bytes) -> bool:
     """True when ``signature`` is ``pubkey_hex``'s Ed25519 signature of ``message``."""
     try:
-        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(pubkey_hex))
+        key = _public_key(pubkey_hex)
         key.verify(signature, message)
         return True
     except (InvalidSignature, ValueError, TypeError):

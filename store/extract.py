@@ -12,6 +12,7 @@ COLUMNS = (
     "outcome", "claimed_bpb", "claim", "verdict", "vote_bpb", "expires_at",
 )
 INSERT_SQL = f"INSERT INTO messages({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+INSERT_OR_IGNORE_SQL = INSERT_SQL.replace("INSERT", "INSERT OR IGNORE", 1)
 
 
 def canonical_bytes(env: Envelope) -> bytes:

@@ -4,6 +4,7 @@ Run: .venv/bin/python -m pytest tests/test_store_ingest.py
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 
@@ -158,3 +159,46 @@ async def test_item_naming_a_stored_id_is_a_duplicate_and_changes_nothing(tmp_pa
     assert report.duplicate == [msgs[1].id, msgs[1].id] and report.accepted == []
     assert await r.get_raw(msgs[1].id) == msgs[1].canonical()
     await r.close()
+
+
+async def test_rows_stored_after_the_precheck_are_reported_duplicate(tmp_path, monkeypatch):
+    """A message stored by another writer between has_ids and the write transaction: the
+    unchecked insert stores fewer rows than it was given, so the batch is redone with a check."""
+    msgs = sample()
+    r = await open_replica(tmp_path / "db.sqlite3")
+    await r.ingest([m.canonical() for m in msgs[:2]], now=NOW)
+
+    async def nothing_stored(ids):
+        return set()
+
+    monkeypatch.setattr(r, "has_ids", nothing_stored)
+    report = await r.ingest([m.canonical() for m in msgs], now=NOW)
+    assert report.duplicate == [msgs[0].id, msgs[1].id]
+    assert [e.id for e in report.accepted] == [m.id for m in msgs[2:]]
+    assert await r.counts() == {"task": 1, "claim": 2, "vote": 2, "peer": 0}
+    await r.close()
+
+
+async def test_concurrent_ingests_of_one_batch_store_each_message_once(tmp_path):
+    msgs = sample()
+    r = await open_replica(tmp_path / "db.sqlite3")
+    a, b = await asyncio.gather(*(r.ingest([m.canonical() for m in msgs], now=NOW) for _ in range(2)))
+    assert sorted(e.id for e in a.accepted + b.accepted) == sorted(m.id for m in msgs)
+    assert sorted(a.duplicate + b.duplicate) == sorted(m.id for m in msgs)
+    assert await r.counts() == {"task": 1, "claim": 2, "vote": 2, "peer": 0}
+    await r.close()
+
+
+def test_decoding_leaves_the_garbage_collector_as_it_found_it():
+    import gc
+    from store.ingest import prepare
+    items = [m.canonical() for m in sample()] + [b"{not json"]
+    was = gc.isenabled()
+    try:
+        for enabled in (True, False):
+            (gc.enable if enabled else gc.disable)()
+            batch = prepare(items, swarm=SWARM, now=NOW)
+            assert len(batch.rows) == 5 and len(batch.rejected) == 1
+            assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
