@@ -26,3 +26,15 @@ def alice() -> Identity:
 @pytest.fixture
 def bob() -> Identity:
     return Identity.from_seed(bytes(range(32)))
+
+
+@pytest.fixture
+def canary(monkeypatch) -> str:
+    """A secret planted in *our* environment for the test's duration; it must surface nowhere
+    (sandbox and containment tests)."""
+    import secrets
+
+    value = "canary-" + secrets.token_hex(16)
+    monkeypatch.setenv("RALPHSWARM_TEST_CANARY", value)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", value)
+    return value

@@ -43,14 +43,6 @@ def cache_dir():
 
 
 @pytest.fixture
-def canary(monkeypatch):
-    value = "canary-" + secrets.token_hex(16)
-    monkeypatch.setenv("RALPHSWARM_TEST_CANARY", value)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", value)
-    return value
-
-
-@pytest.fixture
 def work_dir():
     d = Path(tempfile.mkdtemp(prefix="rs-containment-"))
     d.chmod(0o755)

@@ -46,15 +46,6 @@ def python_for(mode: str) -> str:
 
 
 @pytest.fixture
-def canary(monkeypatch):
-    """A secret planted in *our* environment for the test's duration; it must surface nowhere."""
-    value = "canary-" + secrets.token_hex(16)
-    monkeypatch.setenv("RALPHSWARM_TEST_CANARY", value)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", value)
-    return value
-
-
-@pytest.fixture
 def scratch():
     # parents traversable by any uid: "none" mode has no mount namespace to bind scratch elsewhere
     base = Path(tempfile.mkdtemp(prefix="rs-sbx-"))
