@@ -165,3 +165,56 @@ def parse(data: bytes | str) -> Any:
         except RecursionError:  # pragma: no cover - json.loads refuses such depth first
             raise ProtocolError("invalid: nested too deeply") from None
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Accelerator for raw bytes that must be exactly canonical (SPEC.md 4.8): orjson, where present.
+#
+# ``parse_canonical(raw)`` returns the parsed value only when it can prove that ``parse(raw)``
+# would return an equal value AND that ``canon`` of that value is ``raw`` itself; otherwise None,
+# and the caller runs the reference path (``parse``, ``encode_checked``), which alone produces
+# refusal reasons. The proof, for raw bytes orjson parses to ``v`` with
+# ``orjson.dumps(v, option=_FAST_OPTIONS) == raw`` (sorted keys, strict integers):
+# - orjson refuses invalid UTF-8, a BOM, lone surrogates (escaped or encoded), NaN/Infinity,
+#   leading zeros and nesting past 1024 (past 254, dumps fails): the reference refuses those too,
+#   and here they only mean None.
+# - Duplicate keys: orjson keeps the last, so the re-encoding has fewer members than raw: no match.
+# - Integers: orjson reads up to 64 bits (larger ones as floats); dumps with OPT_STRICT_INTEGER
+#   refuses any beyond +-(2^53 - 1), so those (and the two edges +-2^53 themselves) mean None.
+# - Floats: in raw (canonical, so no whitespace) a float is a number token right after ``[``, ``,``
+#   or ``:``, its digits (and ``-``) followed by ``.``, ``e`` or ``E``. Deleting digits and ``-``
+#   and mapping those marks turns any such token into ``,.`` (_FLOAT_MARKS): found, it means None
+#   (also for such text inside a string, a harmless false alarm).
+# - Strings: orjson escapes exactly as json.dumps(ensure_ascii=False) (", \, \b \f \n \r \t,
+#   other C0 controls as lower-case \u00XX; "/", DEL, U+2028/2029 raw: checked for every scalar
+#   value in tests/test_protocol_accel.py), and it sorts keys by UTF-8 bytes, which for valid
+#   strings is code-point order. So the match makes raw == canon(v), and the bytes that parse to v
+#   under both parsers (no whitespace, no escapes beyond the canonical ones) give equal values.
+try:  # pragma: no branch
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - the reference path does everything
+    _orjson = None
+
+_FLOAT_MARKS = bytes.maketrans(b"[,:.eE", b",,,...")
+_FLOAT_DELETE = b"0123456789-"
+_FAST_OPTIONS = 0 if _orjson is None else _orjson.OPT_SORT_KEYS | _orjson.OPT_STRICT_INTEGER
+
+
+def maybe_float(raw: bytes) -> bool:
+    """True if canonical-looking bytes may hold a float (see above); False proves they hold none."""
+    return b",." in raw.translate(_FLOAT_MARKS, _FLOAT_DELETE)
+
+
+def parse_canonical(raw: bytes) -> Any:
+    """The value of ``raw`` if ``raw`` is provably ``canon`` of it and ``parse`` would agree (see
+    above), else None (then use ``parse`` and compare, the reference path). Only dicts are returned."""
+    fast = _orjson
+    if fast is None:
+        return None
+    try:
+        value = fast.loads(raw)
+        if type(value) is not dict or fast.dumps(value, option=_FAST_OPTIONS) != raw:
+            return None
+    except (ValueError, TypeError):  # orjson.JSONDecodeError / JSONEncodeError
+        return None
+    return None if maybe_float(raw) else value
