@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from protocol.schemas import validate_result
-from trainer.experiment import compare_curves, run_experiment, spot_check
+from trainer import experiment
+from trainer.experiment import RunSettings, close_warm_pool, compare_curves, run_experiment, spot_check
 from trainer.patches import apply_patch, make_patch
 from trainer.tasks import builtin_tasks, load_data, split_data
 
@@ -131,6 +134,54 @@ def test_hanging_script_times_out_and_leaves_nothing_behind(cache, tmp_path):
     assert not run.outcome_ok and run.reason == "timeout after 8 s"
     assert run.wall_s < 40
     assert _processes_under(tmp_path) == []
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_loop_of_experiments_runs_on_warm_processes_with_the_same_bits(cache, baseline):
+    run_experiment(TINY, TINY.source, seed=1, budget_scale=SCALE, device="cpu", cache_dir=cache)  # leaves two waiting
+    claims = experiment._POOL.claims
+    warm = run_experiment(TINY, TINY.source, seed=1, budget_scale=SCALE, device="cpu", cache_dir=cache)
+    assert experiment._POOL.claims == claims + 2  # its train and its evaluation process were warm
+    cold = run_experiment(TINY, TINY.source, seed=1, budget_scale=SCALE, device="cpu", cache_dir=cache,
+                          settings=RunSettings(warm_pool=False))
+    for run in (warm, cold):
+        assert run.result["val_bpb"] == baseline.result["val_bpb"]
+        assert run.result["curve"] == baseline.result["curve"]
+
+
+def test_a_warm_process_times_out_counting_from_its_job(cache):
+    run_experiment(TINY, TINY.source, seed=0, budget_scale=SCALE, device="cpu", cache_dir=cache)  # leaves one waiting
+    time.sleep(3)  # the waiting process's age must not count against the next run's limit
+    marker = f"hang-{secrets.token_hex(6)}"
+    source = _edit(TINY.source, "    optimizers = make_optimizers(model)",
+                   "    import subprocess, sys\n"
+                   f"    subprocess.Popen([sys.executable, '-c', 'while True: pass', '{marker}'])\n"
+                   "    while True:\n        pass")
+    claims = experiment._POOL.claims
+    run = run_experiment(TINY, source, seed=0, budget_scale=SCALE, device="cpu", cache_dir=cache, timeout_s=8)
+    assert experiment._POOL.claims == claims + 1
+    assert not run.outcome_ok and run.reason == "timeout after 8 s"
+    assert 8 <= run.wall_s < 30
+    assert _processes_with(marker) == []
+
+
+def test_waiting_processes_end_when_the_pool_closes(cache):
+    run_experiment(TINY, TINY.source, seed=0, budget_scale=SCALE, device="cpu", cache_dir=cache)
+    waiting = [h.scratch for h in experiment._POOL._waiting.values()]
+    assert waiting
+    close_warm_pool()
+    assert not any(path.exists() for path in waiting)
+    assert not [pid for path in waiting for pid in _processes_under(path)]
 
 
 def test_out_of_memory_is_a_crash(cache):

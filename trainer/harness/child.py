@@ -1,13 +1,20 @@
 """Entry point of the sandboxed harness processes: ``python -P -m trainer.harness.child CONFIG``.
 
-Modes (DESIGN.md, "Running other people's code"):
+A harness process starts before its job is known: CONFIG holds only its start-up settings (kind,
+nice, how long to wait). It imports torch and everything a run will import lazily (torch._dynamo:
+torch.optim's first step and FlopCounterMode pull it in, ~2 s) while it waits for the job in ``go``.
+Started ahead of time by the runner's warm pool, a process's imports overlap the previous run; each
+process still runs exactly one job and then exits (DESIGN.md, "Running other people's code").
+
+Jobs (the ``mode`` of the go file):
   train  import the train script, build the model, run train() on the budget loader, record the
          curve, save the weights (a plain state_dict, loaded back with weights_only).
   spot   the same, but stop at ``stop_tokens`` and save nothing (a spot check).
-  eval   a separate process, started beside training: read (and delete) the validation split,
-         import torch, wait for ``go`` (weights in place), then import the script, rebuild the
-         model, load the weights, compute the summed cross-entropy, and count FLOPs per token
-         on one fwd+bwd step of the training batch shape.
+  eval   a separate process, given its job while training runs: read (and delete) the validation
+         split, then import the script, rebuild the model, wait for the trained weights, load
+         them, compute the summed cross-entropy, and count FLOPs per token on one fwd+bwd step of
+         the training batch shape (on a CPU before the weights arrive).
+  abort  exit without running anything (a warm process nobody needs).
 The outcome goes to ``result`` as JSON: measurements, or ``{"error": short reason}`` with exit 3.
 """
 from __future__ import annotations
@@ -19,6 +26,8 @@ import sys
 import time
 import traceback
 from pathlib import Path
+
+from .priority import Background
 
 HANDLED_ERROR = 3
 
@@ -51,7 +60,9 @@ def _read_bytes(path: Path):
     return torch.frombuffer(data, dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
 
 
-def run_train(cfg: dict, *, spot: bool) -> dict:
+def run_train(cfg: dict, background: Background, *, spot: bool) -> dict:
+    background.foreground()  # the run has begun: the whole of it is urgent
+    background.join()
     import torch
 
     from .curve import CurveRecorder
@@ -72,7 +83,9 @@ def run_train(cfg: dict, *, spot: bool) -> dict:
 
     def log(loss) -> None:
         if recorder.log(loss, loader.tokens):
-            _write_json(progress_path, {"tokens": loader.tokens, "loss": recorder.last_loss})
+            # The first batch's shape lets the evaluation process count FLOPs while training runs.
+            _write_json(progress_path, {"tokens": loader.tokens, "loss": recorder.last_loss,
+                                        "batch_shape": loader.batch_shape and list(loader.batch_shape)})
 
     autocast = autocast_for(device)
     start = time.perf_counter()
@@ -93,25 +106,43 @@ def run_train(cfg: dict, *, spot: bool) -> dict:
     return out
 
 
-def _wait_for_go(path: Path) -> dict:
-    """The parent writes go.json once the weights are in place (or to abort)."""
-    while True:
+def _warm_up(kind: str) -> None:
+    """Everything a job imports, before the job arrives; nothing here touches a device or an RNG."""
+    import torch  # noqa: F401
+    import torch._dynamo  # noqa: F401  (imported lazily by torch.optim's first step: ~2 s)
+
+    from . import curve, loader, runtime  # noqa: F401
+    if kind == "eval":
+        from . import evaluate, flops  # noqa: F401
+
+
+def _wait_for_go(path: Path, idle_s: float) -> dict:
+    """The parent writes the job to go.json (atomically) once its files are in place. A warm process
+    nobody claims gives up after ``idle_s``: it must not outlive a parent that died without asking."""
+    deadline = time.monotonic() + idle_s
+    while time.monotonic() < deadline:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            time.sleep(0.02)
+            time.sleep(0.01)
+    return {"mode": "abort"}
 
 
-def run_eval(cfg: dict) -> dict:
+def run_eval(cfg: dict, background: Background) -> dict:
+    """Its job arrives while training still runs: what does not need the trained weights (the
+    script's import, the model, on a CPU the FLOP count) is done before they appear, at the low
+    priority of the start-up; the rest is urgent."""
+    weights = Path(cfg["weights"])
+    # Urgent from the moment the weights are in place, even if this start-up is unfinished then.
+    background.foreground_when(weights.exists)
+    background.join()
     import torch
 
     from .curve import NanLoss
     from .evaluate import evaluate_nats
-    from .flops import measure_flops_per_token, warm_up_flop_counter
+    from .flops import measure_flops_per_token
     from .runtime import autocast_for, choose_device, configure
 
-    # Started while training runs: yield the CPU to it rather than slow it down.
-    os.nice(cfg.get("nice", 0))
     # The validation bytes leave the disk before the script is imported: its import-time code
     # (or a thread it starts) finds no file to read.
     val_path = Path(cfg["data"])
@@ -119,26 +150,41 @@ def run_eval(cfg: dict) -> dict:
     val_path.unlink()
     device = choose_device(cfg["device"])
     configure(device, threads=cfg["threads"])
-    warm_up_flop_counter()  # its imports take seconds: pay them while training still runs
-    go = _wait_for_go(Path(cfg["go"]))
-    if go.get("abort"):
-        raise ScriptError("aborted: training did not finish")
+    autocast = autocast_for(device)
     script = _load_script(Path(cfg["script"]))
-    torch.manual_seed(cfg["seed"])
-    model = script.build_model(256, cfg["context"])
-    state = torch.load(cfg["weights"], map_location="cpu", weights_only=True)
+    batch_size, seq_len = cfg["batch_shape"]
+
+    def fresh_model():
+        torch.manual_seed(cfg["seed"])
+        return script.build_model(256, cfg["context"])
+
+    def count_flops(model) -> int:
+        return measure_flops_per_token(model.train(), batch_size=batch_size, seq_len=seq_len, device=device,
+                                       autocast=autocast)
+
+    # FLOPs follow from the shapes, not the weights: on a CPU they are counted on a model of their
+    # own while training still runs. A GPU is left to training until it ends (it may need all of
+    # its memory): there the count follows the evaluation, on the trained model.
+    flops = count_flops(fresh_model()) if device.type == "cpu" else None
+    model = fresh_model()  # seeded and built exactly as if no count had run
+    _wait_for_file(weights)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
-    autocast = autocast_for(device)
     nats, count = evaluate_nats(model, val, context=cfg["context"], batch_size=cfg["eval_batch_size"],
                                 device=device, autocast=autocast)
     if nats != nats or nats in (float("inf"), float("-inf")):
         raise NanLoss("nan loss")
-    batch_size, seq_len = go["batch_shape"]
-    model.train()
-    flops = measure_flops_per_token(model, batch_size=batch_size, seq_len=seq_len, device=device,
-                                    autocast=autocast)
+    if flops is None:
+        flops = count_flops(model)
     return {"nats": nats, "bytes": count, "flops_per_token": flops}
+
+
+def _wait_for_file(path: Path) -> None:
+    """The parent moves the weights in (atomically) once training has ended; it kills this process
+    if training fails instead."""
+    while not path.exists():
+        time.sleep(0.01)
 
 
 def _reason(exc: BaseException) -> str:
@@ -162,14 +208,20 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300] + where
 
 
-def main(argv: list[str]) -> int:
-    cfg = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    result_path = Path(cfg["result"])
+def serve(start: dict) -> int:
+    """Warm up, wait for the job, run it; returns the exit status."""
+    result_path = Path(start["result"])
     try:
-        if cfg["mode"] == "eval":
-            out = run_eval(cfg)
+        # Started beside a training run, the start-up yields the CPU to it (see priority.py).
+        background = Background(start.get("nice", 0), may_leave_session=start.get("pid_namespace", False))
+        background.start(lambda: _warm_up(start["kind"]))
+        job = _wait_for_go(Path(start["go"]), start["idle_s"])
+        if job.get("mode") == "abort":
+            raise ScriptError("aborted: no job")
+        if job["mode"] == "eval":
+            out = run_eval(job, background)
         else:
-            out = run_train(cfg, spot=cfg["mode"] == "spot")
+            out = run_train(job, background, spot=job["mode"] == "spot")
     except BaseException as exc:  # noqa: BLE001 - every failure of untrusted code is an outcome
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -180,5 +232,14 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def main(argv: list[str]) -> None:
+    status = serve(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The result is on disk. Skip the interpreter's teardown: with torch loaded it takes ~0.8 s of
+    # the experiment's wall time, and it would also run whatever atexit hooks the script left.
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main(sys.argv[1:])

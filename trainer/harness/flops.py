@@ -12,7 +12,8 @@ def measure_flops_per_token(model, *, batch_size: int, seq_len: int, device: tor
                             autocast=nullcontext) -> int:
     """Counts one training step's matmul/attention FLOPs on a batch of the script's own shape.
 
-    Runs in the evaluation process, on the trained model, so it cannot perturb training.
+    Runs in the evaluation process, so it cannot perturb training. The counted ops' FLOPs follow from
+    their shapes, not the weights: on a CPU it runs on the fresh model while training is under way.
     """
     x = torch.zeros((batch_size, seq_len), dtype=torch.long, device=device)
     with FlopCounterMode(display=False) as counter:
@@ -23,8 +24,3 @@ def measure_flops_per_token(model, *, batch_size: int, seq_len: int, device: tor
     model.zero_grad(set_to_none=True)
     return int(counter.get_total_flops() // (batch_size * seq_len))
 
-
-def warm_up_flop_counter() -> None:
-    """FlopCounterMode's first use imports torch._dynamo (seconds); do it ahead of time."""
-    with FlopCounterMode(display=False):
-        torch.ones(2, 2) @ torch.ones(2, 2)
