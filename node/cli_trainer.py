@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from trainer.datasets import DataError
-from trainer.experiment import ExperimentResult, run_experiment
+from trainer.experiment import ExperimentResult, RunSettings, run_experiment
 from trainer.patches import PatchError, apply_patch, source_sha256
 from trainer.tasks import Task, TaskError, builtin_tasks, resolve_task
 
@@ -164,14 +164,15 @@ def register(group: click.Group) -> None:
             except PatchError as exc:
                 raise UserError(f"patch {patch_file.name}: {exc}") from None
         progress, on_progress = _progress_runner(not as_json)
+        # One run and exit: no warm processes for a next run that never comes.
+        options = dict(seed=seed, budget_scale=budget_scale, device=device, timeout_s=timeout_s,
+                       cache_dir=h.cache_dir, settings=RunSettings(warm_pool=False))
         try:
             if progress is not None:
                 with progress:
-                    run = run_experiment(task, source, seed=seed, budget_scale=budget_scale, device=device,
-                                         timeout_s=timeout_s, on_progress=on_progress, cache_dir=h.cache_dir)
+                    run = run_experiment(task, source, on_progress=on_progress, **options)
             else:
-                run = run_experiment(task, source, seed=seed, budget_scale=budget_scale, device=device,
-                                     timeout_s=timeout_s, cache_dir=h.cache_dir)
+                run = run_experiment(task, source, **options)
         except DataError as exc:  # pragma: no cover - run_experiment reports data errors as outcomes
             raise UserError(str(exc)) from None
         sha = source_sha256(source)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from protocol.schemas import validate_result
-from trainer import experiment
+from trainer import warm as warm_pool
 from trainer.experiment import RunSettings, close_warm_pool, compare_curves, run_experiment, spot_check
 from trainer.patches import apply_patch, make_patch
 from trainer.tasks import builtin_tasks, load_data, split_data
@@ -149,9 +149,9 @@ def _processes_with(marker: str) -> list[int]:
 
 def test_a_loop_of_experiments_runs_on_warm_processes_with_the_same_bits(cache, baseline):
     run_experiment(TINY, TINY.source, seed=1, budget_scale=SCALE, device="cpu", cache_dir=cache)  # leaves two waiting
-    claims = experiment._POOL.claims
+    claims = warm_pool.POOL.claims
     warm = run_experiment(TINY, TINY.source, seed=1, budget_scale=SCALE, device="cpu", cache_dir=cache)
-    assert experiment._POOL.claims == claims + 2  # its train and its evaluation process were warm
+    assert warm_pool.POOL.claims == claims + 2  # its train and its evaluation process were warm
     cold = run_experiment(TINY, TINY.source, seed=1, budget_scale=SCALE, device="cpu", cache_dir=cache,
                           settings=RunSettings(warm_pool=False))
     for run in (warm, cold):
@@ -167,9 +167,9 @@ def test_a_warm_process_times_out_counting_from_its_job(cache):
                    "    import subprocess, sys\n"
                    f"    subprocess.Popen([sys.executable, '-c', 'while True: pass', '{marker}'])\n"
                    "    while True:\n        pass")
-    claims = experiment._POOL.claims
+    claims = warm_pool.POOL.claims
     run = run_experiment(TINY, source, seed=0, budget_scale=SCALE, device="cpu", cache_dir=cache, timeout_s=8)
-    assert experiment._POOL.claims == claims + 1
+    assert warm_pool.POOL.claims == claims + 1
     assert not run.outcome_ok and run.reason == "timeout after 8 s"
     assert 8 <= run.wall_s < 30
     assert _processes_with(marker) == []
@@ -177,7 +177,7 @@ def test_a_warm_process_times_out_counting_from_its_job(cache):
 
 def test_waiting_processes_end_when_the_pool_closes(cache):
     run_experiment(TINY, TINY.source, seed=0, budget_scale=SCALE, device="cpu", cache_dir=cache)
-    waiting = [h.scratch for h in experiment._POOL._waiting.values()]
+    waiting = [h.scratch for h in warm_pool.POOL._waiting.values()]
     assert waiting
     close_warm_pool()
     assert not any(path.exists() for path in waiting)

@@ -12,15 +12,9 @@ warm pool), and a loop of experiments pays neither process start nor import on i
 """
 from __future__ import annotations
 
-import atexit
 import json
 import math
 import os
-import shutil
-import signal
-import sys
-import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +23,11 @@ from typing import Callable
 from .datasets import DataError
 from .harness.curve import MAX_POINTS
 from .rlimits import GiB, Limits
-from .sandbox import MODES, SandboxRun, SandboxUnavailable, detect_sandbox, gpu_device_paths, mode_works, run_sandboxed
 from .tasks import Task, TaskError, load_data, split_data
+from .warm import POOL, START_IDLE_S, Harness, Workspace
+from .warm import Crash as _Crash
+from .warm import device_kind as _device_kind
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-START_IDLE_S = 60.0  # a process started for the run at hand: time allowed for its imports
-BACKSTOP_S = 30.0  # the sandbox's own timeout lies this far past the deadline we enforce from go
-CLAIM_MARGIN_S = 30.0  # a warm process this close to giving up (or to its backstop) is not claimed
-CLOSE_WAIT_S = 5.0  # at exit, how long to wait for aborted warm processes before leaving them
 ProgressFn = Callable[[int, int, "float | None"], None]  # (tokens, budget, loss or None)
 
 
@@ -87,254 +78,8 @@ class SpotCheck:
     curve: list
 
 
-class _Crash(Exception):
-    """Internal: the run ended without a result; ``reason`` is the outcome's short text."""
-
-    def __init__(self, reason: str, sandbox: str = "none"):
-        super().__init__(reason)
-        self.reason = reason
-        self.sandbox = sandbox
-
-
 def _decimal(value: float, places: int) -> str:
     return f"{value:.{places}f}"
-
-
-def _device_kind(device: str) -> str:
-    """"cpu" or "gpu", deciding limits and timeouts. Decided without importing torch here (seconds
-    per CLI call): "auto" counts as a GPU where an NVIDIA device node exists or on macOS (MPS)."""
-    if device == "auto":
-        return "gpu" if Path("/dev/nvidiactl").exists() or sys.platform == "darwin" else "cpu"
-    return "cpu" if device == "cpu" else "gpu"
-
-
-class _Harness:
-    """One sandboxed harness process (trainer/harness/child.py), run on a background thread.
-
-    It starts, imports torch (niced when it starts ``beside`` a training run), and waits up to
-    ``idle_s`` for its job; ``go`` hands it the job and the run's wall-time limit, which counts from
-    then. A process from the warm pool started long before its job, so that deadline is enforced
-    here; the sandbox's own timeout (from the process start: idle_s + serve_s + a margin) stays as a
-    backstop. ``limit_s`` sizes the rlimits; ``serve_s`` (default limit_s) is the longest wall-time
-    limit a job may bring.
-    """
-
-    def __init__(self, scratch: Path, *, kind: str, settings: RunSettings, device: str, limit_s: float,
-                 idle_s: float, beside: bool, serve_s: float | None = None):
-        self.scratch, self.kind, self.limit_s = scratch, kind, serve_s or limit_s
-        self.started, self.idle_s = time.monotonic(), idle_s
-        self._backstop_s = idle_s + self.limit_s + BACKSTOP_S
-        self.deadline: float | None = None  # set by go()
-        self._killed = False
-        mode = _probe_sandbox(settings.sandbox_mode)
-        start = {"kind": kind, "go": "go.json", "result": "result.json", "idle_s": idle_s,
-                 "nice": settings.warm_up_nice if beside else 0,
-                 "pid_namespace": mode in ("bwrap", "namespaces")}  # see harness/priority.py
-        (scratch / "config.json").write_text(json.dumps(start), encoding="utf-8")
-        argv = [sys.executable, "-P", "-m", "trainer.harness.child", "config.json"]
-        env = {"PYTHONPATH": str(PACKAGE_DIR.parent)}
-        limits = settings.limits(_device_kind(device), limit_s)
-        self._holder: dict = {}
-
-        def target() -> None:
-            try:
-                devices = gpu_device_paths() if _device_kind(device) == "gpu" else ()
-                self._holder["run"] = run_sandboxed(argv, scratch=scratch, ro_paths=[PACKAGE_DIR], limits=limits,
-                                                    env=env, timeout_s=self._backstop_s, mode=settings.sandbox_mode,
-                                                    devices=devices)
-            except (SandboxUnavailable, OSError, ValueError) as exc:
-                self._holder["error"] = f"sandbox: {exc}"
-
-        self._thread = threading.Thread(target=target, name=f"sandboxed-{kind}", daemon=True)
-        self._thread.start()
-
-    def can_take(self, limit_s: float) -> bool:
-        """Alive, jobless, not about to give up waiting, and its backstop lies beyond this run's deadline."""
-        age = time.monotonic() - self.started
-        return (self.deadline is None and self._thread.is_alive() and age < self.idle_s - CLAIM_MARGIN_S
-                and age + limit_s < self._backstop_s - CLAIM_MARGIN_S)
-
-    def go(self, job: dict, limit_s: float | None = None) -> None:
-        """Hand over the job (its files must already be in the scratch directory); the clock starts."""
-        if limit_s is not None:
-            self.limit_s = limit_s
-        _write_json_atomic(self.scratch / "go.json", job)
-        self.deadline = time.monotonic() + self.limit_s
-
-    def abort(self) -> None:
-        """End the process now (one that got no job is also told to exit, should it not be up yet)."""
-        if self.deadline is None:
-            _write_json_atomic(self.scratch / "go.json", {"mode": "abort"})  # if it has not started yet
-            self.deadline = time.monotonic()
-        self._kill()
-
-    def _kill(self) -> None:
-        if self._thread.is_alive():  # a finished thread's id may name another thread by now
-            _kill_sandbox(self._thread.native_id, self.scratch)
-
-    def join(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def wait(self, on_poll: Callable[[], None] | None = None) -> tuple[dict, str]:
-        """(the child's JSON result, sandbox mode), or raises _Crash with the outcome's reason."""
-        while self._thread.is_alive():
-            self._thread.join(0.1)
-            if on_poll is not None:
-                on_poll()
-            if self.deadline is not None and time.monotonic() > self.deadline and not self._killed:
-                self._killed = True
-                self._kill()
-        if "error" in self._holder:
-            raise _Crash(self._holder["error"])
-        run: SandboxRun = self._holder["run"]
-        try:
-            out = json.loads((self.scratch / "result.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            out = None
-        if self._killed or run.timed_out:
-            raise _Crash(f"timeout after {self.limit_s:.0f} s", run.sandbox)
-        if isinstance(out, dict) and "error" in out:
-            raise _Crash(str(out["error"])[:400], run.sandbox)
-        if run.killed_reason:
-            raise _Crash(_killed_text(run.killed_reason), run.sandbox)
-        if run.returncode != 0 or not isinstance(out, dict):
-            tail = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
-            raise _Crash(f"process failed: {tail[:300]}", run.sandbox)
-        return out, run.sandbox
-
-
-def _probe_sandbox(mode: str) -> str:
-    """The mode a run will get. Probed (once per process, cached) on the caller's thread, not the
-    harness thread: that thread's children may be killed (_kill_sandbox), and a probe killed
-    half-way would be cached as "this mode does not work"."""
-    if mode == "auto":
-        return detect_sandbox()
-    if mode in MODES:
-        mode_works(mode)
-    return mode
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _kill_sandbox(thread_id: int, scratch: Path) -> None:
-    """SIGKILL the sandbox a harness thread started, as trainer.sandbox does on its own timeout.
-
-    run_sandboxed starts the sandbox (bwrap, unshare or the sandbox init) in its own session from
-    the calling thread: its process group is the whole run outside the sandbox's namespaces, and the
-    sandbox ends everything inside when it dies. The thread's children name it exactly; kernels
-    without /proc/.../children fall back to our children whose command line names the scratch."""
-    try:
-        pids = [int(p) for p in Path(f"/proc/self/task/{thread_id}/children").read_text().split()]
-    except OSError:
-        pids = [pid for pid in _our_children() if str(scratch).encode() in _cmdline(pid)]
-    for pid in pids:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-def _our_children() -> list[int]:
-    me, found = os.getpid(), []
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == me:
-                found.append(int(entry))
-        except (OSError, IndexError, ValueError):
-            pass
-    return found
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-class _WarmPool:
-    """Harness processes started before the run that claims them, so that a loop of experiments pays
-    no process start and no torch import (seconds each) on its critical path.
-
-    One waiting process per key (kind, device, limits): the next train process is started once this
-    run's training is under way, the next evaluation process when this evaluation begins, so their
-    imports use the core the single-threaded run leaves free. Each process runs one job, in a scratch
-    directory of its own; one nobody claims is aborted when replaced, at interpreter exit, or gives
-    up by itself after ``idle_s``.
-    """
-
-    MAX_WAITING = 4  # distinct keys kept; more is a caller alternating settings
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._waiting: dict[tuple, _Harness] = {}
-        self._retired: list[_Harness] = []  # aborted, their scratch removed once they have exited
-        self.claims = 0
-        atexit.register(self.close)
-        if hasattr(os, "register_at_fork"):  # a forked child owns none of our processes: it must not end them
-            os.register_at_fork(after_in_child=self._forget)
-
-    def _forget(self) -> None:
-        self._lock = threading.Lock()
-        self._waiting, self._retired = {}, []
-
-    def claim(self, key: tuple, limit_s: float) -> _Harness | None:
-        with self._lock:
-            harness = self._waiting.pop(key, None)
-            if harness is not None and not harness.can_take(limit_s):
-                self._retire(harness)
-                harness = None
-            self.claims += harness is not None
-            self._reap()
-        return harness
-
-    def start(self, key: tuple, make: Callable[[Path], _Harness]) -> None:
-        """Start a process for ``key`` unless one is already waiting."""
-        with self._lock:
-            current = self._waiting.get(key)
-            if current is not None and current.can_take(0):
-                return
-            if current is not None:
-                self._retire(self._waiting.pop(key))
-            while len(self._waiting) >= self.MAX_WAITING:
-                self._retire(self._waiting.pop(next(iter(self._waiting))))
-            self._waiting[key] = make(Path(tempfile.mkdtemp(prefix="ralphswarm-warm-")))
-
-    def retire(self, harness: _Harness) -> None:
-        """Take back a process its run no longer needs: end it, remove its scratch once it has exited."""
-        with self._lock:
-            self._retire(harness)
-
-    def _retire(self, harness: _Harness) -> None:
-        harness.abort()
-        self._retired.append(harness)
-
-    def _reap(self) -> None:
-        for harness in [h for h in self._retired if h.join(0)]:
-            self._retired.remove(harness)
-            shutil.rmtree(harness.scratch, ignore_errors=True)
-
-    def close(self) -> None:
-        with self._lock:
-            for harness in self._waiting.values():
-                self._retire(harness)
-            self._waiting.clear()
-            for harness in self._retired:
-                harness.join(CLOSE_WAIT_S)
-            self._reap()
-
-
-_POOL = _WarmPool()
-
-
-def _killed_text(reason: str) -> str:
-    return {"memory": "out of memory", "cpu": "cpu time limit", "file size": "file size limit"}.get(
-        reason, f"killed ({reason})")
 
 
 def _train_config(task: Task, *, seed: int, budget: int, device: str, settings: RunSettings,
@@ -364,69 +109,6 @@ def _progress_poller(path: Path, on_point: Callable[[dict], None]) -> Callable[[
     return poll
 
 
-class _Workspace:
-    """Where a run's scratch directories live: the caller's work_dir (kept, for inspection: no warm
-    processes, whose directories live elsewhere), else each process's own temporary directory,
-    adopted when the process gets its job and removed with the workspace."""
-
-    def __init__(self, work_dir: Path | None, settings: RunSettings):
-        self.keep = work_dir is not None
-        self.pooled = settings.warm_pool and not self.keep
-        self.root = Path(work_dir) if work_dir else None
-        if self.root is None and not self.pooled:
-            self.root = Path(tempfile.mkdtemp(prefix="ralphswarm-exp-"))
-        self._adopted: list[Path] = []
-
-    def harness(self, kind: str, *, settings: RunSettings, device: str, limit_s: float, idle_s: float,
-                beside: bool, serve_s: float | None = None) -> _Harness:
-        """A process for this run: a warm one from the pool where one waits, else one started now.
-        ``limit_s`` sizes its rlimits; ``serve_s`` (default limit_s) is the wall time its job gets."""
-        if self.pooled:
-            harness = _POOL.claim(_pool_key(kind, settings, device, limit_s), serve_s or limit_s)
-            if harness is not None:
-                return harness
-            scratch = Path(tempfile.mkdtemp(prefix=f"ralphswarm-{kind}-"))
-        else:
-            scratch = self.root / kind
-            shutil.rmtree(scratch, ignore_errors=True)
-            scratch.mkdir(parents=True)
-        return _Harness(scratch, kind=kind, settings=settings, device=device, limit_s=limit_s, idle_s=idle_s,
-                        beside=beside, serve_s=serve_s)
-
-    def go(self, harness: _Harness, job: dict, limit_s: float) -> None:
-        if self.pooled:
-            self._adopted.append(harness.scratch)
-        harness.go(job, limit_s)
-
-    def refill(self, kind: str, *, settings: RunSettings, device: str, limit_s: float,
-               serve_s: float | None = None) -> None:
-        """Have a warm process of this kind wait for the next run (a no-op when one already does)."""
-        if self.pooled:
-            _POOL.start(_pool_key(kind, settings, device, limit_s),
-                        lambda scratch: _Harness(scratch, kind=kind, settings=settings, device=device,
-                                                 limit_s=limit_s, idle_s=settings.warm_idle_s, beside=True,
-                                                 serve_s=serve_s))
-
-    def release(self, harness: _Harness) -> None:
-        """End a process before its run is over: one never used, or an evaluation whose training failed."""
-        if self.pooled:
-            _POOL.retire(harness)  # its directory goes once it has exited; nothing here waits for that
-        else:
-            harness.abort()
-            harness.join()  # let it exit before its scratch (in the work dir) is reused
-
-    def close(self) -> None:
-        for path in self._adopted:
-            shutil.rmtree(path, ignore_errors=True)
-        if self.root is not None and not self.keep:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _pool_key(kind: str, settings: RunSettings, device: str, limit_s: float) -> tuple:
-    """What a process must have been started with to serve a run: its kind, device, and rlimits."""
-    return kind, device, settings, settings.limits(_device_kind(device), limit_s)
-
-
 def _default_cache() -> Path:
     return Path(os.environ.get("RALPHSWARM_HOME", Path.home() / ".ralphswarm")).expanduser() / "cache"
 
@@ -450,7 +132,7 @@ def _splits(task: Task, cache_dir: Path | None) -> tuple[bytes, bytes]:
         raise _Crash(f"data: {exc}") from None
 
 
-def _train(task: Task, source: str, ws: _Workspace, train_bytes: bytes, *, seed: int, budget: int, device: str,
+def _train(task: Task, source: str, ws: Workspace, train_bytes: bytes, *, seed: int, budget: int, device: str,
            limit: float, settings: RunSettings, on_progress: ProgressFn | None, stop_tokens: int | None,
            mode: str, on_point: Callable[[dict], None] | None = None) -> tuple[dict, str, Path]:
     # Where no warm process waits, this one's start-up is the run's critical path: not niced.
@@ -489,11 +171,11 @@ class _Evaluation:
     so that imports, the model and the FLOP count overlap training; the weights follow when training
     ends. With ``overlap_eval`` off, all of it starts after training."""
 
-    def __init__(self, task: Task, source: str, ws: _Workspace, val_bytes: bytes, *, seed: int, device: str,
+    def __init__(self, task: Task, source: str, ws: Workspace, val_bytes: bytes, *, seed: int, device: str,
                  settings: RunSettings, train_limit: float):
         self.task, self.source, self.ws, self.val_bytes = task, source, ws, val_bytes
         self.seed, self.device, self.settings, self.train_limit = seed, device, settings, train_limit
-        self.harness: _Harness | None = None
+        self.harness: Harness | None = None
 
     def start(self, batch_shape: list, *, beside: bool = True) -> None:
         if self.harness is not None:
@@ -558,7 +240,7 @@ def run_experiment(task: Task, source: str, *, seed: int = 0, budget_scale: floa
                    settings: RunSettings = RunSettings()) -> ExperimentResult:
     """Train ``source`` on ``task`` for budget x budget_scale tokens and measure val_bpb."""
     start = time.perf_counter()
-    ws = _Workspace(work_dir, settings)
+    ws = Workspace(work_dir, settings)
     sandbox = "none"
     try:
         budget = _budget(task, budget_scale, budget_tokens)
@@ -612,7 +294,7 @@ def spot_check(task: Task, source: str, *, seed: int, fraction: float, reference
     ``tolerance`` (nats) defaults to the task's tolerance: a single batch's loss is noisier than
     val_bpb, but a faithful re-run with the same seed draws the very same batches.
     """
-    ws = _Workspace(work_dir, settings)
+    ws = Workspace(work_dir, settings)
     try:
         if not 0 < fraction <= 1:
             raise _Crash(f"spot check fraction must be in (0, 1], got {fraction}")
@@ -632,4 +314,4 @@ def spot_check(task: Task, source: str, *, seed: int, fraction: float, reference
 
 def close_warm_pool() -> None:
     """End the warm processes waiting for a next run (a later run starts the pool anew)."""
-    _POOL.close()
+    POOL.close()
