@@ -257,6 +257,26 @@ def test_infinite_loop_is_killed_at_timeout(mode, scratch, ignore_term):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_cancel_ends_the_whole_run_at_once(mode, scratch):
+    # A detached daemon plus a main process that ignores SIGTERM: cancel kills both, long before the timeout.
+    import threading
+
+    marker = "cancel-" + secrets.token_hex(8)
+    code = DAEMON.replace('print("parent done")', 'print("parent done", flush=True)\n'
+                          "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: pass")
+    event = threading.Event()
+    threading.Timer(1.0, event.set).start()
+    start = time.monotonic()
+    result = run_sandboxed([python_for(mode), "-c", code, marker], scratch=scratch, timeout_s=60, mode=mode,
+                           cancel=event)
+    elapsed = time.monotonic() - start
+    assert 1.0 <= elapsed < 5, elapsed
+    assert not result.timed_out and result.killed_reason == "signal 9"
+    assert "parent done" in result.stdout
+    assert processes_with(marker) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_unbounded_allocation_is_stopped_by_the_memory_limit(mode, scratch):
     code = "x = []\nwhile True: x.append(bytearray(16 << 20))\n"
     start = time.monotonic()

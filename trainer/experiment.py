@@ -35,6 +35,7 @@ ProgressFn = Callable[[int, int, "float | None"], None]  # (tokens, budget, loss
 class RunSettings:
     cpu_threads: int = 1  # fixed, not the core count: the thread count decides the bits of every sum
     eval_batch_size: int = 64  # validation windows per forward pass
+    eval_threads: int = 2  # CPU threads of the evaluation, which runs once training has left the cores free
     cpu_tokens_per_s_floor: float = 1000.0  # default timeout assumes at least this throughput on CPU
     gpu_timeout_s: float = 3600.0  # default timeout of a GPU training run
     eval_timeout_s: float = 600.0
@@ -176,6 +177,7 @@ class _Evaluation:
         self.task, self.source, self.ws, self.val_bytes = task, source, ws, val_bytes
         self.seed, self.device, self.settings, self.train_limit = seed, device, settings, train_limit
         self.harness: Harness | None = None
+        self.refilled = False
 
     def start(self, batch_shape: list, *, beside: bool = True) -> None:
         if self.harness is not None:
@@ -190,9 +192,20 @@ class _Evaluation:
         (scratch / "train.py").write_text(self.source, encoding="utf-8")
         (scratch / "val.bin").write_bytes(self.val_bytes)
         job = {"mode": "eval", "script": "train.py", "data": "val.bin", "weights": "weights.pt", "seed": self.seed,
-               "device": self.device, "threads": settings.cpu_threads, "context": self.task.harness.context,
-               "eval_batch_size": settings.eval_batch_size, "batch_shape": batch_shape}
+               "device": self.device, "threads": settings.cpu_threads, "eval_threads": settings.eval_threads,
+               "context": self.task.harness.context, "eval_batch_size": settings.eval_batch_size,
+               "batch_shape": batch_shape}
         self.ws.go(self.harness, job, serve_s)
+        if beside:
+            # Training is under way: the next run's evaluation process imports beside it, not
+            # beside this evaluation, which wants every core.
+            self._refill()
+
+    def _refill(self) -> None:
+        if not self.refilled:
+            self.refilled = True
+            self.ws.refill("eval", settings=self.settings, device=self.device, limit_s=self.settings.eval_timeout_s,
+                           serve_s=self.train_limit + self.settings.eval_timeout_s)
 
     def abort(self) -> None:
         if self.harness is not None:
@@ -201,10 +214,10 @@ class _Evaluation:
     def finish(self, weights: Path, batch_shape: list) -> dict:
         self.start(batch_shape, beside=False)
         os.replace(weights, self.harness.scratch / "weights.pt")  # atomic: the process waits for it
-        # This evaluation is under way: the next one's process imports beside it.
-        self.ws.refill("eval", settings=self.settings, device=self.device, limit_s=self.settings.eval_timeout_s,
-                       serve_s=self.train_limit + self.settings.eval_timeout_s)
-        out, _ = self.harness.wait()
+        try:
+            out, _ = self.harness.wait()
+        finally:
+            self._refill()  # where it did not start beside training
         return out
 
 

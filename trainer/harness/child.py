@@ -165,9 +165,22 @@ def run_eval(cfg: dict, background: Background) -> dict:
     # FLOPs follow from the shapes, not the weights: on a CPU they are counted on a model of their
     # own while training still runs. A GPU is left to training until it ends (it may need all of
     # its memory): there the count follows the evaluation, on the trained model.
-    flops = count_flops(fresh_model()) if device.type == "cpu" else None
+    flops = None
+    if device.type == "cpu":
+        spare = fresh_model()
+        flops = count_flops(spare)
+        # One batch of the evaluation's shape on the spare model: first-use costs (allocations,
+        # kernel set-up) are paid now rather than after training.
+        batch = cfg["eval_batch_size"]
+        evaluate_nats(spare.eval(), val[:batch * cfg["context"] + 1], context=cfg["context"], batch_size=batch,
+                      device=device, autocast=autocast)
+        del spare
     model = fresh_model()  # seeded and built exactly as if no count had run
     _wait_for_file(weights)
+    if device.type == "cpu":
+        # Training has ended and left its core free: the evaluation runs on a fixed number of threads
+        # (fixed, not the machine's core count, which must not decide the bits).
+        torch.set_num_threads(cfg.get("eval_threads", cfg["threads"]))
     state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     model.to(device).eval()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 VOCAB = 256
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate_nats(model, val: torch.Tensor, *, context: int, batch_size: int, device: torch.device,
                   autocast=nullcontext) -> tuple[float, int]:
     """(summed CE nats, number of predicted bytes)."""
