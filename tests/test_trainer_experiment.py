@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from protocol.schemas import validate_result
+from trainer import experiment as experiment_module
 from trainer import warm as warm_pool
 from trainer.experiment import RunSettings, close_warm_pool, compare_curves, run_experiment, spot_check
 from trainer.patches import apply_patch, make_patch
@@ -86,6 +87,25 @@ def test_trained_model_beats_unigram_and_stays_above_the_floor(cache):
     assert bpb < unigram - 1.0, (bpb, unigram)
     # The entropy rate is a true floor; the finite validation split wobbles around it by ~0.01.
     assert bpb > TINY.entropy_bpb - 0.02
+
+
+@pytest.mark.parametrize("old, new, says", [
+    ("is_causal=True", "is_causal=False", "sees the future"),
+    ("        x = x0 = rms_norm(self.embed(idx))", "        x = x0 = rms_norm(self.embed(idx))\n"
+     "        x = x + 0.5 * x.roll(1, dims=0)", "mixes the windows"),
+])
+def test_a_model_that_reads_its_targets_is_a_crash_not_a_record(cache, old, new, says):
+    run = run_experiment(TINY, _edit(TINY.source, old, new), seed=0, budget_scale=SCALE, device="cpu",
+                         cache_dir=cache)
+    assert not run.outcome_ok and run.result is None
+    assert says in run.reason, run.reason
+
+
+def test_a_val_bpb_below_the_entropy_floor_is_refused():
+    trained = {"curve": [[1024, "5.0"]], "wall_s": 1.0, "device": "cpu", "torch": "x"}
+    evaluation = {"nats": 0.5 * math.log(2) * 1000, "bytes": 1000, "flops_per_token": 1}  # 0.5 bits per byte
+    with pytest.raises(experiment_module._Crash, match="below the entropy floor"):
+        experiment_module._result(TINY, trained, evaluation, seed=0, budget=1024, sandbox="bwrap")
 
 
 def test_nan_loss_crashes_fast(cache):

@@ -28,6 +28,7 @@ from .warm import POOL, START_IDLE_S, Harness, Workspace
 from .warm import Crash as _Crash
 from .warm import device_kind as _device_kind
 
+ENTROPY_MARGIN_BPB = 0.05  # ~9 standard errors (0.0058 bits) of the true model's score on the tiny split
 ProgressFn = Callable[[int, int, "float | None"], None]  # (tokens, budget, loss or None)
 
 
@@ -230,6 +231,10 @@ def _result(task: Task, trained: dict, evaluation: dict, *, seed: int, budget: i
     bpb = evaluation["nats"] / (math.log(2) * evaluation["bytes"])
     if not math.isfinite(bpb):
         raise _Crash("nan loss", sandbox)
+    if task.entropy_bpb is not None and bpb < task.entropy_bpb - ENTROPY_MARGIN_BPB:
+        # No model beats the source's entropy rate by more than the finite split's wobble.
+        raise _Crash(f"val_bpb {bpb:.4f} is below the entropy floor {task.entropy_bpb:.4f}: the script "
+                     "reads what it predicts", sandbox)
     result = {
         "val_bpb": _decimal(bpb, 6),
         "curve": trained["curve"][:MAX_POINTS],

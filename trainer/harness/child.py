@@ -139,7 +139,7 @@ def run_eval(cfg: dict, background: Background) -> dict:
     import torch
 
     from .curve import NanLoss
-    from .evaluate import evaluate_nats
+    from .evaluate import check_no_leak, evaluate_nats
     from .flops import measure_flops_per_token
     from .runtime import autocast_for, choose_device, configure
 
@@ -184,6 +184,7 @@ def run_eval(cfg: dict, background: Background) -> dict:
     state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
+    check_no_leak(model, val, context=cfg["context"], device=device, autocast=autocast)
     nats, count = evaluate_nats(model, val, context=cfg["context"], batch_size=cfg["eval_batch_size"],
                                 device=device, autocast=autocast)
     if nats != nats or nats in (float("inf"), float("-inf")):
@@ -204,13 +205,14 @@ def _reason(exc: BaseException) -> str:
     import torch
 
     from .curve import NanLoss
+    from .evaluate import LeakError
     from .runtime import DeviceError
 
     if isinstance(exc, NanLoss):
         return "nan loss"
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return "out of memory"
-    if isinstance(exc, (ScriptError, DeviceError)):
+    if isinstance(exc, (ScriptError, DeviceError, LeakError)):
         return str(exc)
     # Point at the line of the train script that failed, the line a proposer can fix.
     where = ""

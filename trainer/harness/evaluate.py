@@ -45,5 +45,54 @@ def evaluate_nats(model, val: torch.Tensor, *, context: int, batch_size: int, de
     return float(total), count
 
 
+class LeakError(ValueError):
+    """The model's prediction for a byte depends on bytes it must not see (later ones, or other windows)."""
+
+
+# Positions where the input is changed from on; the logits before each must not move.
+_CUTS = (0.25, 0.5, 0.75, 1.0)
+
+
+@torch.inference_mode()
+def check_no_leak(model, val: torch.Tensor, *, context: int, device: torch.device, autocast=nullcontext,
+                  windows: int = 4) -> None:
+    """Raise LeakError unless the logits at each position depend only on that position's own window
+    up to it. A model that attends to later bytes (a lost causal mask) or across the batch reads the
+    bytes it is asked to predict, and its val_bpb means nothing.
+
+    Checks the trained model on consecutive windows of the validation split: the bytes from a cut on
+    are changed (each plus one, mod 256) and the logits before the cut must stay put; the later half
+    of the windows is changed and the earlier half's logits must stay put."""
+    length = min(context, (val.numel() - 1) // windows)
+    if length < 2:
+        return
+    starts = torch.arange(windows) * length
+    x = val[starts[:, None] + torch.arange(length)].long().to(device)
+
+    def logits(inp: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            return model(inp).float()
+
+    base = logits(x)
+    if not torch.isfinite(base).all():
+        return  # the evaluation reports it ("nan loss")
+    tol = 1e-2 if device.type != "cpu" else 1e-4  # bf16 kernels may tile differently; a leak moves logits by O(1)
+    for frac in _CUTS:
+        cut = max(1, int(length * frac)) if frac < 1.0 else length - 1
+        changed = x.clone()
+        changed[:, cut:] = (changed[:, cut:] + 1) % 256
+        moved = (logits(changed)[:, :cut] - base[:, :cut]).abs().amax()
+        if not moved <= tol:
+            raise LeakError(f"the model sees the future: its logits before byte {cut} of a window change "
+                            f"when the bytes from {cut} on change (by {float(moved):.3g})")
+    half = windows // 2
+    changed = x.clone()
+    changed[half:] = (changed[half:] + 1) % 256
+    moved = (logits(changed)[:half] - base[:half]).abs().amax()
+    if not moved <= tol:
+        raise LeakError(f"the model mixes the windows of a batch: one window's logits change when "
+                        f"another window changes (by {float(moved):.3g})")
+
+
 def bits_per_byte(nats: float, count: int) -> float:
     return nats / (math.log(2) * count)
