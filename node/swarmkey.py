@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import re
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from yarl import URL
+
+from protocol.keys import read_private_file
 
 from .errors import UserError
 
@@ -120,19 +121,8 @@ class SwarmKey:
     @classmethod
     def load(cls, path: str | os.PathLike, swarm: str) -> "SwarmKey":
         path = Path(path)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise SwarmKeyError(f"no swarm key file at {path}; create one with a fresh 32-byte hex key") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise SwarmKeyError(f"swarm key file {path} is not a regular file")
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise SwarmKeyError(
-                f"swarm key file {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
-            )
-        with open(path, "rb") as f:
-            raw = f.read(MAX_KEY_FILE_BYTES + 1)
+        raw = read_private_file(path, what="swarm key file", max_bytes=MAX_KEY_FILE_BYTES, error=SwarmKeyError,
+                                missing="; create one with a fresh 32-byte hex key")
         text = raw.decode("ascii", errors="replace").strip()
         if len(raw) > MAX_KEY_FILE_BYTES or not re.fullmatch(r"(?:[0-9a-fA-F]{2})+", text):
             raise SwarmKeyError(f"swarm key file {path} is not one line of hex (expected 64 hex characters)")

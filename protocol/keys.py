@@ -85,24 +85,7 @@ class Identity:
     def load(cls, path: str | os.PathLike) -> "Identity":
         """Read a key written by ``save``. Raises KeyFileError with a message a user can act on."""
         path = Path(path)
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not hang us
-        except FileNotFoundError:
-            raise KeyFileError(f"no key file at {path}") from None
-        except OSError as exc:
-            raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
-        try:
-            st = os.fstat(fd)  # the mode of the file we actually read, not of a path swapped meanwhile
-            if not stat.S_ISREG(st.st_mode):
-                raise KeyFileError(f"key file {path} is not a regular file")
-            if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise KeyFileError(
-                    f"key file {path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
-                    f"run: chmod 600 {path}"
-                )
-            raw = os.read(fd, _MAX_KEY_FILE_BYTES + 1)
-        finally:
-            os.close(fd)
+        raw = read_private_file(path, what="key file", max_bytes=_MAX_KEY_FILE_BYTES, error=KeyFileError)
         text = raw.decode("ascii", errors="replace").strip()
         if len(raw) > _MAX_KEY_FILE_BYTES or not is_hex(text, 64):
             raise KeyFileError(
@@ -134,3 +117,29 @@ def check_pubkey(value: object, field: str = "author") -> str:
     if not is_hex(value, 64):
         raise ProtocolError(f"invalid: schema: {field}")
     return value  # type: ignore[return-value]
+
+
+def read_private_file(path: Path, *, what: str, max_bytes: int, error: type[Exception],
+                      missing: str = "") -> bytes:
+    """Up to ``max_bytes`` + 1 bytes of a secret file only its owner may read or write.
+
+    Raises ``error`` with a message a user can act on: no such file (``missing`` is appended as a
+    hint), not a regular file (a FIFO must not hang us: opened non-blocking), or a mode that lets
+    group or others in (checked on the open file, not on a path swapped meanwhile).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise error(f"no {what} at {path}{missing}") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{what} {path} is not a regular file")
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise error(f"{what} {path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
+                        f"run: chmod 600 {path}")
+        return os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)

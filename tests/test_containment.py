@@ -9,7 +9,6 @@ no process of the run is left.
 """
 from __future__ import annotations
 
-import os
 import secrets
 import socket
 import tempfile
@@ -22,6 +21,7 @@ import pytest
 experiment = pytest.importorskip("trainer.experiment", reason="trainer.experiment not built yet")
 from trainer.patches import apply_patch, make_patch  # noqa: E402
 from trainer.tasks import resolve_task  # noqa: E402
+from procs import processes_with  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parent.parent
@@ -68,17 +68,6 @@ def assert_contained(value: str, outcome, work_dir: Path) -> None:
     for path in work_dir.rglob("*"):
         if path.is_file() and not path.is_symlink():
             assert value.encode() not in path.read_bytes(), path
-
-
-def processes_with(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
-                found.append(int(entry))
-        except OSError:
-            pass
-    return found
 
 
 def test_env_snooping_patch_leaks_nothing(task, work_dir, cache_dir, canary):

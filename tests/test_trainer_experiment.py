@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from procs import processes_with
 from protocol.schemas import validate_result
 from trainer import experiment as experiment_module
 from trainer import warm as warm_pool
@@ -156,17 +157,6 @@ def test_hanging_script_times_out_and_leaves_nothing_behind(cache, tmp_path):
     assert _processes_under(tmp_path) == []
 
 
-def _processes_with(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
-                found.append(int(entry))
-        except OSError:
-            pass
-    return found
-
-
 def test_a_loop_of_experiments_runs_on_warm_processes_with_the_same_bits(cache, baseline):
     run_experiment(TINY, TINY.source, seed=1, budget_scale=SCALE, device="cpu", cache_dir=cache)  # leaves two waiting
     claims = warm_pool.POOL.claims
@@ -192,7 +182,7 @@ def test_a_warm_process_times_out_counting_from_its_job(cache):
     assert warm_pool.POOL.claims == claims + 1
     assert not run.outcome_ok and run.reason == "timeout after 8 s"
     assert 8 <= run.wall_s < 30
-    assert _processes_with(marker) == []
+    assert processes_with(marker) == []
 
 
 def test_waiting_processes_end_when_the_pool_closes(cache):
