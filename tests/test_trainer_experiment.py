@@ -229,3 +229,23 @@ def test_cuda_run(cache):
     assert run.outcome_ok, run.reason
     assert run.result["device"].startswith("cuda:")
     validate_result(run.result)
+
+
+def test_an_eval_forward_that_is_not_repeatable_is_named():
+    import torch.nn.functional as F
+
+    from trainer.harness.evaluate import LeakError, check_no_leak
+
+    class Noisy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Embedding(256, 256)
+
+        def forward(self, x):
+            return F.dropout(self.head(x), p=0.5, training=True)
+
+    val = torch.arange(1024, dtype=torch.int64).remainder(256).to(torch.uint8)
+    with pytest.raises(LeakError, match="change from one call to the next"):
+        check_no_leak(Noisy().eval(), val, context=16, device=torch.device("cpu"))
+    causal = torch.nn.Embedding(256, 256)  # position i sees byte i only: no leak
+    check_no_leak(causal, val, context=16, device=torch.device("cpu"))

@@ -77,6 +77,9 @@ def check_no_leak(model, val: torch.Tensor, *, context: int, device: torch.devic
     if not torch.isfinite(base).all():
         return  # the evaluation reports it ("nan loss")
     tol = 1e-2 if device.type != "cpu" else 1e-4  # bf16 kernels may tile differently; a leak moves logits by O(1)
+    if not (logits(x) - base).abs().amax() <= tol:
+        raise LeakError("the model's logits change from one call to the next on the same input "
+                        "(randomness left on in eval mode?)")
     for frac in _CUTS:
         cut = max(1, int(length * frac)) if frac < 1.0 else length - 1
         changed = x.clone()
