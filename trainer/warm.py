@@ -163,11 +163,11 @@ class WarmPool:
     """Harness processes started before the run that claims them, so that a loop of experiments pays
     no process start and no torch import (seconds each) on its critical path.
 
-    One waiting process per key (kind, device, limits): the next train process is started once this
-    run's training is under way, the next evaluation process when this evaluation begins, so their
-    imports use the core the single-threaded run leaves free. Each process runs one job, in a scratch
-    directory of its own; one nobody claims is aborted when replaced, at interpreter exit, or gives
-    up by itself after ``idle_s``.
+    One waiting process per key (kind, device, settings, limits). The next run's train and evaluation
+    processes are started once this run's training is under way (its first curve point), so their
+    imports use the core the single-threaded training leaves free and are done before this run's
+    evaluation wants every core. Each process runs one job, in a scratch directory of its own; one
+    nobody claims is aborted when replaced, at interpreter exit, or gives up by itself after ``idle_s``.
     """
 
     MAX_WAITING = 4  # distinct keys kept; more is a caller alternating settings
@@ -239,7 +239,6 @@ def _killed_text(reason: str) -> str:
         reason, f"killed ({reason})")
 
 
-
 class Workspace:
     """Where a run's scratch directories live: the caller's work_dir (kept, for inspection: no warm
     processes, whose directories live elsewhere), else each process's own temporary directory,
@@ -267,7 +266,7 @@ class Workspace:
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir(parents=True)
         return Harness(scratch, kind=kind, settings=settings, device=device, limit_s=limit_s, idle_s=idle_s,
-                        beside=beside, serve_s=serve_s)
+                       beside=beside, serve_s=serve_s)
 
     def go(self, harness: Harness, job: dict, limit_s: float) -> None:
         if self.pooled:
@@ -279,9 +278,9 @@ class Workspace:
         """Have a warm process of this kind wait for the next run (a no-op when one already does)."""
         if self.pooled:
             POOL.start(_pool_key(kind, settings, device, limit_s),
-                        lambda scratch: Harness(scratch, kind=kind, settings=settings, device=device,
-                                                 limit_s=limit_s, idle_s=settings.warm_idle_s, beside=True,
-                                                 serve_s=serve_s))
+                       lambda scratch: Harness(scratch, kind=kind, settings=settings, device=device,
+                                               limit_s=limit_s, idle_s=settings.warm_idle_s, beside=True,
+                                               serve_s=serve_s))
 
     def release(self, harness: Harness) -> None:
         """End a process before its run is over: one never used, or an evaluation whose training failed."""
