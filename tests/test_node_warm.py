@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.nodeproc import NodeProcess, wait_until
+from trainer.warm import sweep_orphans
 
 pytestmark = pytest.mark.slow
 
@@ -57,3 +58,6 @@ def test_no_harness_process_outlives_the_node(tmp_path, tmpdir_for_node, how):
     while processes_in(tmpdir_for_node) and time.time() < deadline:
         time.sleep(0.2)
     assert processes_in(tmpdir_for_node) == []
+    # What a killed node leaves is its scratch directories, named after it: the next owner sweeps them.
+    sweep_orphans(tmpdir_for_node)
+    assert not list(tmpdir_for_node.glob("ralphswarm-*"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -205,7 +206,7 @@ class WarmPool:
                 self._retire(self._waiting.pop(key))
             while len(self._waiting) >= self.MAX_WAITING:
                 self._retire(self._waiting.pop(next(iter(self._waiting))))
-            self._waiting[key] = make(Path(tempfile.mkdtemp(prefix="ralphswarm-warm-")))
+            self._waiting[key] = make(scratch_dir("warm"))
 
     def retire(self, harness: Harness) -> None:
         """Take back a process its run no longer needs: end it, remove its scratch once it has exited."""
@@ -233,6 +234,48 @@ class WarmPool:
 
 POOL = WarmPool()
 
+_SCRATCH_RE = re.compile(r"ralphswarm-[a-z]+-([0-9]+)-")
+_swept = threading.Lock()
+_sweep_done = False
+
+
+def scratch_dir(kind: str) -> Path:
+    """A fresh temporary directory for one harness process, named after the process that owns it,
+    so that the directories a killed owner left behind can be told apart and removed (the first
+    call of each process sweeps them; the processes that used them died with their owner)."""
+    global _sweep_done
+    with _swept:
+        if not _sweep_done:
+            _sweep_done = True
+            sweep_orphans(Path(tempfile.gettempdir()))
+    return Path(tempfile.mkdtemp(prefix=f"ralphswarm-{kind}-{os.getpid()}-"))
+
+
+def sweep_orphans(root: Path) -> list[Path]:
+    """Remove the scratch directories under ``root`` whose owning process no longer exists."""
+    removed = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        match = _SCRATCH_RE.match(path.name)
+        if match is None or not path.is_dir() or path.is_symlink() or _alive(int(match[1])):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
 
 def _killed_text(reason: str) -> str:
     return {"memory": "out of memory", "cpu": "cpu time limit", "file size": "file size limit"}.get(
@@ -249,7 +292,7 @@ class Workspace:
         self.pooled = settings.warm_pool and not self.keep
         self.root = Path(work_dir) if work_dir else None
         if self.root is None and not self.pooled:
-            self.root = Path(tempfile.mkdtemp(prefix="ralphswarm-exp-"))
+            self.root = scratch_dir("exp")
         self._adopted: list[Path] = []
 
     def harness(self, kind: str, *, settings: RunSettings, device: str, limit_s: float, idle_s: float,
@@ -260,7 +303,7 @@ class Workspace:
             harness = POOL.claim(_pool_key(kind, settings, device, limit_s), serve_s or limit_s)
             if harness is not None:
                 return harness
-            scratch = Path(tempfile.mkdtemp(prefix=f"ralphswarm-{kind}-"))
+            scratch = scratch_dir(kind)
         else:
             scratch = self.root / kind
             shutil.rmtree(scratch, ignore_errors=True)
