@@ -5,7 +5,6 @@ pool is closed at exit) and on SIGKILL (the sandbox dies with the thread that st
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -13,26 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from procs import processes_in
 from tests.nodeproc import NodeProcess, wait_until
 from trainer.warm import sweep_orphans
 
 pytestmark = pytest.mark.slow
-
-
-def processes_in(root: Path) -> list[int]:
-    """Processes whose working directory or command line lies under ``root`` (bwrap's names its binds)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-        except OSError:
-            continue
-        if str(root).encode() in cmdline or cwd.startswith(str(root)):
-            found.append(int(entry))
-    return found
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from procs import processes
 from trainer import sandbox
 from trainer.bounded_output import BoundedBuffer
 from trainer.policy import may_run
@@ -64,18 +65,7 @@ def run(mode, code, scratch, *, timeout_s=20.0, limits=Limits(), env=None, marke
 
 def processes_with(marker: str) -> list[tuple[int, str]]:
     """(pid, state) of every process on the machine whose command line carries marker, zombies included."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker.encode() in cmdline:
-            found.append((int(entry), state))
-    return found
+    return [(p.pid, p.state) for p in processes() if marker.encode() in p.cmdline]
 
 
 def assert_nowhere(value: str, result, scratch: Path) -> None:
