@@ -249,3 +249,19 @@ def test_an_eval_forward_that_is_not_repeatable_is_named():
         check_no_leak(Noisy().eval(), val, context=16, device=torch.device("cpu"))
     causal = torch.nn.Embedding(256, 256)  # position i sees byte i only: no leak
     check_no_leak(causal, val, context=16, device=torch.device("cpu"))
+
+
+def test_a_script_that_blocks_the_weights_hand_over_is_a_crash(cache):
+    # Imported by the evaluation process while training runs, the script puts a directory where the
+    # trained weights are to go.
+    source = _edit(TINY.source, "def build_model(vocab_size, context):\n",
+                   "def build_model(vocab_size, context):\n"
+                   "    import os\n"
+                   "    if not os.path.exists('train.bin'):  # the evaluation's scratch, not training's\n"
+                   "        os.makedirs('weights.pt/x', exist_ok=True)\n")
+    # Training lingers so that the evaluation process has built its models before training ends.
+    source = _edit(source, "    if pending:\n        step(optimizers, loader.progress)\n",
+                   "    if pending:\n        step(optimizers, loader.progress)\n    import time\n    time.sleep(8)\n")
+    run = run_experiment(TINY, source, seed=0, budget_scale=SCALE, device="cpu", cache_dir=cache)
+    assert not run.outcome_ok and run.result is None
+    assert run.reason.startswith("evaluation: cannot hand over the weights"), run.reason

@@ -214,7 +214,11 @@ class _Evaluation:
 
     def finish(self, weights: Path, batch_shape: list) -> dict:
         self.start(batch_shape, beside=False)
-        os.replace(weights, self.harness.scratch / "weights.pt")  # atomic: the process waits for it
+        try:
+            os.replace(weights, self.harness.scratch / "weights.pt")  # atomic: the process waits for it
+        except OSError as exc:  # e.g. the script, imported there already, put a directory in the way
+            self.abort()
+            raise _Crash(f"evaluation: cannot hand over the weights: {exc.strerror}") from None
         try:
             out, _ = self.harness.wait()
         finally:
