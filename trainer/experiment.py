@@ -44,7 +44,7 @@ class RunSettings:
     sandbox_mode: str = "auto"
     overlap_eval: bool = True  # start the evaluation process during training (hides its start-up)
     warm_up_nice: int = 19  # niceness of a process started beside training, until its job is urgent (priority.py)
-    warm_pool: bool = True  # start the next run's processes ahead (see _WarmPool); never with a work_dir
+    warm_pool: bool = True  # start the next run's processes ahead (trainer.warm.WarmPool); never with a work_dir
     warm_idle_s: float = 600.0  # a warm process nobody claims exits after this long
 
     def train_timeout(self, budget_tokens: int, device: str) -> float:
@@ -150,9 +150,14 @@ def _train(task: Task, source: str, ws: Workspace, train_bytes: bytes, *, seed: 
     ws.go(harness, _train_config(task, seed=seed, budget=budget, device=device, settings=settings,
                                  stop_tokens=stop_tokens, mode=mode), limit)
 
+    refilled = False
+
     def point(p: dict) -> None:
-        # Training is under way (past its own start-up): start the next run's process beside it.
-        ws.refill("train", settings=settings, device=device, limit_s=limit)
+        nonlocal refilled
+        if not refilled:
+            # Training is under way (past its own start-up): start the next run's process beside it.
+            refilled = True
+            ws.refill("train", settings=settings, device=device, limit_s=limit)
         if on_point is not None:
             on_point(p)
         if on_progress is not None:
@@ -176,19 +181,19 @@ class _Evaluation:
     def __init__(self, task: Task, source: str, ws: Workspace, val_bytes: bytes, *, seed: int, device: str,
                  settings: RunSettings, train_limit: float):
         self.task, self.source, self.ws, self.val_bytes = task, source, ws, val_bytes
-        self.seed, self.device, self.settings, self.train_limit = seed, device, settings, train_limit
+        self.seed, self.device, self.settings = seed, device, settings
         self.harness: Harness | None = None
         self.refilled = False
+        # Its clock covers the wait for training, as the limit of training does.
+        self.serve_s = train_limit + settings.eval_timeout_s
 
     def start(self, batch_shape: list, *, beside: bool = True) -> None:
         if self.harness is not None:
             return
         settings = self.settings
-        # Its clock covers the wait for training, as the limit of training does.
-        serve_s = self.train_limit + settings.eval_timeout_s
         self.harness = self.ws.harness("eval", settings=settings, device=self.device,
                                        limit_s=settings.eval_timeout_s, idle_s=START_IDLE_S,
-                                       beside=beside, serve_s=serve_s)
+                                       beside=beside, serve_s=self.serve_s)
         scratch = self.harness.scratch
         (scratch / "train.py").write_text(self.source, encoding="utf-8")
         (scratch / "val.bin").write_bytes(self.val_bytes)
@@ -196,7 +201,7 @@ class _Evaluation:
                "device": self.device, "threads": settings.cpu_threads, "eval_threads": settings.eval_threads,
                "context": self.task.harness.context, "eval_batch_size": settings.eval_batch_size,
                "batch_shape": batch_shape}
-        self.ws.go(self.harness, job, serve_s)
+        self.ws.go(self.harness, job, self.serve_s)
         if beside:
             # Training is under way: the next run's evaluation process imports beside it, not
             # beside this evaluation, which wants every core.
@@ -206,7 +211,7 @@ class _Evaluation:
         if not self.refilled:
             self.refilled = True
             self.ws.refill("eval", settings=self.settings, device=self.device, limit_s=self.settings.eval_timeout_s,
-                           serve_s=self.train_limit + self.settings.eval_timeout_s)
+                           serve_s=self.serve_s)
 
     def abort(self) -> None:
         if self.harness is not None:

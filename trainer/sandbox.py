@@ -244,6 +244,13 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def _kill_run(proc: subprocess.Popen, uid: int | None) -> None:
+    """SIGKILL the run's process group, then whatever of the run's uid escaped it."""
+    _signal_group(proc, signal.SIGKILL)
+    if uid is not None:
+        sweep_uid(uid)
+
+
 def _pump(proc: subprocess.Popen, timeout_s: float, uid: int | None,
           cancel: threading.Event | None = None) -> tuple[BoundedBuffer, BoundedBuffer, bool]:
     """Drain both pipes into bounded buffers, enforcing the wall-clock timeout; a set ``cancel`` ends
@@ -259,23 +266,17 @@ def _pump(proc: subprocess.Popen, timeout_s: float, uid: int | None,
         now = time.monotonic()
         if not cancelled and cancel is not None and cancel.is_set():
             cancelled = True
-            _signal_group(proc, signal.SIGKILL)
-            if uid is not None:
-                sweep_uid(uid)
+            _kill_run(proc, uid)
         if not timed_out and now >= deadline and proc.poll() is None:
             timed_out, term_at = True, now
             _signal_group(proc, signal.SIGTERM)
         if term_at is not None and now >= term_at + TERM_GRACE_S:
-            _signal_group(proc, signal.SIGKILL)
-            if uid is not None:
-                sweep_uid(uid)
+            _kill_run(proc, uid)
         if exited_at is None and proc.poll() is not None:
             exited_at = now
         if exited_at is not None and now >= exited_at + PIPE_LINGER_S:
             # the program is gone but something of the run still holds a pipe: end it, stop reading
-            _signal_group(proc, signal.SIGKILL)
-            if uid is not None:
-                sweep_uid(uid)
+            _kill_run(proc, uid)
             break
         for key, _ in sel.select(timeout=0.1):
             chunk = os.read(key.fd, 1 << 16)

@@ -38,7 +38,8 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _load_script(path: Path):
+def load_script(path: Path):
+    """Import the train script at ``path`` as module ``train``; it must define build_model() and train()."""
     spec = importlib.util.spec_from_file_location("train", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules["train"] = module
@@ -71,7 +72,7 @@ def run_train(cfg: dict, background: Background, *, spot: bool) -> dict:
 
     device = choose_device(cfg["device"])
     configure(device, threads=cfg["threads"])
-    script = _load_script(Path(cfg["script"]))
+    script = load_script(Path(cfg["script"]))
     data = _read_bytes(Path(cfg["data"]))
     torch.manual_seed(cfg["seed"])
     model = script.build_model(256, cfg["context"]).to(device)
@@ -133,8 +134,10 @@ def run_eval(cfg: dict, background: Background) -> dict:
     script's import, the model, on a CPU the FLOP count) is done before they appear, at the low
     priority of the start-up; the rest is urgent."""
     weights = Path(cfg["weights"])
-    # Urgent from the moment the weights are in place, even if this start-up is unfinished then.
-    background.foreground_when(weights.exists)
+    # Urgent from the moment the weights are in place (the parent moves them in atomically once
+    # training has ended, and kills this process if training fails), even if this start-up is
+    # unfinished then.
+    weights_in_place = background.foreground_when(weights.exists)
     background.join()
     import torch
 
@@ -151,7 +154,7 @@ def run_eval(cfg: dict, background: Background) -> dict:
     device = choose_device(cfg["device"])
     configure(device, threads=cfg["threads"])
     autocast = autocast_for(device)
-    script = _load_script(Path(cfg["script"]))
+    script = load_script(Path(cfg["script"]))
     batch_size, seq_len = cfg["batch_shape"]
 
     def fresh_model():
@@ -176,7 +179,7 @@ def run_eval(cfg: dict, background: Background) -> dict:
                       device=device, autocast=autocast)
         del spare
     model = fresh_model()  # seeded and built exactly as if no count had run
-    _wait_for_file(weights)
+    weights_in_place.wait()
     if device.type == "cpu":
         # Training has ended and left its core free: the evaluation runs on a fixed number of threads
         # (fixed, not the machine's core count, which must not decide the bits).
@@ -192,13 +195,6 @@ def run_eval(cfg: dict, background: Background) -> dict:
     if flops is None:
         flops = count_flops(model)
     return {"nats": nats, "bytes": count, "flops_per_token": flops}
-
-
-def _wait_for_file(path: Path) -> None:
-    """The parent moves the weights in (atomically) once training has ended; it kills this process
-    if training fails instead."""
-    while not path.exists():
-        time.sleep(0.01)
 
 
 def _reason(exc: BaseException) -> str:

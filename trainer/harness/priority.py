@@ -51,14 +51,19 @@ class Background:
         if self._failure:
             raise self._failure[0]
 
-    def foreground_when(self, ready: Callable[[], bool]) -> None:
-        """Go to the foreground as soon as ``ready()``, whatever the main thread is doing then."""
+    def foreground_when(self, ready: Callable[[], bool]) -> threading.Event:
+        """Go to the foreground as soon as ``ready()``, whatever the main thread is doing then; the
+        returned event is set at that moment (the main thread waits on it rather than poll again)."""
+        event = threading.Event()
+
         def watch() -> None:
             while not ready():
                 time.sleep(0.01)
             self.foreground()
+            event.set()
 
         threading.Thread(target=watch, name="foreground-watch", daemon=True).start()
+        return event
 
     def foreground(self) -> None:
         """From now on the process runs at normal priority (the work thread stays niced: where
