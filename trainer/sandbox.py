@@ -314,7 +314,7 @@ def _normalize(rc: int) -> int:
 
 def _run(mode: str, argv: Sequence[str], scratch: Path, ro_paths: Sequence[Path], limits: Limits,
          env: dict[str, str] | None, timeout_s: float, devices: Sequence[str] = (),
-         cancel: threading.Event | None = None) -> SandboxRun:
+         cancel: threading.Event | None = None, pass_fds: Sequence[int] = ()) -> SandboxRun:
     scratch = Path(scratch).resolve()
     (scratch / "tmp").mkdir(parents=True, exist_ok=True)
     full_env = {**base_env(scratch), **(env or {})}
@@ -325,7 +325,8 @@ def _run(mode: str, argv: Sequence[str], scratch: Path, ro_paths: Sequence[Path]
                         devices=devices)
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=full_env, cwd=scratch, start_new_session=True, close_fds=True)
+                                env=full_env, cwd=scratch, start_new_session=True, close_fds=True,
+                                pass_fds=tuple(pass_fds))
         try:
             out, err, timed_out = _pump(proc, timeout_s, uid, cancel)
         finally:
@@ -370,13 +371,16 @@ def detect_sandbox() -> str:
 
 def run_sandboxed(argv: list[str], *, scratch: Path, ro_paths: Sequence[Path] = (), limits: Limits = Limits(),
                   env: dict[str, str] | None = None, timeout_s: float, mode: str = "auto",
-                  devices: Sequence[str] = (), cancel: threading.Event | None = None) -> SandboxRun:
+                  devices: Sequence[str] = (), cancel: threading.Event | None = None,
+                  pass_fds: Sequence[int] = ()) -> SandboxRun:
     """Run argv contained, with scratch (created if missing) as its only writable place and cwd.
 
     env is added to a minimal environment (see base_env); nothing of this process's environment leaks.
     mode "auto" picks detect_sandbox(); a named mode that does not work raises SandboxUnavailable.
     ``devices`` are device nodes to expose read-write (a GPU run's /dev/nvidia*: see gpu_device_paths).
     Setting ``cancel`` (from any thread) kills the whole run within about 0.1 s, as a timeout would.
+    ``pass_fds`` stay open, at the same numbers, in the program (a channel to a trusted side: pipes,
+    socketpairs, sealed memfds); every other descriptor of ours is closed.
     """
     if not argv:
         raise ValueError("argv is empty")
@@ -386,4 +390,4 @@ def run_sandboxed(argv: list[str], *, scratch: Path, ro_paths: Sequence[Path] = 
         raise ValueError(f"unknown sandbox mode {mode!r}; expected auto, {', '.join(MODES)}")
     elif not mode_works(mode):
         raise SandboxUnavailable(f"sandbox mode {mode!r} does not work on this machine")
-    return _run(mode, list(argv), Path(scratch), ro_paths, limits, env, timeout_s, devices, cancel)
+    return _run(mode, list(argv), Path(scratch), ro_paths, limits, env, timeout_s, devices, cancel, pass_fds)
