@@ -216,3 +216,13 @@ def test_harness_spec_round_trip_and_refusal():
     assert tasks.HarnessSpec.parse(spec.text()) == spec
     with pytest.raises(TaskError, match="unsupported harness"):
         tasks.HarnessSpec.parse("other-harness-v9")
+
+
+def test_floor_bpb_only_where_known(tmp_path):
+    builtin = builtin_tasks()
+    assert builtin["shakespeare"].floor_bpb is None
+    assert builtin["tiny"].floor_bpb > builtin["tiny"].entropy_bpb  # the window floor less 3 se is still above
+    assert Task.from_body(builtin["tiny"].body).floor_bpb is None  # a peer's body carries no floor
+    path = tmp_path / "fox.txt"
+    path.write_text("the quick brown fox jumps over the lazy dog. " * 200, encoding="utf-8")
+    assert Task.from_file(path, name="fox", budget_tokens=5000, tolerance="0.05", context=32).floor_bpb is None

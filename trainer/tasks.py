@@ -48,7 +48,16 @@ class Task:
     body: dict
     # How to produce the dataset when it is not cached (it is always re-checked against the pin).
     fetch: Callable[[Path], bytes] | None = field(default=None, compare=False, repr=False)
-    entropy_bpb: float | None = None  # the known floor under val_bpb, for synthetic tasks
+    entropy_bpb: float | None = None  # the source's entropy rate, for synthetic tasks (display)
+    # Computes floor_bpb on first use (it may need the task's data); None: no known floor.
+    floor_fn: Callable[[], float] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def floor_bpb(self) -> float | None:
+        """The lowest val_bpb an honest model can reach on this split's window structure, minus 3
+        standard errors; a lower score means the script read what it predicts. None where unknown
+        (tasks from files or peers, real text)."""
+        return self.floor_fn() if self.floor_fn is not None else None
 
     @property
     def name(self) -> str:
@@ -169,6 +178,7 @@ def baseline_source(overrides: dict[str, int | float]) -> str:
 
 TINY_TRAIN_BYTES = 1 << 20
 TINY_VAL_BYTES = 1 << 16
+TINY_CONTEXT = 64
 TINY_SHA256 = "2b252e787326e493bf541f4d5457cda2f92fe5014496e86a6ea59ef10394e192"
 # Tolerance: 3 sigma of val_bpb over seeds, rounded up to 0.001: scripts/bench/noise --seeds 8 measured
 # sigma = 0.00377 (mean 2.0226, range 2.0179..2.0283) on CPU at the 300k budget, so 3 sigma = 0.0113 -> 0.012.
@@ -200,6 +210,21 @@ def tiny_data(_cache_dir: Path | None = None) -> bytes:
     return tiny_chain().sample(TINY_TRAIN_BYTES + TINY_VAL_BYTES, stream_seed=1)
 
 
+# The crash check's floor: the best val_bpb any model can reach under the evaluation's window structure
+# (non-overlapping windows of TINY_CONTEXT + 1 bytes; byte 1 of each sees one symbol of context, bytes
+# 2..64 the full order-2 context), exact from the chain, minus 3 standard errors of the true model's
+# score on the actual validation split (1008 windows). Figures: entropy rate 1.904541, H(X1|X0) 3.715603,
+# window floor (3.715603 + 63 * 1.904541) / 64 = 1.932839; the oracle on the split scores 1.931780 with
+# se 0.005792; check value 1.932839 - 3 * 0.005792 = 1.915464. Computing it takes ~1 s (sampling the
+# data; the oracle pass is ~10 ms), once per process, on first use of Task.floor_bpb.
+@lru_cache(maxsize=1)
+def tiny_floor_bpb() -> float:
+    chain = tiny_chain()
+    val = tiny_data()[-TINY_VAL_BYTES:]  # split_data's validation split
+    _mean, se = chain.oracle_score(val, TINY_CONTEXT)
+    return chain.window_floor_bits(TINY_CONTEXT) - 3.0 * se
+
+
 def _tiny() -> Task:
     chain = tiny_chain()
     body = make_body(
@@ -210,14 +235,14 @@ def _tiny() -> Task:
             "possible val_bpb. Seconds on a CPU: tests, CI, demos."
         ),
         source=baseline_source({}),
-        harness=HarnessSpec(context=64, val_bytes=TINY_VAL_BYTES),
+        harness=HarnessSpec(context=TINY_CONTEXT, val_bytes=TINY_VAL_BYTES),
         data_name="markov2-16-v1",
         data_sha256=TINY_SHA256,
         data_bytes=TINY_TRAIN_BYTES + TINY_VAL_BYTES,
         budget_tokens=TINY_BUDGET,
         tolerance=TINY_TOLERANCE,
     )
-    return Task(body, fetch=tiny_data, entropy_bpb=chain.entropy_bits)
+    return Task(body, fetch=tiny_data, entropy_bpb=chain.entropy_bits, floor_fn=tiny_floor_bpb)
 
 
 def _shakespeare() -> Task:
