@@ -1,10 +1,16 @@
-"""One experiment: train a script on a task inside the sandbox, evaluate it in another (DESIGN.md,
-"The inner loop" and "Running other people's code").
+"""One experiment: train a script on a task inside a sandbox, then score it with the trusted scorer
+(docs/design.md, "The inner loop" and "Evaluation").
 
-The training process sees the script, the harness and the training split only; the evaluation
-process, also sandboxed because it imports the script, gets the trained weights and the validation
-split. Every failure (exception, NaN, timeout, out of memory, a killed process) becomes an outcome
-``crashed`` with a short reason, never a hang or an exception for the caller.
+Three sandboxed processes run the script's code, none of them holding anything it could cheat with:
+- training gets the script and the token stream this run may train on (trainer/stream.py: budget
+  tokens drawn by the runner from the seed), never the split;
+- two model processes get the script and the trained weights (a checked tensor file: data, not
+  code) and answer batches of validation inputs with logits, one batch at a time, through shared
+  memory; the validation split, the targets and the score stay in this process (trainer/scorer.py).
+Every number the result carries but the loss curve (val_bpb, tokens, seed, training wall and CPU
+time, FLOPs per token) is measured here, by trusted code; the curve is the script's own report.
+Every failure (exception, NaN, timeout, out of memory, a killed process, a probe that fails)
+becomes an outcome ``crashed`` with a short reason, never a hang or an exception for the caller.
 
 Each process serves one run, but it need not start with it: a process imports torch before it is
 given its job (seconds of CPU), so the runner keeps the next run's processes started ahead (the
@@ -12,23 +18,33 @@ warm pool), and a loop of experiments pays neither process start nor import on i
 """
 from __future__ import annotations
 
-import json
+import fcntl
 import math
+import mmap
 import os
+import selectors
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from .datasets import DataError
+from .harness import tensorfile
 from .harness.curve import MAX_POINTS
 from .rlimits import GiB, Limits
+from .scorer import Batch, Scorer, ScoreError, bits_per_byte
+from .stream import draw_stream
 from .tasks import Task, TaskError, load_data, split_data
-from .warm import POOL, START_IDLE_S, Harness, Workspace
+from .warm import POLL_S, POOL, START_IDLE_S, Workspace
 from .warm import Crash as _Crash
 from .warm import device_kind as _device_kind
 
-ENTROPY_MARGIN_BPB = 0.05  # ~9 standard errors (0.0058 bits) of the true model's score on the tiny split
+VOCAB = 256
+WEIGHTS_FILE = "weights.safetensors"
+MODEL_KINDS = ("model-a", "model-b")  # two model processes: a probe's pair never meets in one
 ProgressFn = Callable[[int, int, "float | None"], None]  # (tokens, budget, loss or None)
 
 
@@ -36,7 +52,8 @@ ProgressFn = Callable[[int, int, "float | None"], None]  # (tokens, budget, loss
 class RunSettings:
     cpu_threads: int = 1  # fixed, not the core count: the thread count decides the bits of every sum
     eval_batch_size: int = 64  # validation windows per forward pass
-    eval_threads: int = 2  # CPU threads of the evaluation, which runs once training has left the cores free
+    eval_threads: int = 1  # CPU threads of each of the two model processes, which run side by side
+    weights_max_bytes: int = 4 * GiB  # largest trained weights file the runner accepts
     cpu_tokens_per_s_floor: float = 1000.0  # default timeout assumes at least this throughput on CPU
     gpu_timeout_s: float = 3600.0  # default timeout of a GPU training run
     eval_timeout_s: float = 600.0
@@ -51,6 +68,11 @@ class RunSettings:
         if device == "cpu":
             return 60.0 + budget_tokens / self.cpu_tokens_per_s_floor
         return self.gpu_timeout_s
+
+    def probe_tolerance(self, device: str) -> float:
+        """How far a probe's logits may move (a leak moves them by O(1)): bf16 kernels on a GPU may tile
+        a row differently in another batch; on a CPU the rows are computed alike."""
+        return 1e-4 if _device_kind(device) == "cpu" else 1e-2
 
     def limits(self, device: str, timeout_s: float) -> Limits:
         gpu = device not in ("cpu",)
@@ -78,37 +100,11 @@ class SpotCheck:
     ok: bool
     reason: str
     curve: list
+    wall_s: float | None = None  # training wall time, measured by the runner
 
 
 def _decimal(value: float, places: int) -> str:
     return f"{value:.{places}f}"
-
-
-def _train_config(task: Task, *, seed: int, budget: int, device: str, settings: RunSettings,
-                  stop_tokens: int | None, mode: str) -> dict:
-    return {
-        "mode": mode, "script": "train.py", "data": "train.bin", "weights": "weights.pt",
-        "result": "result.json", "progress": "progress.json", "budget_tokens": budget,
-        "stop_tokens": stop_tokens, "seed": seed, "device": device, "threads": settings.cpu_threads,
-        "context": task.harness.context,
-    }
-
-
-def _progress_poller(path: Path, on_point: Callable[[dict], None]) -> Callable[[], None]:
-    """Calls ``on_point`` with each new point the training process writes to progress.json."""
-    last = {"tokens": -1}
-
-    def poll() -> None:
-        try:
-            point = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return
-        # Written by the training process: trusted no more than its script.
-        if isinstance(point, dict) and isinstance(point.get("tokens"), int) and point["tokens"] != last["tokens"]:
-            last["tokens"] = point["tokens"]
-            on_point(point)
-
-    return poll
 
 
 def _default_cache() -> Path:
@@ -134,127 +130,315 @@ def _splits(task: Task, cache_dir: Path | None) -> tuple[bytes, bytes]:
         raise _Crash(f"data: {exc}") from None
 
 
-def _train(task: Task, source: str, ws: Workspace, train_bytes: bytes, *, seed: int, budget: int, device: str,
+def _stream(task: Task, train_bytes: bytes, *, budget: int, seed: int) -> bytes:
+    try:
+        return draw_stream(train_bytes, budget_tokens=budget, seed=seed, chunk=task.harness.context)
+    except ValueError as exc:
+        raise _Crash(f"data: {exc}") from None
+
+
+def _point(p: dict, budget: int) -> dict | None:
+    """A progress point from the training process, as plain numbers; None when malformed."""
+    tokens, loss = p.get("tokens"), p.get("loss")
+    if type(tokens) is not int or not 0 < tokens <= budget:
+        return None
+    if loss is not None and (not isinstance(loss, (int, float)) or not math.isfinite(loss)):
+        return None
+    return {"tokens": tokens, "loss": None if loss is None else float(loss)}
+
+
+def _curve(curve, budget: int) -> list:
+    """The script's loss curve (its own report), checked for shape: at most MAX_POINTS points of
+    increasing token counts within the budget, each loss a finite non-negative number."""
+    if not isinstance(curve, list) or not curve or len(curve) > MAX_POINTS:
+        raise _Crash("training reported a malformed loss curve")
+    out, last = [], 0
+    for item in curve:
+        if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int and isinstance(item[1], str)):
+            raise _Crash("training reported a malformed loss curve")
+        try:
+            loss = float(item[1])
+        except ValueError:
+            raise _Crash("training reported a malformed loss curve") from None
+        if not (last < item[0] <= budget and math.isfinite(loss) and loss >= 0):
+            raise _Crash("training reported a malformed loss curve")
+        last = item[0]
+        out.append([item[0], f"{loss:.6f}"])
+    return out
+
+
+def _label(value, fallback: str) -> str:
+    text = value if isinstance(value, str) else fallback
+    return "".join(ch for ch in text if ch.isprintable())[:200] or fallback
+
+
+@dataclass(frozen=True)
+class _Trained:
+    curve: list
+    wall_s: float  # from job hand-over to the outcome, measured here
+    cpu_s: float | None  # CPU time of the training sandbox over the same span, where measurable
+    device: str
+    torch: str
+    sandbox: str
+    weights: bytes | None
+
+
+def _train(task: Task, source: str, ws: Workspace, stream: bytes, *, seed: int, budget: int, device: str,
            limit: float, settings: RunSettings, on_progress: ProgressFn | None, stop_tokens: int | None,
-           mode: str, on_point: Callable[[dict], None] | None = None) -> tuple[dict, str, Path]:
+           mode: str, on_point: Callable[[dict], None] | None = None) -> _Trained:
     # Where no warm process waits, this one's start-up is the run's critical path: not niced.
     harness = ws.harness("train", settings=settings, device=device, limit_s=limit, idle_s=START_IDLE_S,
                          beside=False)
     scratch = harness.scratch
     try:
         (scratch / "train.py").write_text(source, encoding="utf-8")
-        (scratch / "train.bin").write_bytes(train_bytes)  # the validation split never enters this scratch
+        (scratch / "tokens.bin").write_bytes(stream)  # this run's tokens: never the split
+        scratch_fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except BaseException:
         ws.release(harness)
         raise
-    ws.go(harness, _train_config(task, seed=seed, budget=budget, device=device, settings=settings,
-                                 stop_tokens=stop_tokens, mode=mode), limit)
-
-    refilled = False
-
-    def point(p: dict) -> None:
-        nonlocal refilled
-        if not refilled:
-            # Training is under way (past its own start-up): start the next run's process beside it.
-            refilled = True
-            ws.refill("train", settings=settings, device=device, limit_s=limit)
-        if on_point is not None:
-            on_point(p)
-        if on_progress is not None:
-            on_progress(p["tokens"], budget, p.get("loss"))
-
-    poll = _progress_poller(scratch / "progress.json", point)
+    job = {"mode": mode, "script": "train.py", "tokens": "tokens.bin", "weights": WEIGHTS_FILE,
+           "budget_tokens": budget, "stop_tokens": stop_tokens, "seed": seed, "device": device,
+           "threads": settings.cpu_threads, "context": task.harness.context}
     try:
-        out, sandbox = harness.wait(poll)
+        ws.go(harness, job, limit)
+        refilled = False
+
+        def point(raw: dict) -> None:
+            nonlocal refilled
+            p = _point(raw, budget)
+            if p is None:
+                return
+            if not refilled:
+                # Training is under way (past its own start-up): start the next run's process beside it.
+                refilled = True
+                ws.refill("train", settings=settings, device=device, limit_s=limit)
+            if on_point is not None:
+                on_point(p)
+            if on_progress is not None:
+                on_progress(p["tokens"], budget, p["loss"])
+
+        try:
+            out, sandbox = harness.wait(point)
+        finally:
+            ws.refill("train", settings=settings, device=device, limit_s=limit)  # also after a crash
+        weights = None if mode == "spot" else _read_weights(scratch_fd, settings.weights_max_bytes, sandbox)
     finally:
-        ws.refill("train", settings=settings, device=device, limit_s=limit)  # also after a crash
-    poll()
-    return out, sandbox, scratch
+        os.close(scratch_fd)
+    return _Trained(_curve(out.get("curve"), budget), harness.wall_s or 0.0, harness.cpu_s,
+                    _label(out.get("device"), device), _label(out.get("torch"), "?"), sandbox, weights)
+
+
+def _read_weights(scratch_fd: int, max_bytes: int, sandbox: str) -> bytes:
+    """The trained weights from the training scratch, read as the run could not abuse: never through
+    a symlink or a FIFO (O_NOFOLLOW | O_NONBLOCK, then a regular file only), at most ``max_bytes``,
+    and checked as a tensor file before any other process sees them."""
+    try:
+        fd = os.open(WEIGHTS_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=scratch_fd)
+    except OSError as exc:
+        raise _Crash(f"weights: cannot open the trained weights: {exc.strerror}", sandbox) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _Crash("weights: the trained weights are not a regular file", sandbox)
+        if info.st_size > max_bytes:
+            raise _Crash(f"weights: {info.st_size} bytes exceed the limit of {max_bytes}", sandbox)
+        chunks, left = [], max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    try:
+        tensorfile.check(data, max_bytes=max_bytes)
+    except tensorfile.WeightsError as exc:
+        raise _Crash(f"weights: {exc}", sandbox) from None
+    return data
+
+
+class _ModelProcess:
+    """One sandboxed model process: the script's model, answering batches through a sealed memfd."""
+
+    def __init__(self, name: str, task: Task, source: str, ws: Workspace, *, seed: int, device: str,
+                 settings: RunSettings, serve_s: float, beside: bool):
+        self.name, self.ws, self.settings, self.device, self.serve_s = name, ws, settings, device, serve_s
+        self.rows, self.context = settings.eval_batch_size, task.harness.context
+        in_bytes = self.rows * self.context
+        self.out_offset = -(-in_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
+        self.out_count = self.rows * self.context * VOCAB
+        size = self.out_offset + self.out_count * 4
+        self.harness = ws.harness(name, settings=settings, device=device, limit_s=settings.eval_timeout_s,
+                                  idle_s=START_IDLE_S, beside=beside, serve_s=serve_s)
+        self.fd = os.memfd_create(f"ralphswarm-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(self.fd, size)
+            # The process may write into it but never resize it (a shrunk map would fault the runner).
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+            self.shared = mmap.mmap(self.fd, size)
+            (self.harness.scratch / "train.py").write_text(source, encoding="utf-8")
+        except BaseException:
+            self.close()
+            raise
+        job = {"mode": "model", "script": "train.py", "weights": WEIGHTS_FILE, "seed": seed, "device": device,
+               "threads": settings.cpu_threads, "eval_threads": settings.eval_threads,
+               "context": self.context, "rows": self.rows}
+        ws.go(self.harness, job, serve_s, fds=(self.fd,))
+
+    def load(self, weights: bytes) -> None:
+        """Place the checked weights (readable, not writable, by the run) and tell the process."""
+        final = self.harness.scratch / WEIGHTS_FILE
+        tmp = self.harness.scratch / f".{WEIGHTS_FILE}.{os.getpid()}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(weights)
+            os.replace(tmp, final)
+        except OSError as exc:  # e.g. the script, imported there already, put something in the way
+            raise _Crash(f"evaluation: cannot hand over the weights: {exc.strerror}", self.harness.sandbox) from None
+        self.harness.send({"weights": WEIGHTS_FILE})
+
+    def ask(self, inputs: np.ndarray) -> None:
+        n, t = inputs.shape
+        self.shared[:n * t] = inputs.tobytes()
+        self.harness.send({"batch": [n, t]})
+
+    def answer(self) -> np.ndarray:
+        """A private copy of the logits the process wrote (it may keep writing: the copy counts)."""
+        return np.frombuffer(self.shared, dtype=np.float32, count=self.out_count,
+                             offset=self.out_offset).reshape(self.rows, self.context, VOCAB).copy()
+
+    def close(self) -> None:
+        shared = getattr(self, "shared", None)
+        if shared is not None:
+            shared.close()
+            self.shared = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class _Evaluation:
-    """The evaluation process: a warm one from the pool, else one started now. It gets its job (the
-    script and the validation split) at training's first curve point, which names the batch shape,
-    so that imports, the model and the FLOP count overlap training; the weights follow when training
-    ends. With ``overlap_eval`` off, all of it starts after training."""
+    """The two model processes (warm ones from the pool, else started now) and the scorer. They get
+    their job at training's first curve point, so that imports and the model overlap training; the
+    weights follow when training ends. With ``overlap_eval`` off, all of it starts after training."""
 
-    def __init__(self, task: Task, source: str, ws: Workspace, val_bytes: bytes, *, seed: int, device: str,
+    def __init__(self, task: Task, source: str, ws: Workspace, *, seed: int, device: str,
                  settings: RunSettings, train_limit: float):
-        self.task, self.source, self.ws, self.val_bytes = task, source, ws, val_bytes
+        self.task, self.source, self.ws = task, source, ws
         self.seed, self.device, self.settings = seed, device, settings
-        self.harness: Harness | None = None
+        self.models: list[_ModelProcess] = []
         self.refilled = False
-        # Its clock covers the wait for training, as the limit of training does.
+        # Their clock covers the wait for training, as the limit of training does.
         self.serve_s = train_limit + settings.eval_timeout_s
 
-    def start(self, batch_shape: list, *, beside: bool = True) -> None:
-        if self.harness is not None:
+    def start(self, *, beside: bool = True) -> None:
+        if self.models:
             return
-        settings = self.settings
-        self.harness = self.ws.harness("eval", settings=settings, device=self.device,
-                                       limit_s=settings.eval_timeout_s, idle_s=START_IDLE_S,
-                                       beside=beside, serve_s=self.serve_s)
-        scratch = self.harness.scratch
-        (scratch / "train.py").write_text(self.source, encoding="utf-8")
-        (scratch / "val.bin").write_bytes(self.val_bytes)
-        job = {"mode": "eval", "script": "train.py", "data": "val.bin", "weights": "weights.pt", "seed": self.seed,
-               "device": self.device, "threads": settings.cpu_threads, "eval_threads": settings.eval_threads,
-               "context": self.task.harness.context, "eval_batch_size": settings.eval_batch_size,
-               "batch_shape": batch_shape}
-        self.ws.go(self.harness, job, self.serve_s)
+        for name in MODEL_KINDS:
+            self.models.append(_ModelProcess(name, self.task, self.source, self.ws, seed=self.seed,
+                                             device=self.device, settings=self.settings, serve_s=self.serve_s,
+                                             beside=beside))
         if beside:
-            # Training is under way: the next run's evaluation process imports beside it, not
-            # beside this evaluation, which wants every core.
+            # Training is under way: the next run's model processes import beside it, not beside
+            # this evaluation, which wants every core.
             self._refill()
 
     def _refill(self) -> None:
         if not self.refilled:
             self.refilled = True
-            self.ws.refill("eval", settings=self.settings, device=self.device, limit_s=self.settings.eval_timeout_s,
-                           serve_s=self.serve_s)
+            for name in MODEL_KINDS:
+                self.ws.refill(name, settings=self.settings, device=self.device,
+                               limit_s=self.settings.eval_timeout_s, serve_s=self.serve_s)
 
     def abort(self) -> None:
-        if self.harness is not None:
-            self.ws.release(self.harness)
+        for model in self.models:
+            self.ws.release(model.harness)
+            model.close()
 
-    def finish(self, weights: Path, batch_shape: list) -> dict:
-        self.start(batch_shape, beside=False)
+    def finish(self, weights: bytes, val_bytes: bytes, train_bytes: bytes) -> tuple[float, int]:
+        """(summed cross-entropy in nats, predicted bytes) of the trained model on the split."""
+        self.start(beside=False)
         try:
-            os.replace(weights, self.harness.scratch / "weights.pt")  # atomic: the process waits for it
-        except OSError as exc:  # e.g. the script, imported there already, put a directory in the way
-            self.abort()
-            raise _Crash(f"evaluation: cannot hand over the weights: {exc.strerror}") from None
-        try:
-            out, _ = self.harness.wait()
+            scorer = Scorer(val_bytes, train_bytes, context=self.task.harness.context,
+                            rows=self.settings.eval_batch_size, processes=len(self.models),
+                            tolerance=self.settings.probe_tolerance(self.device))
+            for model in self.models:
+                model.load(weights)
+            for model in self.models:
+                while (message := model.harness.receive()) is None or "loaded" not in message:
+                    if message is not None:
+                        raise _Crash("evaluation: the model process answered out of turn", model.harness.sandbox)
+            return _drive(scorer, self.models)
+        except ScoreError as exc:
+            raise _Crash(str(exc), self.models[0].harness.sandbox) from None
         finally:
-            self._refill()  # where it did not start beside training
-        return out
+            self.abort()
+            self._refill()  # where they did not start beside training
 
 
-def _result(task: Task, trained: dict, evaluation: dict, *, seed: int, budget: int, sandbox: str) -> dict:
+def _drive(scorer: Scorer, models: list[_ModelProcess]) -> tuple[float, int]:
+    """Ask each process its batches, one at a time, both processes at once; score the answers."""
+    queues = scorer.plan()
+    asked: dict[int, Batch] = {}
+    selector = selectors.DefaultSelector()
+    for i, model in enumerate(models):
+        selector.register(model.harness.sock, selectors.EVENT_READ, i)
+        if queues[i]:
+            asked[i] = queues[i].pop()
+            model.ask(asked[i].inputs)
+    try:
+        while asked:
+            ready = {key.data for key, _ in selector.select(timeout=POLL_S)}
+            for i in list(asked):
+                model = models[i]
+                if i not in ready and not model.harness.expired():
+                    continue
+                message = model.harness.receive()
+                if message is None:
+                    continue
+                if "logits" not in message:
+                    raise _Crash("evaluation: the model process answered out of turn", model.harness.sandbox)
+                scorer.take(asked.pop(i), model.answer())
+                if queues[i]:
+                    asked[i] = queues[i].pop()
+                    model.ask(asked[i].inputs)
+    finally:
+        selector.close()
+    return scorer.result()
+
+
+def _result(task: Task, trained: _Trained, nats: float, count: int, *, seed: int, budget: int) -> dict:
     """The protocol ``result`` object: measurements as decimal strings.
 
     ``tokens`` is the run's token budget (the denominator of every schedule), not the tokens the
     loader happened to deliver (whole batches, up to one batch fewer; the curve shows those): a
     reproduction must run the very same budget to repeat the run (protocol/SPEC.md, result)."""
-    bpb = evaluation["nats"] / (math.log(2) * evaluation["bytes"])
+    sandbox = trained.sandbox
+    bpb = bits_per_byte(nats, count)
     if not math.isfinite(bpb):
         raise _Crash("nan loss", sandbox)
-    if task.entropy_bpb is not None and bpb < task.entropy_bpb - ENTROPY_MARGIN_BPB:
-        # No model beats the source's entropy rate by more than the finite split's wobble.
-        raise _Crash(f"val_bpb {bpb:.4f} is below the entropy floor {task.entropy_bpb:.4f}: the script "
-                     "reads what it predicts", sandbox)
+    if task.floor_bpb is not None and bpb < task.floor_bpb:
+        # No honest model beats the best score under the window structure by more than the split's noise.
+        raise _Crash(f"val_bpb {bpb:.4f} is below the floor {task.floor_bpb:.4f} an honest model can reach: "
+                     "the script reads what it predicts", sandbox)
+    params = tensorfile.parameter_count(tensorfile.check(trained.weights, max_bytes=len(trained.weights)))
     result = {
         "val_bpb": _decimal(bpb, 6),
-        "curve": trained["curve"][:MAX_POINTS],
+        "curve": trained.curve,
         "tokens": int(budget),
         "seed": seed,
-        "wall_s": _decimal(trained["wall_s"], 3),
-        "device": str(trained["device"])[:200],
-        "torch": str(trained["torch"])[:200],
-        "flops_per_token": int(evaluation["flops_per_token"]),
+        "wall_s": _decimal(trained.wall_s, 3),
+        "device": trained.device,
+        "torch": trained.torch,
+        "flops_per_token": int(6 * params),
         "sandbox": sandbox,
     }
+    if trained.cpu_s is not None:
+        result["cpu_s"] = _decimal(trained.cpu_s, 3)
     if task.entropy_bpb is not None:
         result["entropy_bpb"] = _decimal(task.entropy_bpb, 6)
     return result
@@ -272,24 +456,24 @@ def run_experiment(task: Task, source: str, *, seed: int = 0, budget_scale: floa
     try:
         budget = _budget(task, budget_scale, budget_tokens)
         train_bytes, val_bytes = _splits(task, cache_dir)
+        stream = _stream(task, train_bytes, budget=budget, seed=seed)
         limit = timeout_s or settings.train_timeout(budget, _device_kind(device))
-        evaluation = _Evaluation(task, source, ws, val_bytes, seed=seed, device=device, settings=settings,
-                                 train_limit=limit)
+        evaluation = _Evaluation(task, source, ws, seed=seed, device=device, settings=settings, train_limit=limit)
 
-        def point(p: dict) -> None:
-            if settings.overlap_eval and isinstance(p.get("batch_shape"), list):
-                evaluation.start(p["batch_shape"])
+        def point(_p: dict) -> None:
+            if settings.overlap_eval:
+                evaluation.start()
 
         try:
-            trained, sandbox, scratch = _train(task, source, ws, train_bytes, seed=seed, budget=budget,
-                                               device=device, limit=limit, settings=settings,
-                                               on_progress=on_progress, stop_tokens=None, mode="train",
-                                               on_point=point)
+            trained = _train(task, source, ws, stream, seed=seed, budget=budget, device=device, limit=limit,
+                             settings=settings, on_progress=on_progress, stop_tokens=None, mode="train",
+                             on_point=point)
         except BaseException:
             evaluation.abort()
             raise
-        measured = evaluation.finish(scratch / "weights.pt", trained["batch_shape"])
-        result = _result(task, trained, measured, seed=seed, budget=budget, sandbox=sandbox)
+        sandbox = trained.sandbox
+        nats, count = evaluation.finish(trained.weights, val_bytes, train_bytes)
+        result = _result(task, trained, nats, count, seed=seed, budget=budget)
         return ExperimentResult(True, result, "", sandbox, time.perf_counter() - start)
     except _Crash as crash:
         return ExperimentResult(False, None, crash.reason, crash.sandbox if crash.sandbox != "none" else sandbox,
@@ -327,12 +511,13 @@ def spot_check(task: Task, source: str, *, seed: int, fraction: float, reference
             raise _Crash(f"spot check fraction must be in (0, 1], got {fraction}")
         budget = _budget(task, budget_scale, budget_tokens)
         train_bytes, _ = _splits(task, cache_dir)
+        stream = _stream(task, train_bytes, budget=budget, seed=seed)
         limit = timeout_s or settings.train_timeout(budget, _device_kind(device))
-        out, _, _ = _train(task, source, ws, train_bytes, seed=seed, budget=budget, device=device, limit=limit,
-                           settings=settings, on_progress=on_progress,
-                           stop_tokens=max(1, int(budget * fraction)), mode="spot")
-        ok, reason = compare_curves(out["curve"], reference_curve, task.tolerance if tolerance is None else tolerance)
-        return SpotCheck(ok, reason, out["curve"])
+        out = _train(task, source, ws, stream, seed=seed, budget=budget, device=device, limit=limit,
+                     settings=settings, on_progress=on_progress, stop_tokens=max(1, int(budget * fraction)),
+                     mode="spot")
+        ok, reason = compare_curves(out.curve, reference_curve, task.tolerance if tolerance is None else tolerance)
+        return SpotCheck(ok, reason, out.curve, out.wall_s)
     except _Crash as crash:
         return SpotCheck(False, crash.reason, [])
     finally:

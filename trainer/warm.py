@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -19,7 +20,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from . import sandbox as _sandbox
+from .harness import channel
 from .sandbox import MODES, SandboxRun, SandboxUnavailable, detect_sandbox, gpu_device_paths, mode_works, run_sandboxed
+
+RunMeter = getattr(_sandbox, "RunMeter", None)  # the run's CPU meter, where the sandbox offers one
 
 if TYPE_CHECKING:
     from .experiment import RunSettings
@@ -29,6 +34,11 @@ START_IDLE_S = 60.0  # a process started for the run at hand: time allowed for i
 BACKSTOP_S = 30.0  # the sandbox's own timeout lies this far past the deadline we enforce from go
 CLAIM_MARGIN_S = 30.0  # a warm process this close to giving up (or to its backstop) is not claimed
 CLOSE_WAIT_S = 5.0  # at exit, how long to wait for aborted warm processes before leaving them
+POLL_S = 0.1  # the longest a receive blocks before the deadline is checked again
+EXIT_GRACE_S = 10.0  # a process that sent its outcome must exit within this, or it is killed
+MAX_MESSAGES = 10_000  # a run's harness sends ~70 (curve points, outcome); more is a flood
+HARNESS_MODULES = ("__init__.py", "channel.py", "curve.py", "flops.py", "loader.py", "priority.py", "runtime.py",
+                   "tensorfile.py", "child.py")
 
 
 class Crash(Exception):
@@ -52,11 +62,13 @@ class Harness:
     """One sandboxed harness process (trainer/harness/child.py), run on a background thread.
 
     It starts, imports torch (niced when it starts ``beside`` a training run), and waits up to
-    ``idle_s`` for its job; ``go`` hands it the job and the run's wall-time limit, which counts from
-    then. A process from the warm pool started long before its job, so that deadline is enforced
-    here; the sandbox's own timeout (from the process start: idle_s + serve_s + a margin) stays as a
-    backstop. ``limit_s`` sizes the rlimits; ``serve_s`` (default limit_s) is the longest wall-time
-    limit a job may bring.
+    ``idle_s`` for its job, which ``go`` sends over the process's channel (a socketpair made here:
+    the runner reads nothing the run writes into its scratch but the weights, opened safely).
+    The run's wall-time limit counts from ``go``; a process from the warm pool started long before
+    its job, so that deadline is enforced here, by the caller's thread, which no read can block; the
+    sandbox's own timeout (from the process start: idle_s + serve_s + a margin) stays as a backstop.
+    ``limit_s`` sizes the rlimits; ``serve_s`` (default limit_s) is the longest wall-time limit a job
+    may bring. The job's wall and CPU time are measured here, from ``go`` to its last message.
     """
 
     def __init__(self, scratch: Path, *, kind: str, settings: RunSettings, device: str, limit_s: float,
@@ -65,26 +77,39 @@ class Harness:
         self.started, self.idle_s = time.monotonic(), idle_s
         self._backstop_s = idle_s + self.limit_s + BACKSTOP_S
         self.deadline: float | None = None  # set by go()
+        self.went: float | None = None
+        self.wall_s: float | None = None  # from go to the job's outcome
+        self.cpu_s: float | None = None  # CPU time of the whole run from go to its end, where measurable
+        self._cpu_at_go: float | None = None
         self._killed = False
+        self._messages = 0
         self._cancel = threading.Event()
+        self.sock, child_end = channel.pair()
+        self.sock.settimeout(POLL_S)
+        self._meter = RunMeter() if RunMeter is not None else None
         mode = _probe_sandbox(settings.sandbox_mode)
-        start = {"kind": kind, "go": "go.json", "result": "result.json", "idle_s": idle_s,
+        start = {"kind": kind, "channel": child_end.fileno(), "idle_s": idle_s,
                  "nice": settings.warm_up_nice if beside else 0,
                  "pid_namespace": mode in ("bwrap", "namespaces")}  # see harness/priority.py
         (scratch / "config.json").write_text(json.dumps(start), encoding="utf-8")
+        root = harness_root()
         argv = [sys.executable, "-P", "-m", "trainer.harness.child", "config.json"]
-        env = {"PYTHONPATH": str(PACKAGE_DIR.parent)}
+        env = {"PYTHONPATH": str(root)}
         limits = settings.limits(device_kind(device), limit_s)
         self._holder: dict = {}
+        extra = {"meter": self._meter} if self._meter is not None else {}
 
         def target() -> None:
             try:
                 devices = gpu_device_paths() if device_kind(device) == "gpu" else ()
-                self._holder["run"] = run_sandboxed(argv, scratch=scratch, ro_paths=[PACKAGE_DIR], limits=limits,
+                self._holder["run"] = run_sandboxed(argv, scratch=scratch, ro_paths=[root], limits=limits,
                                                     env=env, timeout_s=self._backstop_s, mode=settings.sandbox_mode,
-                                                    devices=devices, cancel=self._cancel)
+                                                    devices=devices, cancel=self._cancel,
+                                                    pass_fds=[child_end.fileno()], **extra)
             except (SandboxUnavailable, OSError, ValueError) as exc:
                 self._holder["error"] = f"sandbox: {exc}"
+            finally:
+                child_end.close()
 
         self._thread = threading.Thread(target=target, name=f"sandboxed-{kind}", daemon=True)
         self._thread.start()
@@ -95,17 +120,27 @@ class Harness:
         return (self.deadline is None and self._thread.is_alive() and age < self.idle_s - CLAIM_MARGIN_S
                 and age + limit_s < self._backstop_s - CLAIM_MARGIN_S)
 
-    def go(self, job: dict, limit_s: float | None = None) -> None:
+    def go(self, job: dict, limit_s: float | None = None, fds: tuple[int, ...] = ()) -> None:
         """Hand over the job (its files must already be in the scratch directory); the clock starts."""
         if limit_s is not None:
             self.limit_s = limit_s
-        _write_json_atomic(self.scratch / "go.json", job)
-        self.deadline = time.monotonic() + self.limit_s
+        self.went = time.monotonic()
+        self.deadline = self.went + self.limit_s
+        self._cpu_at_go = self._meter.cpu_s() if self._meter is not None else None
+        try:
+            channel.send(self.sock, {"job": job}, fds)
+        except OSError:
+            pass  # the process is gone: wait() says why
+
+    def send(self, message: dict) -> None:
+        try:
+            channel.send(self.sock, message)
+        except OSError:
+            pass  # the process is gone: the next receive says why
 
     def abort(self) -> None:
-        """End the process now (one that got no job is also told to exit, should it not be up yet)."""
+        """End the process now."""
         if self.deadline is None:
-            _write_json_atomic(self.scratch / "go.json", {"mode": "abort"})  # if it has not started yet
             self.deadline = time.monotonic()
         self._kill()
 
@@ -116,32 +151,102 @@ class Harness:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def wait(self, on_poll: Callable[[], None] | None = None) -> tuple[dict, str]:
-        """(the child's JSON result, sandbox mode), or raises Crash with the outcome's reason."""
-        while self._thread.is_alive():
-            self._thread.join(0.1)
-            if on_poll is not None:
-                on_poll()
-            if self.deadline is not None and time.monotonic() > self.deadline and not self._killed:
-                self._killed = True
-                self._kill()
-        if "error" in self._holder:
-            raise Crash(self._holder["error"])
-        run: SandboxRun = self._holder["run"]
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+    def receive(self, timeout: float = POLL_S) -> dict | None:
+        """The next message, or None when none came within ``timeout``. Raises Crash when the
+        process has ended (with its reason), ran past its deadline, or broke the channel's rules."""
+        if self.expired() and not self._killed:
+            self._killed = True
+            self._kill()
+            self._end()
+            raise Crash(f"timeout after {self.limit_s:.0f} s", self.sandbox)
+        self.sock.settimeout(timeout)
         try:
-            out = json.loads((self.scratch / "result.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            out = None
+            message, fds = channel.recv(self.sock)
+        except socket.timeout:
+            if not self._thread.is_alive():
+                raise self._exit_crash() from None
+            return None
+        except (channel.ChannelError, OSError) as exc:
+            self._kill()
+            self._end()
+            raise Crash(f"harness channel: {exc}", self.sandbox) from None
+        for fd in fds:  # a process has no descriptors to give the runner
+            os.close(fd)
+        if message is None:
+            raise self._exit_crash()
+        self._messages += 1
+        if self._messages > MAX_MESSAGES:
+            self._kill()
+            self._end()
+            raise Crash(f"harness channel: more than {MAX_MESSAGES} messages", self.sandbox)
+        if "error" in message:
+            self._finish_clock()
+            self._end()
+            raise Crash(str(message["error"])[:400], self.sandbox)
+        return message
+
+    def wait(self, on_point: Callable[[dict], None] | None = None) -> tuple[dict, str]:
+        """(the job's ``done`` message, sandbox mode) once the process has ended, or raises Crash.
+        ``on_point`` gets each progress point as it comes."""
+        while True:
+            message = self.receive()
+            if message is None:
+                continue
+            if "point" in message:
+                if on_point is not None and isinstance(message["point"], dict):
+                    on_point(message["point"])
+                continue
+            if "done" in message:
+                self._finish_clock()
+                run = self._end()
+                done = message["done"]
+                if run is not None and run.killed_reason:
+                    raise Crash(_killed_text(run.killed_reason), run.sandbox)
+                if not isinstance(done, dict):
+                    raise Crash("harness channel: malformed outcome", self.sandbox)
+                return done, self.sandbox
+            self._kill()
+            self._end()
+            raise Crash(f"harness channel: unexpected message {next(iter(message))[:40]!r}", self.sandbox)
+
+    def _finish_clock(self) -> None:
+        if self.went is not None and self.wall_s is None:
+            self.wall_s = time.monotonic() - self.went
+
+    def _end(self) -> SandboxRun | None:
+        """Let the process exit (it has sent its outcome) or end it; then settle the CPU figure."""
+        if not self.join(EXIT_GRACE_S):
+            self._kill()
+            self.join()
+        run = self._holder.get("run")
+        if self._meter is not None and self._cpu_at_go is not None:
+            total = self._meter.cpu_s()
+            if total is not None:
+                self.cpu_s = max(0.0, total - self._cpu_at_go)
+        self.sock.close()
+        return run
+
+    @property
+    def sandbox(self) -> str:
+        run = self._holder.get("run")
+        return run.sandbox if run is not None else "none"
+
+    def _exit_crash(self) -> Crash:
+        """Why a process ended without its outcome."""
+        self.join()
+        self.sock.close()
+        if "error" in self._holder:
+            return Crash(self._holder["error"])
+        run: SandboxRun = self._holder["run"]
         if self._killed or run.timed_out:
-            raise Crash(f"timeout after {self.limit_s:.0f} s", run.sandbox)
-        if isinstance(out, dict) and "error" in out:
-            raise Crash(str(out["error"])[:400], run.sandbox)
+            return Crash(f"timeout after {self.limit_s:.0f} s", run.sandbox)
         if run.killed_reason:
-            raise Crash(_killed_text(run.killed_reason), run.sandbox)
-        if run.returncode != 0 or not isinstance(out, dict):
-            tail = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
-            raise Crash(f"process failed: {tail[:300]}", run.sandbox)
-        return out, run.sandbox
+            return Crash(_killed_text(run.killed_reason), run.sandbox)
+        tail = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
+        return Crash(f"process ended without an outcome: {tail[:300]}", run.sandbox)
 
 
 def _probe_sandbox(mode: str) -> str:
@@ -154,10 +259,30 @@ def _probe_sandbox(mode: str) -> str:
     return mode
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj), encoding="utf-8")
-    os.replace(tmp, path)
+_root_lock = threading.Lock()
+_root: list[Path] = []
+
+
+def harness_root() -> Path:
+    """A directory holding the harness modules a run may use, and nothing else of ours: the task
+    definitions and data generators (trainer/tasks.py, markov.py), the scorer and the runner stay
+    out of the sandbox. Made once per process (a copy, readable by the run's uid), removed at exit."""
+    with _root_lock:
+        if _root and _root[0].is_dir():
+            return _root[0]
+        root = scratch_dir("harness")
+        package = root / "trainer"
+        (package / "harness").mkdir(parents=True)
+        (package / "__init__.py").write_text('"""The harness modules a sandboxed run may import."""\n', encoding="utf-8")
+        for name in HARNESS_MODULES:
+            shutil.copyfile(PACKAGE_DIR / "harness" / name, package / "harness" / name)
+        for path in (root, package, package / "harness"):
+            os.chmod(path, 0o755)
+        for path in [package / "__init__.py", *(package / "harness").iterdir()]:
+            os.chmod(path, 0o644)
+        _root[:] = [root]
+        atexit.register(shutil.rmtree, root, True)
+        return root
 
 
 class WarmPool:
@@ -311,10 +436,10 @@ class Workspace:
         return Harness(scratch, kind=kind, settings=settings, device=device, limit_s=limit_s, idle_s=idle_s,
                        beside=beside, serve_s=serve_s)
 
-    def go(self, harness: Harness, job: dict, limit_s: float) -> None:
+    def go(self, harness: Harness, job: dict, limit_s: float, fds: tuple[int, ...] = ()) -> None:
         if self.pooled:
             self._adopted.append(harness.scratch)
-        harness.go(job, limit_s)
+        harness.go(job, limit_s, fds)
 
     def refill(self, kind: str, *, settings: RunSettings, device: str, limit_s: float,
                serve_s: float | None = None) -> None:
