@@ -25,7 +25,7 @@ import os
 import selectors
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -88,7 +88,8 @@ class ExperimentResult:
     result: dict | None  # the protocol `result` object; None when crashed
     reason: str  # short text when crashed, "" otherwise
     sandbox: str
-    wall_s: float  # whole experiment, both processes
+    wall_s: float  # whole experiment, every process
+    timings: dict = field(default_factory=dict)  # where the time went (seconds): for benches and logs
 
     @property
     def val_bpb(self) -> float | None:
@@ -332,6 +333,8 @@ class _Evaluation:
         self.seed, self.device, self.settings = seed, device, settings
         self.models: list[_ModelProcess] = []
         self.refilled = False
+        self.timings: dict = {}
+        self.started = 0.0
         # Their clock covers the wait for training, as the limit of training does.
         self.serve_s = train_limit + settings.eval_timeout_s
 
@@ -361,6 +364,7 @@ class _Evaluation:
 
     def finish(self, weights: bytes, val_bytes: bytes, train_bytes: bytes) -> tuple[float, int]:
         """(summed cross-entropy in nats, predicted bytes) of the trained model on the split."""
+        self.started = time.perf_counter()
         self.start(beside=False)
         try:
             scorer = Scorer(val_bytes, train_bytes, context=self.task.harness.context,
@@ -372,7 +376,11 @@ class _Evaluation:
                 while (message := model.harness.receive()) is None or "loaded" not in message:
                     if message is not None:
                         raise _Crash("evaluation: the model process answered out of turn", model.harness.sandbox)
-            return _drive(scorer, self.models)
+            loaded = time.perf_counter()
+            self.timings["load_s"] = loaded - self.started
+            out = _drive(scorer, self.models, self.timings)
+            self.timings["score_s"] = time.perf_counter() - loaded
+            return out
         except ScoreError as exc:
             raise _Crash(str(exc), self.models[0].harness.sandbox) from None
         finally:
@@ -380,9 +388,12 @@ class _Evaluation:
             self._refill()  # where they did not start beside training
 
 
-def _drive(scorer: Scorer, models: list[_ModelProcess]) -> tuple[float, int]:
-    """Ask each process its batches, one at a time, both processes at once; score the answers."""
+def _drive(scorer: Scorer, models: list[_ModelProcess], timings: dict) -> tuple[float, int]:
+    """Ask each process its batches, one at a time, both processes at once; score the answers.
+    ``timings["scorer_s"]``: the scorer's own time (copying the logits out, cross-entropy, probes)."""
+    own = 0.0
     queues = scorer.plan()
+    timings["batches"] = sum(len(q) for q in queues)
     asked: dict[int, Batch] = {}
     selector = selectors.DefaultSelector()
     for i, model in enumerate(models):
@@ -402,13 +413,18 @@ def _drive(scorer: Scorer, models: list[_ModelProcess]) -> tuple[float, int]:
                     continue
                 if "logits" not in message:
                     raise _Crash("evaluation: the model process answered out of turn", model.harness.sandbox)
+                t0 = time.perf_counter()
                 scorer.take(asked.pop(i), model.answer())
+                own += time.perf_counter() - t0
                 if queues[i]:
                     asked[i] = queues[i].pop()
                     model.ask(asked[i].inputs)
     finally:
         selector.close()
-    return scorer.result()
+    t0 = time.perf_counter()
+    out = scorer.result()
+    timings["scorer_s"] = own + time.perf_counter() - t0
+    return out
 
 
 def _result(task: Task, trained: _Trained, nats: float, count: int, *, seed: int, budget: int) -> dict:
@@ -474,7 +490,8 @@ def run_experiment(task: Task, source: str, *, seed: int = 0, budget_scale: floa
         sandbox = trained.sandbox
         nats, count = evaluation.finish(trained.weights, val_bytes, train_bytes)
         result = _result(task, trained, nats, count, seed=seed, budget=budget)
-        return ExperimentResult(True, result, "", sandbox, time.perf_counter() - start)
+        timings = {"train_s": trained.wall_s, **evaluation.timings}
+        return ExperimentResult(True, result, "", sandbox, time.perf_counter() - start, timings)
     except _Crash as crash:
         return ExperimentResult(False, None, crash.reason, crash.sandbox if crash.sandbox != "none" else sandbox,
                                 time.perf_counter() - start)
