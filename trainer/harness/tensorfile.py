@@ -57,7 +57,7 @@ def check(data: bytes, *, max_bytes: int) -> dict[str, tuple[str, tuple[int, ...
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise WeightsError(f"tensor {name[:80]!r}: malformed entry")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:  # a list or object is unhashable
             raise WeightsError(f"tensor {name[:80]!r}: unknown dtype {str(dtype)[:20]!r}")
         if (not isinstance(shape, list) or len(shape) > MAX_DIMS
                 or not all(type(d) is int and 0 <= d < 1 << 40 for d in shape)):
