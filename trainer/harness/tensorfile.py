@@ -40,7 +40,7 @@ def check(data: bytes, *, max_bytes: int) -> dict[str, tuple[str, tuple[int, ...
         raise WeightsError("weights header length is out of range")
     try:
         header = json.loads(data[8:8 + size].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting: "[[[[..."
         raise WeightsError("weights header is not JSON") from None
     if not isinstance(header, dict):
         raise WeightsError("weights header is not an object")
