@@ -54,6 +54,7 @@ class RunSettings:
     eval_batch_size: int = 64  # validation windows per forward pass
     eval_threads: int = 1  # CPU threads of each of the two model processes, which run side by side
     weights_max_bytes: int = 4 * GiB  # largest trained weights file the runner accepts
+    probe_share: float = 0.5  # share of the validation windows also asked as probes (trainer/scorer.py)
     cpu_tokens_per_s_floor: float = 1000.0  # default timeout assumes at least this throughput on CPU
     gpu_timeout_s: float = 3600.0  # default timeout of a GPU training run
     eval_timeout_s: float = 600.0
@@ -369,7 +370,7 @@ class _Evaluation:
         try:
             scorer = Scorer(val_bytes, train_bytes, context=self.task.harness.context,
                             rows=self.settings.eval_batch_size, processes=len(self.models),
-                            tolerance=self.settings.probe_tolerance(self.device))
+                            probe_share=self.settings.probe_share, tolerance=self.settings.probe_tolerance(self.device))
             for model in self.models:
                 model.load(weights)
             for model in self.models:
