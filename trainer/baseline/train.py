@@ -9,12 +9,17 @@ read-only and talks to this file through three names:
       train() leaves in the model (state_dict), so build_model must rebuild the same architecture.
   train(model, loader, log) -> None
       loader.batches(batch_size, seq_len) yields (x, y) int64 tensors of shape (B, T) on
-      loader.device, y = x shifted by one byte; it stops when the token budget is spent.
+      loader.device, y = x shifted by one byte: consecutive rows of the token stream the harness
+      drew for this run from the seed (the training split itself is never in this process); it
+      stops when the token budget is spent, and a second pass sees the same tokens again.
       loader.progress is the fraction of the budget consumed (0..1): it drives every schedule.
       log(loss) reports the mean training loss (nats per byte) of the latest batch; the harness
       records the loss curve from it and stops the run on NaN.
 The harness seeds torch before build_model, moves the model to the device, and wraps train() in
-bf16 autocast on CUDA.
+bf16 autocast on CUDA. The trained state_dict is saved as plain tensors. Evaluation rebuilds the
+model in other processes and asks it for logits on windows of `context` bytes; it is scored there
+by code this script never sees, and must not depend on later bytes, on other windows of a batch, or
+on earlier calls. Training may take at most the task's compute_cap times the baseline's wall time.
 """
 import math
 
