@@ -157,6 +157,9 @@ def run_model(sock: socket.socket, cfg: dict, fds: list[int], background: Backgr
             if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (n, t, VOCAB):
                 shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
                 raise ScriptError(f"model returned logits of shape {shape}, expected {(n, t, VOCAB)}")
+            if not logits.is_floating_point():
+                raise ScriptError(f"model returned logits of dtype {str(logits.dtype).removeprefix('torch.')}, "
+                                  "expected floating point")
             out[:n, :t].copy_(logits.detach().float().cpu())
             channel.send(sock, {"logits": [n, t]})
 
