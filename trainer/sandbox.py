@@ -15,24 +15,35 @@ whole run. Each run gets its own uid from a high range, so RLIMIT_NPROC counts o
 "every process of that uid" is exactly the run: the final sweep kills them all, even ones that
 escaped the process group. In "none" mode that uid must be able to reach the program and scratch
 (the interpreter under /root, as with pyenv, is not: use a system Python there).
+
+Limits per run, not per process: where the machine offers a writable cgroup (trainer/cgroups.py),
+every run gets one of its own, joined before anything of the run starts and removed after it: memory
+(Limits.memory_bytes, below the machine's RAM only: not a GPU run's huge value) and the task count
+bound all the run's processes together, and an OOM kill there ends the whole run ("memory"). A
+RunMeter reads the CPU time of the whole run while it runs. As root, ``scratch_cap`` mounts a tmpfs of
+Limits.scratch_bytes over the scratch directory (cap_scratch; release_scratch before removing it).
+Without a cgroup the rlimits are per process: N processes may hold N times memory_bytes.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
 import os
 import secrets
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
+from . import cgroups
 from .bounded_output import BoundedBuffer
 from .policy import may_run  # noqa: F401  (re-exported: the node asks both questions of this module)
 from .rlimits import Limits
@@ -53,6 +64,12 @@ _ETC_FILES = ("/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/ld.so.cac
 # Hidden under an empty tmpfs in namespaces mode: where credentials and sockets usually live.
 _HIDE_DIRS = ("/root", "/home", "/tmp", "/var/tmp", "/run", "/dev/shm", "/mnt", "/media", "/srv")
 _MEMORY_MARKERS = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "out of memory")
+# Tasks of the sandbox's own helpers inside the run's cgroup (bwrap: its monitor and its pid 1;
+# unshare: itself): the run's task cap is Limits.processes plus these.
+_HELPER_TASKS = {"bwrap": 2, "namespaces": 1, "none": 0}
+OOM_POLL_S = 0.1           # how often the pump looks for an OOM kill in the run's cgroup
+SCRATCH_SOURCE = "ralphswarm-scratch"  # the source name of a capped scratch's tmpfs (mountinfo)
+MS_NOSUID, MS_NODEV, MNT_DETACH = 0x2, 0x4, 0x2
 
 
 class SandboxUnavailable(RuntimeError):
@@ -65,8 +82,194 @@ class SandboxRun:
     stdout: str
     stderr: str
     timed_out: bool
-    killed_reason: str | None  # "timeout", "memory", "cpu", "file size", "signal N", "setup", or None
+    killed_reason: str | None  # "timeout", "memory", "cpu", "file size", "processes", "signal N", "setup", or None
     sandbox: str               # "bwrap" | "namespaces" | "none"
+    cpu_s: float | None = None  # CPU seconds (user + system) of the whole run, all its processes
+    cgroup: str | None = None  # "v2" | "v1": the run had a cgroup of its own (limits per run); None: per process
+
+
+class RunMeter:
+    """The CPU seconds (user + system) a run has used so far, all its processes together; pass one to
+    run_sandboxed and call ``cpu_s()`` from any thread, during the run and after it (then: the final
+    total). 0.0 before the run starts: it has used nothing yet. One meter per run.
+
+    While the run lives the figure comes from the run's cgroup (cpu.stat / cpuacct.usage), else from
+    /proc (utime+stime of the run's process tree, plus what its members reaped); once it ended, from
+    the cgroup's last reading, else from the rusage wait4 returned. It never goes down.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._read = None
+        self._last = 0.0
+        self._final = 0.0
+        self._ended = False
+
+    def cpu_s(self) -> float:
+        with self._lock:
+            if self._ended:
+                return self._final
+            read = self._read
+        value = None
+        if read is not None:
+            try:
+                value = read()
+            except (OSError, ValueError):
+                value = None
+        with self._lock:
+            if self._ended:
+                return self._final
+            if value is not None:
+                self._last = max(self._last, value)
+            return self._last
+
+    def _start(self, read) -> None:
+        with self._lock:
+            self._read, self._last, self._final, self._ended = read, 0.0, 0.0, False
+
+    def _finish(self, total: float | None) -> float:
+        with self._lock:
+            self._final = self._last if total is None else max(total, self._last)
+            self._ended, self._read = True, None
+            return self._final
+
+
+class _TreeCpu:
+    """CPU seconds of a process and all its descendants from /proc: utime+stime of each, plus
+    cutime+cstime (its reaped children's). Used where the run has no cgroup to account it."""
+
+    def __init__(self, root: int):
+        self.root = root
+        self.ticks = os.sysconf("SC_CLK_TCK")
+        self.started = self._stat(root)[2]
+
+    @staticmethod
+    def _stat(pid: int) -> tuple[int, int, int]:
+        """(ppid, cpu ticks of it and its reaped children, start time)."""
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), sum(int(x) for x in fields[11:15]), int(fields[19])
+
+    def __call__(self) -> float | None:
+        stats: dict[int, tuple[int, int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    ppid, ticks, started = self._stat(int(entry))
+                except (OSError, ValueError, IndexError):
+                    continue
+                if int(entry) == self.root and started != self.started:
+                    return None  # the run's first process is gone and its number taken
+                stats[int(entry)] = (ppid, ticks)
+        if self.root not in stats:
+            return None
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        total, todo = 0, [self.root]
+        while todo:
+            pid = todo.pop()
+            total += stats[pid][1]
+            todo += children.get(pid, [])
+        return total / self.ticks
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _scratch_mounts(path: Path | None = None) -> list[str]:
+    """Mount points of capped scratches (our tmpfs), at or under ``path`` when given."""
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            rest = right.split()
+            if len(rest) >= 2 and rest[0] == "tmpfs" and rest[1] == SCRATCH_SOURCE:
+                point = cgroups._unescape(left.split()[4])
+                if path is None or point == str(path) or point.startswith(str(path).rstrip("/") + "/"):
+                    points.append(point)
+    return points
+
+
+def scratch_capped(path: Path) -> bool:
+    """Is a capped scratch tmpfs mounted at ``path``?"""
+    path = Path(path).resolve()
+    return str(path) in _scratch_mounts(path)
+
+
+def cap_scratch(path: Path, size_bytes: int) -> bool:
+    """Mount a tmpfs of ``size_bytes`` (mode 0700, nosuid, nodev) over the directory ``path``
+    (created if missing) and move what is already there into it: every file of every run using it
+    then counts against one total, and writing past it fails with ENOSPC. Root only: False
+    elsewhere, True when ``path`` is capped (now or already). Call it before anyone else writes
+    there (an entry written during the move may be lost), and ``release_scratch`` before removing
+    the directory. Its pages count against the memory cgroup of the process that writes them.
+    A root that may not mount (a container's, without CAP_SYS_ADMIN) gets False too.
+    """
+    if os.geteuid() != 0:
+        return False
+    path = Path(path).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    if scratch_capped(path):
+        return True
+    under = os.open(path, os.O_RDONLY | os.O_DIRECTORY)  # the directory beneath, still reachable
+    try:
+        inodes = max(4096, size_bytes // 16384)
+        if _libc.mount(SCRATCH_SOURCE.encode(), str(path).encode(), b"tmpfs", ctypes.c_ulong(MS_NOSUID | MS_NODEV),
+                       f"size={size_bytes},nr_inodes={inodes},mode=0700".encode()) != 0:
+            return False  # root without the right to mount (a container's root, say): no cap here
+        src = f"/proc/self/fd/{under}"
+        try:
+            names = os.listdir(src)
+            for name in names:  # copy all, then delete: a failure leaves the directory as it was
+                old = os.path.join(src, name)
+                if os.path.isdir(old) and not os.path.islink(old):
+                    shutil.copytree(old, path / name, symlinks=True)
+                else:
+                    shutil.copy2(old, path / name, follow_symlinks=False)
+            shutil.copystat(src, path)
+            os.chmod(path, 0o700)
+        except BaseException:
+            _umount(str(path))
+            raise
+        for name in names:
+            old = os.path.join(src, name)
+            if os.path.isdir(old) and not os.path.islink(old):
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(old)
+                except OSError:
+                    pass
+    finally:
+        os.close(under)
+    return True
+
+
+def _umount(point: str) -> None:
+    if _libc.umount2(point.encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount {point}: {os.strerror(err)}")
+
+
+def release_scratch(path: Path) -> int:
+    """Unmount every capped scratch at or under ``path`` (what is in them goes with them), so that
+    ``shutil.rmtree(path)`` can remove it; a no-op where none is mounted. Returns how many it unmounted."""
+    try:
+        path = Path(path).resolve()
+        points = _scratch_mounts(path)
+    except OSError:
+        return 0
+    done = 0
+    while points:
+        for point in sorted(points, key=len, reverse=True):
+            try:
+                _umount(point)
+                done += 1
+            except OSError:
+                return done
+        points = _scratch_mounts(path)
+    return done
 
 
 def python_paths() -> list[Path]:
@@ -244,39 +447,69 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def _kill_run(proc: subprocess.Popen, uid: int | None) -> None:
-    """SIGKILL the run's process group, then whatever of the run's uid escaped it."""
+def _kill_run(proc: subprocess.Popen, uid: int | None, cg: cgroups.RunCgroup | None = None) -> None:
+    """SIGKILL the run's process group, everything in its cgroup, then whatever of its uid escaped."""
     _signal_group(proc, signal.SIGKILL)
+    if cg is not None:
+        cg.kill(wait=False)
     if uid is not None:
         sweep_uid(uid)
 
 
+def _exited(proc: subprocess.Popen) -> bool:
+    """Has the direct child exited? Leaves it unreaped, so the final wait4 still gets its rusage."""
+    if proc.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _reap(proc: subprocess.Popen) -> tuple[int, float | None]:
+    """Wait for the direct child: (its returncode as Popen gives it, CPU seconds of it and all it reaped)."""
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except ChildProcessError:
+        return proc.wait(), None
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime
+
+
 def _pump(proc: subprocess.Popen, timeout_s: float, uid: int | None,
-          cancel: threading.Event | None = None) -> tuple[BoundedBuffer, BoundedBuffer, bool]:
+          cancel: threading.Event | None = None,
+          cg: cgroups.RunCgroup | None = None) -> tuple[BoundedBuffer, BoundedBuffer, bool]:
     """Drain both pipes into bounded buffers, enforcing the wall-clock timeout; a set ``cancel`` ends
-    the whole run at once (SIGKILL). Returns (out, err, timed_out)."""
+    the whole run at once (SIGKILL), and so does an OOM kill in the run's cgroup (one process of the
+    run killed for the run's memory cap). Returns (out, err, timed_out)."""
     out, err = BoundedBuffer(OUTPUT_CAP), BoundedBuffer(OUTPUT_CAP)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, out)
     sel.register(proc.stderr, selectors.EVENT_READ, err)
     deadline = time.monotonic() + timeout_s
     term_at = exited_at = None
-    timed_out = cancelled = False
+    timed_out = cancelled = oom = False
+    oom_checked = time.monotonic()
     while sel.get_map():
         now = time.monotonic()
         if not cancelled and cancel is not None and cancel.is_set():
             cancelled = True
-            _kill_run(proc, uid)
-        if not timed_out and now >= deadline and proc.poll() is None:
+            _kill_run(proc, uid, cg)
+        if not oom and cg is not None and now >= oom_checked + OOM_POLL_S:
+            oom_checked = now
+            if cg.oom_kills():
+                oom = True
+                _kill_run(proc, uid, cg)
+        if not timed_out and now >= deadline and not _exited(proc):
             timed_out, term_at = True, now
             _signal_group(proc, signal.SIGTERM)
         if term_at is not None and now >= term_at + TERM_GRACE_S:
-            _kill_run(proc, uid)
-        if exited_at is None and proc.poll() is not None:
+            _kill_run(proc, uid, cg)
+        if exited_at is None and _exited(proc):
             exited_at = now
         if exited_at is not None and now >= exited_at + PIPE_LINGER_S:
             # the program is gone but something of the run still holds a pipe: end it, stop reading
-            _kill_run(proc, uid)
+            _kill_run(proc, uid, cg)
             break
         for key, _ in sel.select(timeout=0.1):
             chunk = os.read(key.fd, 1 << 16)
@@ -288,9 +521,11 @@ def _pump(proc: subprocess.Popen, timeout_s: float, uid: int | None,
     return out, err, timed_out
 
 
-def _reason(returncode: int, timed_out: bool, stderr: str) -> str | None:
+def _reason(returncode: int, timed_out: bool, stderr: str, oom_kills: int = 0, pids_refused: int = 0) -> str | None:
     if timed_out:
         return "timeout"
+    if oom_kills:
+        return "memory"  # the run's cgroup hit its memory cap: the kernel killed a process, we the rest
     if returncode == SETUP_FAILED and stderr.startswith("sandbox init:"):
         return "setup"
     sig = -returncode if returncode < 0 else None
@@ -298,6 +533,8 @@ def _reason(returncode: int, timed_out: bool, stderr: str) -> str | None:
         return "cpu"
     if sig == signal.SIGXFSZ or (returncode != 0 and "File too large" in stderr):
         return "file size"
+    if returncode != 0 and pids_refused:
+        return "processes"  # a fork or thread refused by the run's task cap, and the run failed
     if returncode != 0 and any(m in stderr[-8192:] for m in _MEMORY_MARKERS):
         return "memory"
     if sig is not None:
@@ -312,39 +549,87 @@ def _normalize(rc: int) -> int:
     return rc
 
 
+def _memory_cap(limits: Limits) -> int | None:
+    """The run's memory cap: Limits.memory_bytes, unless it is no less than the machine's RAM (a GPU
+    run's address-space figure: CUDA maps far more than it uses), where it caps nothing."""
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return limits.memory_bytes
+    return limits.memory_bytes if limits.memory_bytes < ram else None
+
+
+def _make_cgroup(mode: str, limits: Limits) -> cgroups.RunCgroup | None:
+    try:
+        return cgroups.RunCgroup.create(_memory_cap(limits), limits.processes + _HELPER_TASKS[mode])
+    except OSError:
+        return None  # could not make one now: the run keeps its per-process limits
+
+
 def _run(mode: str, argv: Sequence[str], scratch: Path, ro_paths: Sequence[Path], limits: Limits,
          env: dict[str, str] | None, timeout_s: float, devices: Sequence[str] = (),
-         cancel: threading.Event | None = None, pass_fds: Sequence[int] = ()) -> SandboxRun:
+         cancel: threading.Event | None = None, pass_fds: Sequence[int] = (),
+         meter: RunMeter | None = None, scratch_cap: bool = False) -> SandboxRun:
     scratch = Path(scratch).resolve()
-    (scratch / "tmp").mkdir(parents=True, exist_ok=True)
+    scratch.mkdir(parents=True, exist_ok=True)
+    if scratch_cap:
+        cap_scratch(scratch, limits.scratch_bytes)
+    (scratch / "tmp").mkdir(exist_ok=True)
     full_env = {**base_env(scratch), **(env or {})}
     uid = (RUN_UID_BASE + secrets.randbelow(RUN_UID_SPAN)) if os.geteuid() == 0 else None
     if uid is not None:
         _chown_tree(scratch, uid, uid)
-    cmd = build_command(mode, argv, scratch=scratch, ro_paths=ro_paths, limits=limits, env=full_env, uid=uid,
+    cg = _make_cgroup(mode, limits)
+    # With the run's task cap in its cgroup, RLIMIT_NPROC (one more) stays as a backstop: the cgroup
+    # refuses first, and says so (pids.events), which names the reason "processes".
+    rlimited = replace(limits, processes=limits.processes + 1) if cg is not None and cg.caps_pids() else limits
+    cmd = build_command(mode, argv, scratch=scratch, ro_paths=ro_paths, limits=rlimited, env=full_env, uid=uid,
                         devices=devices)
+    if cg is not None:
+        cmd = cg.join_prefix() + cmd  # a /bin/sh joins the cgroup, then execs the sandbox: all of it starts inside
+    meter = meter if meter is not None else RunMeter()
+    reaped_cpu = cg_cpu = None
+    oom_kills = pids_refused = 0
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env=full_env, cwd=scratch, start_new_session=True, close_fds=True,
                                 pass_fds=tuple(pass_fds))
         try:
-            out, err, timed_out = _pump(proc, timeout_s, uid, cancel)
+            if cg is not None and cg.has_cpu():
+                meter._start(cg.cpu_s)
+            else:
+                try:
+                    meter._start(_TreeCpu(proc.pid))
+                except (OSError, ValueError, IndexError):
+                    meter._start(None)
+            out, err, timed_out = _pump(proc, timeout_s, uid, cancel, cg)
         finally:
-            if proc.poll() is None:
+            if not _exited(proc):
                 _signal_group(proc, signal.SIGKILL)
-                proc.kill()
-            rc = proc.wait()
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)  # not proc.kill(): its poll() would reap, losing the rusage
+                except ProcessLookupError:
+                    pass
+            rc, reaped_cpu = _reap(proc)
             proc.stdout.close()
             proc.stderr.close()
     finally:
+        if cg is not None:
+            cg.kill()
         if uid is not None:
             sweep_uid(uid)
+        if cg is not None:
+            oom_kills, pids_refused = cg.oom_kills(), cg.pids_refused()
+            cg_cpu = cg.cpu_s() if cg.has_cpu() else None
+            cg.remove()
+        cpu_s = meter._finish(cg_cpu if cg_cpu is not None else reaped_cpu)
+        if uid is not None:
             _chown_tree(scratch, os.getuid(), os.getgid(), only_from=uid)
     stderr = err.text()
     returncode = None if timed_out else _normalize(rc)
+    reason = _reason(returncode if returncode is not None else 0, timed_out, stderr, oom_kills, pids_refused)
     return SandboxRun(returncode=returncode, stdout=out.text(), stderr=stderr, timed_out=timed_out,
-                      killed_reason=_reason(returncode if returncode is not None else 0, timed_out, stderr),
-                      sandbox=mode)
+                      killed_reason=reason, sandbox=mode, cpu_s=cpu_s, cgroup=cg.flavour if cg is not None else None)
 
 
 @functools.cache
@@ -372,7 +657,8 @@ def detect_sandbox() -> str:
 def run_sandboxed(argv: list[str], *, scratch: Path, ro_paths: Sequence[Path] = (), limits: Limits = Limits(),
                   env: dict[str, str] | None = None, timeout_s: float, mode: str = "auto",
                   devices: Sequence[str] = (), cancel: threading.Event | None = None,
-                  pass_fds: Sequence[int] = ()) -> SandboxRun:
+                  pass_fds: Sequence[int] = (), meter: RunMeter | None = None,
+                  scratch_cap: bool = False) -> SandboxRun:
     """Run argv contained, with scratch (created if missing) as its only writable place and cwd.
 
     env is added to a minimal environment (see base_env); nothing of this process's environment leaks.
@@ -381,6 +667,10 @@ def run_sandboxed(argv: list[str], *, scratch: Path, ro_paths: Sequence[Path] = 
     Setting ``cancel`` (from any thread) kills the whole run within about 0.1 s, as a timeout would.
     ``pass_fds`` stay open, at the same numbers, in the program (a channel to a trusted side: pipes,
     socketpairs, sealed memfds); every other descriptor of ours is closed.
+    ``meter`` (a RunMeter) gives the CPU seconds of the whole run, from any thread, while it runs and after.
+    ``scratch_cap`` (root only) mounts a tmpfs of limits.scratch_bytes over scratch first (cap_scratch;
+    a no-op where one is mounted already): all the run's files together are capped; it stays
+    mounted after the run, holding the files, until release_scratch(scratch).
     """
     if not argv:
         raise ValueError("argv is empty")
@@ -390,4 +680,5 @@ def run_sandboxed(argv: list[str], *, scratch: Path, ro_paths: Sequence[Path] = 
         raise ValueError(f"unknown sandbox mode {mode!r}; expected auto, {', '.join(MODES)}")
     elif not mode_works(mode):
         raise SandboxUnavailable(f"sandbox mode {mode!r} does not work on this machine")
-    return _run(mode, list(argv), Path(scratch), ro_paths, limits, env, timeout_s, devices, cancel, pass_fds)
+    return _run(mode, list(argv), Path(scratch), ro_paths, limits, env, timeout_s, devices, cancel, pass_fds,
+                meter, scratch_cap)

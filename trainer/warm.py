@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Callable
 
 from . import sandbox as _sandbox
 from .harness import channel
-from .sandbox import MODES, SandboxRun, SandboxUnavailable, detect_sandbox, gpu_device_paths, mode_works, run_sandboxed
+from .sandbox import (MODES, SandboxRun, SandboxUnavailable, detect_sandbox, gpu_device_paths, mode_works,
+                      release_scratch, run_sandboxed)
 
 RunMeter = getattr(_sandbox, "RunMeter", None)  # the run's CPU meter, where the sandbox offers one
 
@@ -345,6 +346,7 @@ class WarmPool:
     def _reap(self) -> None:
         for harness in [h for h in self._retired if h.join(0)]:
             self._retired.remove(harness)
+            release_scratch(harness.scratch)
             shutil.rmtree(harness.scratch, ignore_errors=True)
 
     def close(self) -> None:
@@ -387,6 +389,7 @@ def sweep_orphans(root: Path) -> list[Path]:
         match = _SCRATCH_RE.match(path.name)
         if match is None or not path.is_dir() or path.is_symlink() or _alive(int(match[1])):
             continue
+        release_scratch(path)
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
@@ -431,6 +434,7 @@ class Workspace:
             scratch = scratch_dir(kind)
         else:
             scratch = self.root / kind
+            release_scratch(scratch)
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir(parents=True)
         return Harness(scratch, kind=kind, settings=settings, device=device, limit_s=limit_s, idle_s=idle_s,
@@ -460,8 +464,10 @@ class Workspace:
 
     def close(self) -> None:
         for path in self._adopted:
+            release_scratch(path)
             shutil.rmtree(path, ignore_errors=True)
         if self.root is not None and not self.keep:
+            release_scratch(self.root)
             shutil.rmtree(self.root, ignore_errors=True)
 
 
