@@ -55,6 +55,8 @@ class RunSettings:
     eval_threads: int = 1  # CPU threads of each of the two model processes, which run side by side
     weights_max_bytes: int = 4 * GiB  # largest trained weights file the runner accepts
     probe_share: float = 0.5  # share of the validation windows also asked as probes (trainer/scorer.py)
+    scratch_bytes: int = 1 * GiB  # everything a CPU run keeps in its scratch: script, token stream, weights
+    gpu_scratch_bytes: int = 32 * GiB  # a GPU run's stream and weights are bigger (a cap, not an allocation)
     cpu_tokens_per_s_floor: float = 1000.0  # default timeout assumes at least this throughput on CPU
     gpu_timeout_s: float = 3600.0  # default timeout of a GPU training run
     eval_timeout_s: float = 600.0
@@ -80,6 +82,7 @@ class RunSettings:
         return Limits(
             memory_bytes=(1 << 46) if gpu else self.memory_bytes,
             cpu_seconds=int(max(600, 2 * timeout_s * max(1, self.cpu_threads))),
+            scratch_bytes=self.gpu_scratch_bytes if gpu else self.scratch_bytes,
         )
 
 

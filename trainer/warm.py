@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Callable
 
 from . import sandbox as _sandbox
 from .harness import channel
-from .sandbox import (MODES, SandboxRun, SandboxUnavailable, detect_sandbox, gpu_device_paths, mode_works,
-                      release_scratch, run_sandboxed)
+from .sandbox import (MODES, SandboxRun, SandboxUnavailable, cap_scratch, detect_sandbox, gpu_device_paths,
+                      mode_works, release_scratch, run_sandboxed)
 
 RunMeter = getattr(_sandbox, "RunMeter", None)  # the run's CPU meter, where the sandbox offers one
 
@@ -73,13 +73,19 @@ class Harness:
     """
 
     def __init__(self, scratch: Path, *, kind: str, settings: RunSettings, device: str, limit_s: float,
-                 idle_s: float, beside: bool, serve_s: float | None = None):
+                 idle_s: float, beside: bool, serve_s: float | None = None, cap: bool = True):
         self.scratch, self.kind, self.limit_s = scratch, kind, serve_s or limit_s
+        limits = settings.limits(device_kind(device), limit_s)
+        if cap:
+            # One total for everything of the run in its scratch (a tmpfs, where we may mount one):
+            # before anything is written there, so nothing written is lost under the mount.
+            cap_scratch(scratch, limits.scratch_bytes)
         self.started, self.idle_s = time.monotonic(), idle_s
         self._backstop_s = idle_s + self.limit_s + BACKSTOP_S
         self.deadline: float | None = None  # set by go()
         self.went: float | None = None
-        self.wall_s: float | None = None  # from go to the job's outcome
+        self.wall_s: float | None = None  # from go to the end of the process (not to its word: a
+        # process that reports "done" early and trains on until it is killed still pays for it)
         self.cpu_s: float | None = None  # CPU time of the whole run from go to its end, where measurable
         self._cpu_at_go: float | None = None
         self._killed = False
@@ -96,7 +102,6 @@ class Harness:
         root = harness_root()
         argv = [sys.executable, "-P", "-m", "trainer.harness.child", "config.json"]
         env = {"PYTHONPATH": str(root)}
-        limits = settings.limits(device_kind(device), limit_s)
         self._holder: dict = {}
         extra = {"meter": self._meter} if self._meter is not None else {}
 
@@ -184,7 +189,6 @@ class Harness:
             self._end()
             raise Crash(f"harness channel: more than {MAX_MESSAGES} messages", self.sandbox)
         if "error" in message:
-            self._finish_clock()
             self._end()
             raise Crash(str(message["error"])[:400], self.sandbox)
         return message
@@ -201,8 +205,7 @@ class Harness:
                     on_point(message["point"])
                 continue
             if "done" in message:
-                self._finish_clock()
-                run = self._end()
+                run = self._end()  # the clock stops when the process has ended, not at its word
                 done = message["done"]
                 if run is not None and run.killed_reason:
                     raise Crash(_killed_text(run.killed_reason), run.sandbox)
@@ -222,6 +225,7 @@ class Harness:
         if not self.join(EXIT_GRACE_S):
             self._kill()
             self.join()
+        self._finish_clock()
         run = self._holder.get("run")
         if self._meter is not None and self._cpu_at_go is not None:
             total = self._meter.cpu_s()
@@ -406,7 +410,8 @@ def _alive(pid: int) -> bool:
 
 
 def _killed_text(reason: str) -> str:
-    return {"memory": "out of memory", "cpu": "cpu time limit", "file size": "file size limit"}.get(
+    return {"memory": "out of memory", "cpu": "cpu time limit", "file size": "file size limit",
+            "processes": "process limit"}.get(
         reason, f"killed ({reason})")
 
 
@@ -437,8 +442,9 @@ class Workspace:
             release_scratch(scratch)
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir(parents=True)
+        # A kept work_dir (for inspection) is not capped: its files must outlive the run's mount.
         return Harness(scratch, kind=kind, settings=settings, device=device, limit_s=limit_s, idle_s=idle_s,
-                       beside=beside, serve_s=serve_s)
+                       beside=beside, serve_s=serve_s, cap=not self.keep)
 
     def go(self, harness: Harness, job: dict, limit_s: float, fds: tuple[int, ...] = ()) -> None:
         if self.pooled:
