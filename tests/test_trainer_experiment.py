@@ -1,4 +1,5 @@
-"""Whole experiments: sandboxed training + sandboxed evaluation of the tiny task on CPU.
+"""Whole experiments: sandboxed training + two sandboxed model processes scored by the trusted scorer,
+on the tiny task on CPU.
 
 Run: .venv/bin/python -m pytest tests/test_trainer_experiment.py -q
 Budgets are scaled down (a few seconds of training each); the one quality test uses half the budget.
@@ -19,8 +20,11 @@ from protocol.schemas import validate_result
 from trainer import experiment as experiment_module
 from trainer import warm as warm_pool
 from trainer.experiment import RunSettings, close_warm_pool, compare_curves, run_experiment, spot_check
+from trainer.harness import tensorfile
 from trainer.patches import apply_patch, make_patch
+from trainer.stream import draw_stream
 from trainer.tasks import builtin_tasks, load_data, split_data
+from trainer.warm import Workspace
 
 pytestmark = pytest.mark.slow
 TINY = builtin_tasks()["tiny"]
@@ -44,6 +48,18 @@ def _edit(source: str, old: str, new: str) -> str:
     return apply_patch(source, make_patch(source, source.replace(old, new)))
 
 
+def _script(source: str) -> dict:
+    """The script's names, imported in this process (for the tests only: the runner never does)."""
+    names: dict = {"__name__": "train"}
+    exec(compile(source, "train.py", "exec"), names)
+    return names
+
+
+def _parameters(source: str) -> int:
+    model = _script(source)["build_model"](256, TINY.harness.context)
+    return sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
+
+
 def test_result_satisfies_the_protocol_schema(baseline):
     assert baseline.outcome_ok, baseline.reason
     validate_result(baseline.result)
@@ -51,7 +67,7 @@ def test_result_satisfies_the_protocol_schema(baseline):
     assert r["seed"] == 1 and r["device"] == "cpu" and r["torch"] == torch.__version__
     assert 0 < r["tokens"] <= int(TINY.budget_tokens * SCALE)
     assert 1 <= len(r["curve"]) <= 64 and r["curve"][-1][0] <= r["tokens"]
-    assert r["flops_per_token"] > 0
+    assert r["flops_per_token"] == 6 * _parameters(TINY.source)  # counted by the runner from the weights
     assert r["entropy_bpb"] == f"{TINY.entropy_bpb:.6f}"
     assert r["sandbox"] == baseline.sandbox
 
@@ -93,8 +109,12 @@ def test_trained_model_beats_unigram_and_stays_above_the_floor(cache):
 @pytest.mark.parametrize("old, new, says", [
     ("is_causal=True", "is_causal=False", "sees the future"),
     ("        x = x0 = rms_norm(self.embed(idx))", "        x = x0 = rms_norm(self.embed(idx))\n"
-     "        x = x + 0.5 * x.roll(1, dims=0)", "mixes the windows"),
-])
+     "        x = x + 0.5 * x.roll(1, dims=0)", "change with what else it is asked"),
+    # Random in eval mode (dropout forced on): the same window gets other logits in another batch.
+    ("        logits = self.head(rms_norm(x)).float()\n",
+     "        logits = F.dropout(self.head(rms_norm(x)).float(), p=0.1, training=True)\n",
+     "change with what else it is asked"),
+], ids=["looks ahead", "mixes the batch", "random in eval"])
 def test_a_model_that_reads_its_targets_is_a_crash_not_a_record(cache, old, new, says):
     run = run_experiment(TINY, _edit(TINY.source, old, new), seed=0, budget_scale=SCALE, device="cpu",
                          cache_dir=cache)
@@ -102,11 +122,27 @@ def test_a_model_that_reads_its_targets_is_a_crash_not_a_record(cache, old, new,
     assert says in run.reason, run.reason
 
 
-def test_a_val_bpb_below_the_entropy_floor_is_refused():
-    trained = {"curve": [[1024, "5.0"]], "wall_s": 1.0, "device": "cpu", "torch": "x"}
-    evaluation = {"nats": 0.5 * math.log(2) * 1000, "bytes": 1000, "flops_per_token": 1}  # 0.5 bits per byte
-    with pytest.raises(experiment_module._Crash, match="below the entropy floor"):
-        experiment_module._result(TINY, trained, evaluation, seed=0, budget=1024, sandbox="bwrap")
+def _trained(tmp_path, state: dict) -> "experiment_module._Trained":
+    tensorfile.save(state, tmp_path / "w.safetensors")
+    return experiment_module._Trained(curve=[[1024, "5.000000"]], wall_s=1.0, cpu_s=None, device="cpu",
+                                      torch="x", sandbox="bwrap", weights=(tmp_path / "w.safetensors").read_bytes())
+
+
+def test_a_val_bpb_below_the_floor_is_refused(tmp_path):
+    trained = _trained(tmp_path, {"w": torch.zeros(10, 3), "step": torch.zeros(5, dtype=torch.int64)})
+    floor = TINY.floor_bpb
+    assert TINY.entropy_bpb - 0.05 < floor < TINY.entropy_bpb + 0.05
+    nats = 0.5 * math.log(2) * 1000  # 0.5 bits per byte
+    with pytest.raises(experiment_module._Crash, match="below the floor"):
+        experiment_module._result(TINY, trained, nats, 1000, seed=0, budget=1024)
+    with pytest.raises(experiment_module._Crash, match="nan loss"):
+        experiment_module._result(TINY, trained, float("nan"), 1000, seed=0, budget=1024)
+    # Just above the floor is a result; its FLOPs come from the weights' floating elements.
+    ok = experiment_module._result(TINY, trained, (floor + 0.001) * math.log(2) * 1000, 1000, seed=3, budget=1024)
+    validate_result(ok)
+    assert float(ok["val_bpb"]) == pytest.approx(floor + 0.001, abs=1e-6)
+    assert ok["flops_per_token"] == 6 * 30 and ok["seed"] == 3 and ok["tokens"] == 1024
+    assert ok["sandbox"] == "bwrap" and "cpu_s" not in ok
 
 
 def test_nan_loss_crashes_fast(cache):
@@ -128,9 +164,20 @@ def test_training_never_sees_the_validation_split(cache, tmp_path):
     # The script reports what its working directory holds through the crash reason.
     source = _edit(TINY.source, "    optimizers = make_optimizers(model)",
                    "    import os\n    raise RuntimeError(' '.join(sorted(os.listdir('.'))))")
-    run = run_experiment(TINY, source, seed=0, budget_scale=SCALE, device="cpu", cache_dir=cache)
-    assert "train.bin" in run.reason and "train.py" in run.reason
-    assert "val" not in run.reason
+    run = run_experiment(TINY, source, seed=4, budget_scale=SCALE, device="cpu", cache_dir=cache,
+                         work_dir=tmp_path / "work")
+    assert "tokens.bin" in run.reason and "train.py" in run.reason
+    assert "val" not in run.reason and "train.bin" not in run.reason  # neither split: only the drawn stream
+    # What training got (kept in the work dir): the run's stream, budget + 1 tokens of the training
+    # split, and no piece of the validation split.
+    train, val = split_data(TINY, load_data(TINY, cache))
+    budget = int(TINY.budget_tokens * SCALE)
+    tokens = (tmp_path / "work" / "train" / "tokens.bin").read_bytes()
+    assert len(tokens) == budget + 1
+    assert tokens == draw_stream(train, budget_tokens=budget, seed=4, chunk=TINY.harness.context)
+    context = TINY.harness.context
+    assert all(tokens[i:i + context] in train for i in range(0, len(tokens) - context, context))
+    assert not any(val[i:i + 32] in tokens for i in range(0, len(val) - 32, 32))
 
 
 def _processes_under(path: Path) -> list[int]:
@@ -161,7 +208,7 @@ def test_a_loop_of_experiments_runs_on_warm_processes_with_the_same_bits(cache, 
     run_experiment(TINY, TINY.source, seed=1, budget_scale=SCALE, device="cpu", cache_dir=cache)  # leaves two waiting
     claims = warm_pool.POOL.claims
     warm = run_experiment(TINY, TINY.source, seed=1, budget_scale=SCALE, device="cpu", cache_dir=cache)
-    assert warm_pool.POOL.claims == claims + 2  # its train and its evaluation process were warm
+    assert warm_pool.POOL.claims == claims + 3  # its train process and both model processes were warm
     cold = run_experiment(TINY, TINY.source, seed=1, budget_scale=SCALE, device="cpu", cache_dir=cache,
                           settings=RunSettings(warm_pool=False))
     for run in (warm, cold):
@@ -231,37 +278,84 @@ def test_cuda_run(cache):
     validate_result(run.result)
 
 
-def test_an_eval_forward_that_is_not_repeatable_is_named():
-    import torch.nn.functional as F
-
-    from trainer.harness.evaluate import LeakError, check_no_leak
-
-    class Noisy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.head = torch.nn.Embedding(256, 256)
-
-        def forward(self, x):
-            return F.dropout(self.head(x), p=0.5, training=True)
-
-    val = torch.arange(1024, dtype=torch.int64).remainder(256).to(torch.uint8)
-    with pytest.raises(LeakError, match="change from one call to the next"):
-        check_no_leak(Noisy().eval(), val, context=16, device=torch.device("cpu"))
-    causal = torch.nn.Embedding(256, 256)  # position i sees byte i only: no leak
-    check_no_leak(causal, val, context=16, device=torch.device("cpu"))
+def _model_process(tmp_path, source: str, settings: RunSettings):
+    ws = Workspace(tmp_path / "work", settings)
+    model = experiment_module._ModelProcess("model-a", TINY, source, ws, seed=0, device="cpu", settings=settings,
+                                            serve_s=120, beside=False)
+    built = _script(source)["build_model"](256, TINY.harness.context)
+    tensorfile.save(built.state_dict(), tmp_path / "w.safetensors")
+    model.load((tmp_path / "w.safetensors").read_bytes())
+    while (message := model.harness.receive(timeout=1.0)) is None:
+        pass
+    assert message == {"loaded": {}}
+    return ws, model, built.eval()
 
 
-def test_a_script_that_blocks_the_weights_hand_over_is_a_crash(cache):
-    # Imported by the evaluation process while training runs, the script puts a directory where the
+def _inputs(rows: int) -> "torch.Tensor":
+    return torch.randint(0, 256, (rows, TINY.harness.context), generator=torch.Generator().manual_seed(0),
+                         dtype=torch.uint8)
+
+
+def test_a_model_process_answers_through_shared_memory(tmp_path):
+    settings = RunSettings(warm_pool=False, eval_batch_size=4)
+    ws, model, built = _model_process(tmp_path, TINY.source, settings)
+    try:
+        x = _inputs(4)
+        model.ask(x.numpy())
+        while (message := model.harness.receive(timeout=1.0)) is None:
+            pass
+        assert message == {"logits": [4, TINY.harness.context]}
+        with torch.inference_mode():
+            expected = built(x.long()).float().numpy()
+        assert model.answer() == pytest.approx(expected, abs=1e-4)
+        model.harness.send({"end": {}})
+        done, _ = model.harness.wait()
+        assert done == {}
+    finally:
+        ws.release(model.harness)
+        model.close()
+        ws.close()
+
+
+def test_a_model_process_rejects_wrong_logit_shapes(tmp_path):
+    # The scorer reads a buffer of fixed shape; the model process checks the script's answer first.
+    source = _edit(TINY.source, "        return SOFTCAP * torch.tanh(logits / SOFTCAP)\n",
+                   "        return (SOFTCAP * torch.tanh(logits / SOFTCAP))[:, -1]\n")
+    settings = RunSettings(warm_pool=False, eval_batch_size=4)
+    ws, model, _ = _model_process(tmp_path, source, settings)
+    try:
+        model.ask(_inputs(4).numpy())
+        with pytest.raises(experiment_module._Crash, match=r"logits of shape \(4, 256\), expected \(4, 64, 256\)"):
+            while model.harness.receive(timeout=1.0) is None:
+                pass
+    finally:
+        ws.release(model.harness)
+        model.close()
+        ws.close()
+
+
+def test_a_script_that_blocks_the_weights_hand_over_is_a_crash(cache, monkeypatch):
+    # Imported by a model process while training runs, the script puts a directory where the
     # trained weights are to go.
     source = _edit(TINY.source, "def build_model(vocab_size, context):\n",
                    "def build_model(vocab_size, context):\n"
                    "    import os\n"
-                   "    if not os.path.exists('train.bin'):  # the evaluation's scratch, not training's\n"
-                   "        os.makedirs('weights.pt/x', exist_ok=True)\n")
-    # Training lingers so that the evaluation process has built its models before training ends.
-    source = _edit(source, "    if pending:\n        step(optimizers, loader.progress)\n",
-                   "    if pending:\n        step(optimizers, loader.progress)\n    import time\n    time.sleep(8)\n")
+                   "    if not os.path.exists('tokens.bin'):  # a model process's scratch, not training's\n"
+                   "        os.makedirs('weights.safetensors/x', exist_ok=True)\n")
+    # The model processes start beside training at low priority: on a busy machine they may not have
+    # built the model when training ends. The hand-over waits here until the script has been first.
+    load = experiment_module._ModelProcess.load
+    blocked = []
+
+    def load_once_blocked(self, weights: bytes) -> None:
+        deadline = time.monotonic() + 120
+        while not os.path.lexists(self.harness.scratch / "weights.safetensors") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        blocked.append(os.path.isdir(self.harness.scratch / "weights.safetensors"))
+        load(self, weights)
+
+    monkeypatch.setattr(experiment_module._ModelProcess, "load", load_once_blocked)
     run = run_experiment(TINY, source, seed=0, budget_scale=SCALE, device="cpu", cache_dir=cache)
+    assert blocked and blocked[0]
     assert not run.outcome_ok and run.result is None
     assert run.reason.startswith("evaluation: cannot hand over the weights"), run.reason
