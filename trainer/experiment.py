@@ -198,48 +198,47 @@ def _train(task: Task, source: str, ws: Workspace, stream: bytes, *, seed: int, 
     try:
         (scratch / "train.py").write_text(source, encoding="utf-8")
         (scratch / "tokens.bin").write_bytes(stream)  # this run's tokens: never the split
-        scratch_fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except BaseException:
         ws.release(harness)
         raise
     job = {"mode": mode, "script": "train.py", "tokens": "tokens.bin", "weights": WEIGHTS_FILE,
            "budget_tokens": budget, "stop_tokens": stop_tokens, "seed": seed, "device": device,
            "threads": settings.cpu_threads, "context": task.harness.context}
+    ws.go(harness, job, limit)
+    refilled = False
+
+    def point(raw: dict) -> None:
+        nonlocal refilled
+        p = _point(raw, budget)
+        if p is None:
+            return
+        if not refilled:
+            # Training is under way (past its own start-up): start the next run's process beside it.
+            refilled = True
+            ws.refill("train", settings=settings, device=device, limit_s=limit)
+        if on_point is not None:
+            on_point(p)
+        if on_progress is not None:
+            on_progress(p["tokens"], budget, p["loss"])
+
+    # Read the weights while the process still exists (it has said "done"): its scratch descriptor
+    # is closed once the sandbox has gone; the reads below happen after the process has ended.
     try:
-        ws.go(harness, job, limit)
-        refilled = False
-
-        def point(raw: dict) -> None:
-            nonlocal refilled
-            p = _point(raw, budget)
-            if p is None:
-                return
-            if not refilled:
-                # Training is under way (past its own start-up): start the next run's process beside it.
-                refilled = True
-                ws.refill("train", settings=settings, device=device, limit_s=limit)
-            if on_point is not None:
-                on_point(p)
-            if on_progress is not None:
-                on_progress(p["tokens"], budget, p["loss"])
-
-        try:
-            out, sandbox = harness.wait(point)
-        finally:
-            ws.refill("train", settings=settings, device=device, limit_s=limit)  # also after a crash
-        weights = None if mode == "spot" else _read_weights(scratch_fd, settings.weights_max_bytes, sandbox)
+        out, sandbox = harness.wait(point)
     finally:
-        os.close(scratch_fd)
+        ws.refill("train", settings=settings, device=device, limit_s=limit)  # also after a crash
+    weights = None if mode == "spot" else _read_weights(harness, settings.weights_max_bytes, sandbox)
     return _Trained(_curve(out.get("curve"), budget), harness.wall_s or 0.0, harness.cpu_s,
                     _label(out.get("device"), device), _label(out.get("torch"), "?"), sandbox, weights)
 
 
-def _read_weights(scratch_fd: int, max_bytes: int, sandbox: str) -> bytes:
+def _read_weights(harness, max_bytes: int, sandbox: str) -> bytes:
     """The trained weights from the training scratch, read as the run could not abuse: never through
     a symlink or a FIFO (O_NOFOLLOW | O_NONBLOCK, then a regular file only), at most ``max_bytes``,
     and checked as a tensor file before any other process sees them."""
     try:
-        fd = os.open(WEIGHTS_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=scratch_fd)
+        fd = os.open(WEIGHTS_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=harness.scratch_fd)
     except OSError as exc:
         raise _Crash(f"weights: cannot open the trained weights: {exc.strerror}", sandbox) from None
     try:
@@ -295,13 +294,13 @@ class _ModelProcess:
 
     def load(self, weights: bytes) -> None:
         """Place the checked weights (readable, not writable, by the run) and tell the process."""
-        final = self.harness.scratch / WEIGHTS_FILE
-        tmp = self.harness.scratch / f".{WEIGHTS_FILE}.{os.getpid()}"
+        dir_fd, tmp = self.harness.scratch_fd, f".{WEIGHTS_FILE}.{os.getpid()}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=dir_fd)
             with os.fdopen(fd, "wb") as f:
                 f.write(weights)
-            os.replace(tmp, final)
+            os.replace(tmp, WEIGHTS_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except OSError as exc:  # e.g. the script, imported there already, put something in the way
             raise _Crash(f"evaluation: cannot hand over the weights: {exc.strerror}", self.harness.sandbox) from None
         self.harness.send({"weights": WEIGHTS_FILE})

@@ -80,6 +80,10 @@ class Harness:
             # One total for everything of the run in its scratch (a tmpfs, where we may mount one):
             # before anything is written there, so nothing written is lost under the mount.
             cap_scratch(scratch, limits.scratch_bytes)
+        # Opened before the run can touch its scratch: the runner's later reads and writes there go
+        # through this descriptor, whatever the run renames or links in the meantime.
+        self.scratch_fd: int | None = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._fd_lock = threading.Lock()
         self.started, self.idle_s = time.monotonic(), idle_s
         self._backstop_s = idle_s + self.limit_s + BACKSTOP_S
         self.deadline: float | None = None  # set by go()
@@ -119,6 +123,13 @@ class Harness:
 
         self._thread = threading.Thread(target=target, name=f"sandboxed-{kind}", daemon=True)
         self._thread.start()
+
+    def close_scratch(self) -> None:
+        """Let go of the scratch descriptor (once the runner has read what it needs)."""
+        with self._fd_lock:
+            fd, self.scratch_fd = self.scratch_fd, None
+            if fd is not None:
+                os.close(fd)
 
     def can_take(self, limit_s: float) -> bool:
         """Alive, jobless, not about to give up waiting, and its backstop lies beyond this run's deadline."""
@@ -350,6 +361,7 @@ class WarmPool:
     def _reap(self) -> None:
         for harness in [h for h in self._retired if h.join(0)]:
             self._retired.remove(harness)
+            harness.close_scratch()
             release_scratch(harness.scratch)
             shutil.rmtree(harness.scratch, ignore_errors=True)
 
@@ -427,6 +439,7 @@ class Workspace:
         if self.root is None and not self.pooled:
             self.root = scratch_dir("exp")
         self._adopted: list[Path] = []
+        self._handed: list[Harness] = []
 
     def harness(self, kind: str, *, settings: RunSettings, device: str, limit_s: float, idle_s: float,
                 beside: bool, serve_s: float | None = None) -> Harness:
@@ -435,6 +448,7 @@ class Workspace:
         if self.pooled:
             harness = POOL.claim(_pool_key(kind, settings, device, limit_s), serve_s or limit_s)
             if harness is not None:
+                self._handed.append(harness)
                 return harness
             scratch = scratch_dir(kind)
         else:
@@ -443,8 +457,10 @@ class Workspace:
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir(parents=True)
         # A kept work_dir (for inspection) is not capped: its files must outlive the run's mount.
-        return Harness(scratch, kind=kind, settings=settings, device=device, limit_s=limit_s, idle_s=idle_s,
-                       beside=beside, serve_s=serve_s, cap=not self.keep)
+        harness = Harness(scratch, kind=kind, settings=settings, device=device, limit_s=limit_s, idle_s=idle_s,
+                          beside=beside, serve_s=serve_s, cap=not self.keep)
+        self._handed.append(harness)
+        return harness
 
     def go(self, harness: Harness, job: dict, limit_s: float, fds: tuple[int, ...] = ()) -> None:
         if self.pooled:
@@ -469,6 +485,8 @@ class Workspace:
             harness.join()  # let it exit before its scratch (in the work dir) is reused
 
     def close(self) -> None:
+        for harness in self._handed:
+            harness.close_scratch()
         for path in self._adopted:
             release_scratch(path)
             shutil.rmtree(path, ignore_errors=True)
