@@ -292,9 +292,10 @@ async def _leaderboard(home: Home, task: str | None, as_json: bool) -> None:
 
     console = Console()
     console.print(f"task {tid}")
-    for section in ("verified", "pending", "disputed"):
+    for section in ("verified", "pending", "disputed", "over_budget"):
         rows = board[section]
-        table = Table(title=f"{section} ({len(rows)})", title_justify="left")
+        title = section.replace("_", " ")  # the over_budget list holds claims of status "over budget"
+        table = Table(title=f"{title} ({len(rows)})", title_justify="left")
         for col in ("#", "claim", "val_bpb", "claimed", "votes", "support", "note"):
             table.add_column(col)
         for i, e in enumerate(rows, 1):

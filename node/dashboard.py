@@ -82,7 +82,7 @@ def _points(result: Any) -> list[list[float]]:
 def _result_summary(result: Any) -> dict[str, Any] | None:
     if not isinstance(result, dict):
         return None
-    return {k: result.get(k) for k in ("val_bpb", "tokens", "seed", "wall_s", "device", "torch", "sandbox")}
+    return {k: result.get(k) for k in ("val_bpb", "tokens", "seed", "wall_s", "cpu_s", "device", "torch", "sandbox")}
 
 
 async def tasks(request: web.Request) -> web.Response:
@@ -143,8 +143,8 @@ async def lineage(request: web.Request) -> web.Response:
     claims = await node.replica.claims(task)
     board = await node.replica.leaderboard(task)
     rank = {e.claim.id: i + 1 for i, e in enumerate(board.verified)}
-    entries = {e.claim.id: e for group in (board.verified, board.pending, board.disputed, board.duplicates)
-               for e in group}
+    entries = {e.claim.id: e for group in (board.verified, board.pending, board.disputed, board.over_budget,
+                                           board.duplicates) for e in group}
     ids = {c.id for c in claims}
     nodes = []
     for c in claims:

@@ -17,10 +17,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .api import NODE
+from .scheduler import VERDICTS, verdict_counter
 
 PREFIX = "ralphswarm"
 REGISTRY: web.AppKey["NodeCollector"] = web.AppKey("metrics", object)
-VERDICTS = ("reproduced", "mismatch", "failed", "refused")
 # node.counters names the loops fill -> (metric, labels); absent counters read as 0.
 EXPERIMENT_COUNTERS = {"run": "experiments_run", "kept": "experiments_kept", "crashed": "experiments_crashed"}
 
@@ -99,7 +99,7 @@ class NodeCollector(Collector):
         cast = CounterMetricFamily(f"{PREFIX}_votes_cast", "Votes this node published, by verdict",
                                    labels=["verdict"])
         for verdict in VERDICTS:
-            cast.add_metric([verdict], counters.get(f"votes_{verdict}", 0))
+            cast.add_metric([verdict], counters.get(verdict_counter(verdict), 0))
         yield cast
         share = node.slots.share("reproduce") if node.slots is not None else 0.0
         yield GaugeMetricFamily(f"{PREFIX}_reproduction_share", "Share of busy device time spent reproducing",

@@ -6,6 +6,14 @@ votes arrive and shows it in ``node.activity["queue"]``; the worker takes the to
 compute share allows, applies the ``--run-untrusted`` policy, rebuilds the claim's source, runs
 the spot check (same seed, first part of the budget, curves compared) and only then the full run,
 and publishes one vote. Nothing here may crash the node: a failing claim is logged and skipped.
+
+The compute cap (protocol/SPEC.md 5.2, task.compute_cap): after the full run the claim's training
+time is compared with the task baseline's on this node's hardware at the claim's budget (measured
+once and cached, node/baseline_time.py); a run over ``compute_cap`` x the baseline's time is run
+once more (timing noise only adds time: the lesser of the two counts) and, still over, voted
+``over budget`` with the measured result, whatever its val_bpb. The spot check gives no early vote:
+an ``over budget`` vote carries a full run's result, which a spot check does not produce, and a
+spot check's time includes the run's fixed costs, which a fraction of the baseline's would not.
 """
 from __future__ import annotations
 
@@ -14,14 +22,16 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
 from protocol import task_id as protocol_task_id
 
+from .baseline_time import BaselineTime, BaselineTimes
 from .corpus_view import SourceError
-from .scheduler import (Candidate, QueueItem, Scheduler, SchedulerSettings, may_reproduce,
-                        verdict_from_full, verdict_from_spot)
+from .scheduler import (Candidate, QueueItem, Scheduler, SchedulerSettings, may_reproduce, verdict_counter,
+                        verdict_from_budget, verdict_from_full, verdict_from_spot)
 from .threads import run_in_daemon_thread
 
 log = logging.getLogger(__name__)
@@ -38,11 +48,13 @@ class WorkerSettings:
 
 class Reproducer:
     def __init__(self, settings: SchedulerSettings | None = None, worker: WorkerSettings = WorkerSettings(),
-                 rng: random.Random | None = None, cache_dir: Path | None = None):
+                 rng: random.Random | None = None, cache_dir: Path | None = None,
+                 baseline_times: BaselineTimes | None = None):
         self.settings = settings  # None: SchedulerSettings with the node's verify_share
         self.worker = worker
         self.rng = rng
         self.cache_dir = cache_dir
+        self.baseline_times = baseline_times  # None: <home>/baseline_times.json
         self.node: Any = None
         self.scheduler: Scheduler | None = None
         self.queue: list[QueueItem] = []
@@ -59,6 +71,8 @@ class Reproducer:
         if self.settings is None:
             self.settings = SchedulerSettings(verify_share=node.settings.verify_share)
         self.scheduler = Scheduler(node.identity.pubkey, self.settings, self.rng)
+        if self.baseline_times is None:
+            self.baseline_times = BaselineTimes(node.settings.home)
         self._dirty.set()
         self._tasks = [asyncio.create_task(self._plan_loop(), name="reproduce-plan"),
                        asyncio.create_task(self._work_loop(), name="reproduce-work")]
@@ -81,7 +95,8 @@ class Reproducer:
     def describe(self) -> str:
         s = self.settings or SchedulerSettings()
         return (f"reproduce: top-{s.top_k} claims, spot check {s.spot_fraction:g} of the budget first, "
-                f"at most {s.verify_share:g} of compute while the own loop works; "
+                f"at most {s.verify_share:g} of compute while the own loop works; over the task's compute cap "
+                f"(x the baseline's training time here) is over budget; "
                 f"--run-untrusted={self.node.settings.run_untrusted if self.node else '?'}")
 
     # -- the queue ---------------------------------------------------------------------------
@@ -119,11 +134,11 @@ class Reproducer:
             if task is None:
                 continue
             board = await replica.leaderboard(tid)
-            if not (board.verified or board.pending or board.disputed):
+            ranked = board.verified + board.pending + board.disputed + board.over_budget
+            if not ranked:
                 continue
             budgets[tid] = task.budget_tokens
-            for entry, duplicate in [(e, False) for e in board.verified + board.pending + board.disputed] + \
-                                    [(e, True) for e in board.duplicates]:
+            for entry, duplicate in [(e, False) for e in ranked] + [(e, True) for e in board.duplicates]:
                 env, result = entry.claim, entry.claim.body.get("result") or {}
                 rows.append(Candidate(
                     claim=env.id, task=tid, author=env.author, created_at=env.created_at,
@@ -228,19 +243,68 @@ class Reproducer:
                 run = await run_in_daemon_thread(
                     run_experiment, task, source, device=device, on_progress=progress,
                     budget_tokens=budget, **common)
+                cap = task.body.get("compute_cap")
+                baseline = over = None
+                if run.outcome_ok and cap is not None:
+                    baseline = await self._baseline_time(task, device, budget, run.result, exp, common)
+                if baseline is not None:
+                    over, _ = verdict_from_budget(run.result["wall_s"], baseline.wall_s, cap)
+                if over is not None:
+                    # Confirm before a negative verdict: what slows a run (other work here, a harness
+                    # process still starting) only adds time, so the claim's time is the lesser of two.
+                    exp.update(phase="confirm", tokens=0, loss=None)
+                    node.count("reproduce_confirm_runs")
+                    again = await run_in_daemon_thread(
+                        run_experiment, task, source, device=device, on_progress=progress,
+                        budget_tokens=budget, **common)
+                    if again.outcome_ok and Decimal(again.result["wall_s"]) < Decimal(run.result["wall_s"]):
+                        run = again
             finally:
                 if node.activity.get("experiment") is exp:
                     node.activity["experiment"] = None
         if not run.outcome_ok:
             return "failed", None, f"full run crashed: {run.reason}"
         verdict, why = verdict_from_full(claimed["val_bpb"], run.result["val_bpb"], task.body["tolerance"])
-        return verdict, run.result, f"{reason}; {why}"
+        if cap is None:
+            return verdict, run.result, f"{reason}; {why}"
+        if baseline is None:
+            return verdict, run.result, (f"{reason}; {why}; compute cap not checked: the task baseline's time "
+                                         "on this hardware could not be measured")
+        first_over = over
+        over, budget_why = verdict_from_budget(run.result["wall_s"], baseline.wall_s, cap)
+        if first_over is not None:
+            budget_why += " (the lesser of two runs)"
+        if over is not None:  # whatever its val_bpb: over the cap, the claim is not a recipe within the task
+            return over, run.result, f"{reason}; {budget_why}; {why}"
+        return verdict, run.result, f"{reason}; {why}; {budget_why}"
+
+    async def _baseline_time(self, task: Any, device: str, budget: int, result: dict, exp: dict,
+                             common: dict) -> BaselineTime | None:
+        """The task baseline's training time on this device at ``budget``: cached, else measured now
+        (in the slot the claim ran in, so on the same hardware)."""
+        from trainer.experiment import run_experiment
+
+        hardware = result.get("device")
+        known = self.baseline_times.get(task.id, device, budget, hardware)
+        if known is not None:
+            return known
+        self.node.count("baseline_runs")
+        exp.update(phase="baseline", tokens=0, loss=None)
+        progress = _progress_into(exp)
+        options = {k: v for k, v in common.items() if k != "seed"}  # the baseline runs with its own seed
+        try:
+            return await run_in_daemon_thread(self.baseline_times.measure, task, device=device, budget=budget,
+                                              hardware=hardware, run=run_experiment, on_progress=progress,
+                                              **options)
+        except Exception:  # e.g. the cache file cannot be written: vote without the cap check
+            log.exception("reproduce: measuring the baseline of task %s failed", task.id[:12])
+            return None
 
     async def _vote(self, claim_id: str, verdict: str, result: dict | None, reason: str) -> dict:
         body = {"claim": claim_id, "verdict": verdict, "result": result, "reason": reason[:MAX_REASON_CHARS]}
         await self.node.publish("vote", body)
         self._voted.add(claim_id)
-        self.node.count(f"votes_{verdict}")
+        self.node.count(verdict_counter(verdict))
         self.node.note_activity(f"vote {verdict} on {claim_id[:12]}: {body['reason']}", kind="vote",
                                 claim=claim_id, verdict=verdict)
         return body

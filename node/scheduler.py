@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Iterable, Mapping
 
-VERDICTS = ("reproduced", "mismatch", "failed", "refused")
+from protocol.schemas import VERDICTS  # one list: protocol/SPEC.md 5.4
+
+OVER_BUDGET = "over budget"
+
+
+def verdict_counter(verdict: str) -> str:
+    """The node counter of votes cast with ``verdict``: a valid Prometheus name part
+    (``votes_over_budget``), since a verdict may hold a space."""
+    return "votes_" + verdict.replace(" ", "_")
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class Candidate:
     author: str
     created_at: int
     outcome: str  # improved | worse | crashed
-    status: str  # verified | pending | disputed (store/ranking.py claim_status)
+    status: str  # verified | pending | disputed | over budget (store/ranking.py claim_status)
     value: float | None  # reproduced val_bpb when verified, else the claimed one
     tokens: int | None = None  # result.tokens; None when the claim carries no result
     has_curve: bool = True
@@ -137,7 +145,7 @@ class Scheduler:
             if audit and not (s.audit and self.draw_audit(c.claim, runs.get(c.author, 0))):
                 continue
             if c.status not in ("pending", "verified"):
-                continue  # disputed: trusted mismatches already outweigh it
+                continue  # disputed or over budget: trusted votes already keep it off the board
             others = [v for cid, v in verified[c.task] if cid != c.claim]
             enters, gain, why = expected_gain(c.value, others, s.top_k)
             if not enters:
@@ -210,5 +218,18 @@ def verdict_from_full(claimed_bpb: object, measured_bpb: object, tolerance: obje
     return "mismatch", f"val_bpb {measured} vs claimed {claimed}: off by {diff} > tolerance {tol}"
 
 
-__all__ = ["Candidate", "QueueItem", "Scheduler", "SchedulerSettings", "VERDICTS", "author_runs",
-           "expected_gain", "may_reproduce", "verdict_from_full", "verdict_from_spot"]
+def verdict_from_budget(wall_s: object, baseline_wall_s: object, compute_cap: object) -> tuple[str | None, str]:
+    """``over budget`` when the run trained longer than ``compute_cap`` x the baseline's training time
+    measured on this node's hardware at the same budget (decimal arithmetic: the edge is exact, and
+    a run exactly at the cap is within it); else (None, why)."""
+    wall, base, cap = _dec(wall_s), _dec(baseline_wall_s), _dec(compute_cap)
+    limit = cap * base
+    if wall > limit:
+        return OVER_BUDGET, (f"training took {wall} s, over the compute cap: {cap} x the baseline's {base} s "
+                             f"on this hardware = {limit} s")
+    return None, f"training took {wall} s, within the compute cap ({cap} x the baseline's {base} s = {limit} s)"
+
+
+__all__ = ["Candidate", "OVER_BUDGET", "QueueItem", "Scheduler", "SchedulerSettings", "VERDICTS", "author_runs",
+           "expected_gain", "may_reproduce", "verdict_counter", "verdict_from_budget", "verdict_from_full",
+           "verdict_from_spot"]

@@ -20,6 +20,7 @@ def entry_json(entry: Any) -> dict[str, Any]:
         "claimed_bpb": entry.claimed_bpb,
         "support": round(entry.support, 4),
         "against": round(getattr(entry, "against", 0.0), 4),
+        "over": round(getattr(entry, "over", 0.0), 4),
         "votes": entry.votes,
         "duplicate_of": getattr(entry, "duplicate_of", None),
     }
@@ -32,6 +33,7 @@ async def leaderboard_json(replica: Any, task_id: str) -> dict[str, Any]:
         "verified": [entry_json(e) for e in board.verified],
         "pending": [entry_json(e) for e in board.pending],
         "disputed": [entry_json(e) for e in board.disputed],
+        "over_budget": [entry_json(e) for e in getattr(board, "over_budget", [])],
         "duplicates": [entry_json(e) for e in getattr(board, "duplicates", [])],
     }
 
@@ -46,6 +48,7 @@ async def message_json(replica: Any, env: Any) -> dict[str, Any]:
             "status": st.status,
             "support": round(st.support, 4),
             "against": round(st.against, 4),
+            "over": round(getattr(st, "over", 0.0), 4),
             "own_vote": st.own_vote,
             "reproduced_bpb": st.reproduced_bpb,
         }

@@ -24,11 +24,14 @@ from .limits import (
 
 # SPEC.md 5.1. fullmatch, never ``$``: ``$`` also matches before a trailing newline.
 DECIMAL_RE = re.compile(r"-?(0|[1-9][0-9]{0,15})(\.[0-9]{1,12})?")
+DECIMAL_NONZERO_RE = re.compile(r"[1-9]")  # a valid decimal string with a non-zero digit is > 0
 # SPEC.md 5.6: scheme, host (DNS name, IPv4, or bracketed IPv6), optional port; no path.
 ADDRESS_RE = re.compile(r"https?://([A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?")
 
 OUTCOMES = ("improved", "worse", "crashed")
-VERDICTS = ("reproduced", "mismatch", "failed", "refused")
+VERDICTS = ("reproduced", "mismatch", "failed", "refused", "over budget")
+# Verdicts that report a finished run of the claim: their vote MUST carry the reproducer's result.
+MEASURED_VERDICTS = ("reproduced", "over budget")
 SANDBOXES = ("bwrap", "namespaces", "none")
 
 
@@ -93,7 +96,7 @@ _NON_NEGATIVE_DECIMAL = r"(?:0|[1-9][0-9]{0,15}+)(?:\.[0-9]{1,12}+)?+"
 # Comma-joined non-negative decimals; a decimal holds no comma, so counting commas pins the count.
 _DECIMALS_RE = re.compile(f"(?:{_NON_NEGATIVE_DECIMAL},)*+{_NON_NEGATIVE_DECIMAL}")
 _RESULT_REQUIRED = frozenset({"val_bpb", "curve", "tokens", "seed", "wall_s", "device", "torch", "flops_per_token"})
-_RESULT_OPTIONAL = frozenset({"entropy_bpb", "sandbox"})
+_RESULT_OPTIONAL = frozenset({"entropy_bpb", "sandbox", "cpu_s"})
 _RESULT_FIELDS = _RESULT_REQUIRED | _RESULT_OPTIONAL
 _LIST_TYPE, _INT_TYPE, _PAIR_LENGTH = {list}, {int}, {2}
 _SHORT_TEXT_CHARS = MAX_SHORT_TEXT_BYTES // 4  # this many characters fit the byte limit whatever they are
@@ -112,6 +115,8 @@ def _result_ok(value: Any) -> bool:
         decimals = [value["val_bpb"], value["wall_s"]]
         if "entropy_bpb" in value:
             decimals.append(value["entropy_bpb"])
+        if "cpu_s" in value:
+            decimals.append(value["cpu_s"])
         if "sandbox" in value and value["sandbox"] not in SANDBOXES:
             return False
     tokens, seed, flops = value["tokens"], value["seed"], value["flops_per_token"]
@@ -169,11 +174,13 @@ def _check_result(value: Any, field: str) -> dict:
         decimal(value["entropy_bpb"], f"{field}.entropy_bpb")
     if "sandbox" in value:
         _enum(value["sandbox"], f"{field}.sandbox", SANDBOXES)
+    if "cpu_s" in value:
+        decimal(value["cpu_s"], f"{field}.cpu_s")
     return value
 
 
 _TASK_FIELDS = frozenset({"name", "description", "harness", "source", "data", "metric", "direction", "budget",
-                          "tolerance"})
+                          "tolerance", "compute_cap"})
 _DATA_FIELDS = frozenset({"name", "sha256", "bytes"})
 _BUDGET_FIELDS = frozenset({"tokens"})
 _CLAIM_FIELDS = frozenset({"task", "parent", "patch", "source_sha256", "note", "outcome", "result"})
@@ -196,6 +203,9 @@ def validate_task(body: Any) -> dict:
     budget = _obj(body["budget"], "body.budget", _BUDGET_FIELDS)
     _int(budget["tokens"], "body.budget.tokens", lo=1)
     decimal(body["tolerance"], "body.tolerance")
+    decimal(body["compute_cap"], "body.compute_cap")
+    if not DECIMAL_NONZERO_RE.search(body["compute_cap"]):
+        raise schema_error("body.compute_cap", "not positive")
     return body
 
 
@@ -223,8 +233,8 @@ def validate_vote(body: Any) -> dict:
     if body["result"] is None:
         # A reproduction reports what it measured (DESIGN.md, "vote"); only a vote that did not
         # finish a run (mismatch at a spot check, failed, refused) may carry no result.
-        if body["verdict"] == "reproduced":
-            raise schema_error("body.result", "required for a reproduced vote")
+        if body["verdict"] in MEASURED_VERDICTS:
+            raise schema_error("body.result", f"required for a vote {body['verdict']!r}")
     else:
         validate_result(body["result"])
     _text(body["reason"], "body.reason", MAX_NOTE_BYTES)

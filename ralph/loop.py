@@ -4,6 +4,13 @@ DESIGN.md, "The outer loop". Everything with side effects is injected: the corpu
 ``publish`` (the node's), the proposer, and ``run_experiment`` (an async wrapper around
 ``trainer.experiment.run_experiment``, see ``threaded_runner``), so a step is testable without a
 network, and without training when a test wants that.
+
+The compute cap (protocol/SPEC.md 5.2, task.compute_cap): a candidate whose training took longer
+than ``compute_cap`` x the task baseline's training time, measured by this loop on the same hardware
+(result.device) at the same budget (result.tokens), is not published as ``improved``: other nodes
+would vote it ``over budget``. It is published as ``worse``, its note tagged ``[over budget: ...]``.
+The baseline's time comes from the loop's own baseline run (the "measuring seed" run, or one made
+for the purpose), remembered in the loop's memory file.
 """
 from __future__ import annotations
 
@@ -95,8 +102,59 @@ class RalphLoop:
         if not res.outcome_ok or res.val_bpb is None:
             log.warning("ralph: measuring seed %s at %g budget crashed: %s", sha[:12], scale, res.reason)
             return None
+        if source == self.task.body["source"]:
+            self._remember_baseline_time(res.result)
         self.memory.remember_measurement(sha, scale, float(res.val_bpb))
         return float(res.val_bpb)
+
+    # -- the compute cap -----------------------------------------------------------------------
+
+    def _baseline_time_key(self, result: dict) -> str:
+        """Memory key of the baseline's training time on the hardware and at the budget of ``result``."""
+        return f"wall_s {result.get('device')} {result.get('tokens')} {source_sha256(self.task.body['source'])}"
+
+    def _remember_baseline_time(self, result: dict | None) -> None:
+        if self.task.body.get("compute_cap") is None or not isinstance(result, dict) or "wall_s" not in result:
+            return
+        self.memory.remember_measurement(self._baseline_time_key(result), 1.0, float(result["wall_s"]))
+
+    async def _baseline_time(self, result: dict) -> float | None:
+        """The baseline's training time on the hardware and at the budget of a candidate's ``result``:
+        remembered, else measured now by a full-budget baseline run (None when it crashes)."""
+        known = self.memory.measurement(self._baseline_time_key(result), 1.0)
+        if known is not None:
+            return known
+        baseline = self.task.body["source"]
+        res = await self.run_experiment(self.task, baseline, seed=self.settings.train_seed, budget_scale=1.0)
+        if not res.outcome_ok or res.result is None:
+            log.warning("ralph: the baseline crashed while measuring its training time: %s", res.reason)
+            return None
+        self._remember_baseline_time(res.result)
+        sha = source_sha256(baseline)
+        if res.val_bpb is not None and self.memory.measurement(sha, 1.0) is None:
+            self.memory.remember_measurement(sha, 1.0, float(res.val_bpb))
+        here = self.memory.measurement(self._baseline_time_key(result), 1.0)
+        # None: it ran on another device than the candidate (a node with several kinds): the best there is.
+        return here if here is not None else float(res.result["wall_s"])
+
+    async def _over_budget(self, source: str, result: dict) -> tuple[str, dict]:
+        """(a note tag when the candidate trained longer than the task's compute cap allows, else "";
+        the result to publish). A candidate over the cap runs once more first, as a reproducer would
+        (node/reproduce.py): what slows a run only adds time, so the lesser of the two counts."""
+        cap = self.task.body.get("compute_cap")
+        if cap is None or "wall_s" not in result:
+            return "", result
+        base = await self._baseline_time(result)
+        if base is None:
+            return "", result
+        limit = float(cap) * base
+        if float(result["wall_s"]) <= limit:
+            return "", result
+        again = await self.run_experiment(self.task, source, seed=self.settings.train_seed, budget_scale=1.0)
+        if again.outcome_ok and again.result is not None and float(again.result["wall_s"]) < float(result["wall_s"]):
+            result = again.result
+        wall = float(result["wall_s"])
+        return ("" if wall <= limit else f"[over budget: {wall:.3f} s vs cap {limit:.3f} s]"), result
 
     async def step(self) -> StepReport:
         s = self.settings
@@ -128,7 +186,12 @@ class RalphLoop:
             return StepReport("proposal_failed", seed, proposal.note, reason="proposal exceeds the 64 KiB source/patch limit",
                               usage=proposal.usage)
         outcome, result, reason, screened_out = await self._evaluate(seed, proposal.source)
-        note = proposal.note
+        note = remembered = proposal.note
+        if outcome == "improved":
+            over, result = await self._over_budget(proposal.source, result)
+            if over:  # not a recipe within the task's terms: a negative result, with why
+                outcome = "worse"
+                note = remembered = f"{note} {over}"
         if outcome == "crashed":
             first_line = (reason.strip().splitlines() or ["crashed"])[-1][:300]  # the exception line is last
             note += f" [crashed: {first_line}]"
@@ -144,7 +207,7 @@ class RalphLoop:
         claim_id = await self.publish(body)
         claim_id = claim_id if isinstance(claim_id, str) else getattr(claim_id, "id", None)
         val_bpb = float(result["val_bpb"]) if result else None
-        self._remember(seed, proposal.note, changes, val_bpb, outcome, claim_id, proposal.usage)
+        self._remember(seed, remembered, changes, val_bpb, outcome, claim_id, proposal.usage)
         usage = proposal.usage + await self._maybe_rewrite_strategy()
         report = StepReport("published", seed, body["note"], outcome, val_bpb, claim_id, reason, screened_out, usage)
         log.info("%s", report.line())

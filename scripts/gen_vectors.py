@@ -81,6 +81,7 @@ RESULT = {
     "flops_per_token": 1048576,
     "entropy_bpb": "1.000000",
     "sandbox": "bwrap",
+    "cpu_s": "11.875",
 }
 
 TASK_BODY = {
@@ -93,6 +94,7 @@ TASK_BODY = {
     "direction": "min",
     "budget": {"tokens": 32768},
     "tolerance": "0.01",
+    "compute_cap": "2.0",
 }
 
 
@@ -138,10 +140,14 @@ def envelope_vectors() -> dict:
                                        "reason": ""}, created_at=CREATED_AT + 2)
     vote_null = build(bob, SWARM, "vote", {"claim": claim.id, "verdict": "refused", "result": None,
                                             "reason": "sandbox unavailable"}, created_at=CREATED_AT + 3)
+    vote_over = build(bob, SWARM, "vote", {"claim": claim.id, "verdict": "over budget",
+                                            "result": {**RESULT, "wall_s": "31.25", "cpu_s": "30.5"},
+                                            "reason": "training took 31.25 s > cap 2.0 x baseline 12.5 s = 25 s"},
+                      created_at=CREATED_AT + 5)
     peer = build(alice, SWARM, "peer", {"addresses": ["http://192.0.2.7:7447", "https://[2001:db8::1]:443"],
                                          "expires_at": CREATED_AT + 3600}, created_at=CREATED_AT + 4)
     out = []
-    for env in (task, claim, vote, vote_null, peer):
+    for env in (task, claim, vote, vote_null, peer, vote_over):
         preimage = canon([1, env.swarm, env.author, env.created_at, env.kind, env.body])
         out.append({"kind": env.kind, "swarm": env.swarm, "now": NOW, "envelope": env.to_dict(),
                     "id_preimage": text(preimage), "canonical": text(env.canonical()),
@@ -196,6 +202,14 @@ def invalid_vectors() -> list[dict]:
     add("reproduced vote without result",
         raw_sign(alice, SWARM, "vote", {**d["body"], "verdict": "reproduced"}, CREATED_AT),
         "invalid: schema: body.result")
+    add("over budget vote without result",
+        raw_sign(alice, SWARM, "vote", {**d["body"], "verdict": "over budget"}, CREATED_AT),
+        "invalid: schema: body.result")
+    add("task without compute_cap (written before the field)",
+        raw_sign(alice, SWARM, "task", {k: v for k, v in TASK_BODY.items() if k != "compute_cap"}, CREATED_AT),
+        "invalid: schema: body.compute_cap")
+    add("task with a zero compute_cap", raw_sign(alice, SWARM, "task", {**TASK_BODY, "compute_cap": "0.0"}, CREATED_AT),
+        "invalid: schema: body.compute_cap")
     add("note over 4 KiB", raw_sign(alice, SWARM, "vote", {**d["body"], "reason": "x" * 4097}, CREATED_AT),
         "invalid: too large: body.reason")
     add("float-like decimal", raw_sign(alice, SWARM, "claim", {

@@ -21,15 +21,19 @@ class RankingSettings:
     quorum: float = 1.0
 
 
+OVER_BUDGET = "over budget"  # a verdict (protocol/SPEC.md 5.4) and a claim status of the same name
+
+
 @dataclass(frozen=True)
 class ClaimStatus:
-    status: str  # verified | disputed | pending
+    status: str  # verified | disputed | pending | over budget
     support: float  # trusted weight of reproduced votes (and of a pre-trusted author's own run)
     against: float  # trusted weight of mismatch votes
     own_vote: str | None  # this node's latest verdict on the claim
     reproduced_bpb: str | None  # own measurement first, else trust-weighted median of reproductions
     votes: int = 0  # distinct voters
     own_run: bool = False  # this node measured the claim itself (its own claim or reproduction)
+    over: float = 0.0  # trusted weight of over budget votes (trained longer than the task's compute cap)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class Entry:
     against: float = 0.0
     improvement: float | None = None  # top_entries: reference bpb - val_bpb
     duplicate_of: str | None = None  # a later copy of an earlier claim's source
+    over: float = 0.0  # trusted weight of over budget votes
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,11 @@ class Leaderboard:
     pending: list[Entry]
     disputed: list[Entry]
     duplicates: list[Entry] = field(default_factory=list)  # later claims of an already-claimed source
+    over_budget: list[Entry] = field(default_factory=list)  # trained past the task's compute cap: never ranked
+
+    def of_status(self, status: str) -> list[Entry]:
+        """The list holding entries of a claim status (``over budget`` -> ``over_budget``)."""
+        return getattr(self, status.replace(" ", "_"))
 
 
 def _claimed(claim: Envelope) -> str | None:
@@ -82,6 +92,7 @@ def claim_status(
     own_verdict = own.verdict if own else None
     support = sum(trust.of(v.voter) for v in current if v.verdict == "reproduced")
     against = sum(trust.of(v.voter) for v in current if v.verdict == "mismatch")
+    over = sum(trust.of(v.voter) for v in current if v.verdict == OVER_BUDGET)
     measured = [(v.val_bpb, trust.of(v.voter)) for v in current if v.verdict == "reproduced" and v.val_bpb]
     claimed = _claimed(claim)
     author_run = claim.author in trust.pretrusted and claim.body.get("outcome") != "crashed"
@@ -93,6 +104,12 @@ def claim_status(
         status = "verified"
     elif own_verdict == "mismatch":
         status = "disputed"
+    elif own_verdict == OVER_BUDGET:
+        status = OVER_BUDGET
+    elif over >= settings.quorum and over > support:
+        # Over the compute cap whatever its val_bpb: checked before trusted mismatches, which only
+        # question the value.
+        status = OVER_BUDGET
     elif against >= settings.quorum and against > support:
         status = "disputed"
     elif support >= settings.quorum:
@@ -106,13 +123,15 @@ def claim_status(
     else:
         reproduced = weighted_median(measured)
     own_run = own_verdict == "reproduced" or (claim.author == self_key and author_run)
-    return ClaimStatus(status, support, against, own_verdict, reproduced, votes=len(current), own_run=own_run)
+    return ClaimStatus(status, support, against, own_verdict, reproduced, votes=len(current), own_run=own_run,
+                       over=over)
 
 
 def _entry(claim: Envelope, st: ClaimStatus, duplicate_of: str | None = None) -> Entry:
     claimed = _claimed(claim)
     value = st.reproduced_bpb if st.status == "verified" and st.reproduced_bpb else claimed
-    return Entry(claim, st.status, value, claimed, st.support, st.votes, st.against, duplicate_of=duplicate_of)
+    return Entry(claim, st.status, value, claimed, st.support, st.votes, st.against, duplicate_of=duplicate_of,
+                 over=st.over)
 
 
 def _sort_key(entry: Entry) -> tuple:
@@ -123,7 +142,8 @@ def _sort_key(entry: Entry) -> tuple:
 def leaderboard(
     claims: Iterable[Envelope], statuses: Mapping[str, ClaimStatus]
 ) -> Leaderboard:
-    """Verified claims ranked by reproduced val_bpb (lower is better), pending and disputed apart.
+    """Verified claims ranked by reproduced val_bpb (lower is better); pending, disputed and over
+    budget ones apart (an over budget claim trained longer than its task allows: never ranked).
 
     Only ``improved`` claims are contributions to rank: ``worse`` and ``crashed`` ones are negative
     results, shared so nobody runs them again, but a change that did not beat its own seed is not
@@ -133,7 +153,7 @@ def leaderboard(
     """
     ranked = sorted((c for c in claims if c.body.get("outcome") != "crashed"), key=lambda c: (c.created_at, c.id))
     first_by_source: dict[str, str] = {}
-    board = Leaderboard([], [], [], [])
+    board = Leaderboard([], [], [], [], [])
     for claim in ranked:
         st = statuses[claim.id]
         first = first_by_source.setdefault(claim.body["source_sha256"], claim.id)
@@ -141,8 +161,8 @@ def leaderboard(
             board.duplicates.append(_entry(claim, st, duplicate_of=first))
             continue
         if claim.body.get("outcome") == "improved":
-            getattr(board, st.status).append(_entry(claim, st))
-    for entries in (board.verified, board.pending, board.disputed):
+            board.of_status(st.status).append(_entry(claim, st))
+    for entries in (board.verified, board.pending, board.disputed, board.over_budget):
         entries.sort(key=_sort_key)
     return board
 
@@ -167,7 +187,8 @@ def top_entries(board: Leaderboard, statuses: Mapping[str, ClaimStatus], k: int,
 
     Improvement is measured against the task baseline when the corpus holds a verified run of it
     (a root claim with an empty patch), else against the claim's parent, else against the worst
-    verified value of the task. Claims that improve nothing are not seeds.
+    verified value of the task. Claims that improve nothing are not seeds, nor are claims that are
+    not verified (pending, disputed, over budget).
     """
     if k <= 0 or not board.verified:
         return []

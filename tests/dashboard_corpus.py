@@ -1,6 +1,6 @@
 """A small signed corpus for the dashboard tests: one task (by id only, no task message), a lineage
-of claims, and votes that make some claims verified, one disputed and one pending from the point of
-view of a node started with ``--trusted TRUSTED.pubkey``."""
+of claims, and votes that make some claims verified, one disputed, one pending and one over budget
+from the point of view of a node started with ``--trusted TRUSTED.pubkey``."""
 from __future__ import annotations
 
 import hashlib
@@ -29,9 +29,9 @@ def curve(start: float, end: float, seed: int = 0, points: int = 24) -> list[lis
     return out
 
 
-def result(val_bpb: str, end: float, seed: int = 0) -> dict:
+def result(val_bpb: str, end: float, seed: int = 0, wall_s: str = "12.5") -> dict:
     return {"val_bpb": val_bpb, "curve": curve(5.55, end, seed), "tokens": TOKENS, "seed": 0,
-            "wall_s": "12.5", "device": "cpu", "torch": "2.13.0", "flops_per_token": 1000}
+            "wall_s": wall_s, "device": "cpu", "torch": "2.13.0", "flops_per_token": 1000}
 
 
 def _claim(n: int, note: str, parent: str | None, val_bpb: str | None, end: float, created_at: int,
@@ -44,9 +44,10 @@ def _claim(n: int, note: str, parent: str | None, val_bpb: str | None, end: floa
     return build(AUTHOR, SWARM, "claim", body, created_at=created_at)
 
 
-def _vote(voter: Identity, claim, verdict: str, val_bpb: str | None, end: float, reason: str, created_at: int):
+def _vote(voter: Identity, claim, verdict: str, val_bpb: str | None, end: float, reason: str, created_at: int,
+          wall_s: str = "12.5"):
     body = {"claim": claim.id, "verdict": verdict, "reason": reason,
-            "result": result(val_bpb, end, seed=7) if val_bpb else None}
+            "result": result(val_bpb, end, seed=7, wall_s=wall_s) if val_bpb else None}
     return build(voter, SWARM, "vote", body, created_at=created_at)
 
 
@@ -57,11 +58,12 @@ class Corpus:
     disputed: object  # c3: a mismatch from TRUSTED; its note and patch carry HTML
     pending: object  # c4: only a stranger reproduced it
     crashed: object  # c5: a negative result
+    over_budget: object  # c6: the lowest val_bpb, but TRUSTED's run took 3x the baseline's time
     votes: list
 
     @property
     def messages(self) -> list:
-        return [self.verified, self.best, self.disputed, self.pending, self.crashed, *self.votes]
+        return [self.verified, self.best, self.disputed, self.pending, self.crashed, self.over_budget, *self.votes]
 
 
 def make_corpus(now: int | None = None) -> Corpus:
@@ -74,11 +76,14 @@ def make_corpus(now: int | None = None) -> Corpus:
     c4 = _claim(7, "Cosine decay to 10% instead of linear.", c2.id, "1.385000", 1.385, t + 1200)
     c5 = _claim(8, "bf16 everywhere including the softmax: NaN at step 40.", c2.id, None, 0, t + 1500,
                 outcome="crashed")
+    c6 = _claim(9, "Three optimizer passes over every batch.", c2.id, "1.350000", 1.35, t + 1600)
     votes = [
         _vote(TRUSTED, c1, "reproduced", "1.415000", 1.415, "within tolerance", t + 1800),
         _vote(TRUSTED, c2, "reproduced", "1.392000", 1.392, "within tolerance", t + 1900),
         _vote(TRUSTED, c3, "mismatch", "1.472000", 1.472, "val_bpb 1.472 vs claimed 1.300", t + 2000),
         _vote(STRANGER, c4, "reproduced", "1.386000", 1.386, "within tolerance", t + 2100),
         _vote(STRANGER, c1, "failed", None, 0, "out of memory", t + 2200),
+        _vote(TRUSTED, c6, "over budget", "1.351000", 1.351, "training took 37.5 s, over the compute cap: 2.0 x "
+              "the baseline's 12.5 s on this hardware = 25.0 s", t + 2300, wall_s="37.5"),
     ]
-    return Corpus(c1, c2, c3, c4, c5, votes)
+    return Corpus(c1, c2, c3, c4, c5, c6, votes)

@@ -18,7 +18,8 @@ def task(**over) -> dict:
     base = {"name": "tiny", "description": "synthetic", "harness": "ralphswarm-harness/1",
             "source": "LR = 3e-3\n", "data": {"name": "tiny-v1", "sha256": hashlib.sha256(b"d").hexdigest(),
                                              "bytes": 4096},
-            "metric": "val_bpb", "direction": "min", "budget": {"tokens": 1024}, "tolerance": "0.01"}
+            "metric": "val_bpb", "direction": "min", "budget": {"tokens": 1024}, "tolerance": "0.01",
+            "compute_cap": "2.0"}
     return {**base, **over}
 
 

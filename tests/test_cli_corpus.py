@@ -281,6 +281,23 @@ def test_trusting_a_voter_verifies_and_disputes(ranked_home):
     assert board(home)["verified"] == []
 
 
+def test_a_claim_a_trusted_key_found_over_budget_is_listed_apart_never_ranked(tmp_path):
+    home = tmp_path / "node"
+    init(home)
+    assert cli("trust", "add", VOTER.pubkey, home=home).returncode == 0
+    fair, costly = (claim(AUTHOR, task=TASK_A, n=i, val_bpb=v) for i, v in enumerate(["1.400000", "1.100000"]))
+    raws = [fair.canonical(), costly.canonical(), vote(VOTER, fair.id, "reproduced", "1.401000", 1),
+            vote(VOTER, costly.id, "over budget", "1.101000", 2)]
+    assert cli("import", str(write_lines(tmp_path / "in.jsonl", raws)), home=home).returncode == 0
+    lb = board(home)
+    assert [e["claim"] for e in lb["verified"]] == [fair.id]
+    assert [(e["claim"], e["status"], e["over"]) for e in lb["over_budget"]] == [(costly.id, "over budget", 1.0)]
+    table = out(cli("leaderboard", "--task", TASK_A, home=home))
+    assert "verified (1)" in table and "over budget (1)" in table and costly.id[:12] in table
+    text = out(cli("show", costly.id, home=home))
+    assert "status  over budget" in text and "vote over budget" in text
+
+
 def test_show_and_trust_refuse_bad_input(ranked_home):
     home, claims = ranked_home
     assert_error(cli("show", "f" * 64, home=home), "no message")

@@ -75,17 +75,20 @@ def test_tasks_lists_a_task_known_only_from_claims(node):
     status, data = get_json(node, "/api/tasks")
     assert status == 200
     by_id = {t["id"]: t for t in data["tasks"]}
-    assert by_id[TASK]["claims"] == 5 and by_id[TASK]["default"] is False
+    assert by_id[TASK]["claims"] == 6 and by_id[TASK]["default"] is False
     assert by_id[data["default"]]["name"] == "tiny" and by_id[data["default"]]["default"] is True
 
 
-def test_leaderboard_ranks_verified_apart_from_pending_and_disputed(node, corpus):
+def test_leaderboard_ranks_verified_apart_from_pending_disputed_and_over_budget(node, corpus):
     status, lb = get_json(node, f"/api/leaderboard?task={TASK}")
     assert status == 200 and lb["task"] == TASK
     assert [e["claim"] for e in lb["verified"]] == [corpus.best.id, corpus.verified.id]  # 1.392 before 1.415
     assert [e["val_bpb"] for e in lb["verified"]] == ["1.392000", "1.415000"]
     assert [e["claim"] for e in lb["pending"]] == [corpus.pending.id]
     assert [e["claim"] for e in lb["disputed"]] == [corpus.disputed.id]
+    # the lowest val_bpb of all, but a trusted reproduction trained 3x as long as the baseline: not ranked
+    [over] = lb["over_budget"]
+    assert over["claim"] == corpus.over_budget.id and over["status"] == "over budget" and over["over"] == 1.0
 
 
 def test_claim_carries_votes_and_one_curve_per_measurement(node, corpus):
@@ -109,9 +112,10 @@ def test_lineage_is_a_flat_parent_linked_list(node, corpus):
     parents = {n["claim"]: n["parent"] for n in lin["nodes"]}
     assert parents == {corpus.verified.id: None, corpus.best.id: corpus.verified.id,
                        corpus.disputed.id: corpus.verified.id, corpus.pending.id: corpus.best.id,
-                       corpus.crashed.id: corpus.best.id}
+                       corpus.crashed.id: corpus.best.id, corpus.over_budget.id: corpus.best.id}
     status_of = {n["claim"]: (n["status"], n["rank"]) for n in lin["nodes"]}
     assert status_of[corpus.best.id] == ("verified", 1) and status_of[corpus.crashed.id] == ("crashed", None)
+    assert status_of[corpus.over_budget.id] == ("over budget", None)
 
 
 def test_activity_and_peers_shapes(node, cluster):
@@ -119,7 +123,7 @@ def test_activity_and_peers_shapes(node, cluster):
     assert status == 200
     assert set(a) >= {"node", "experiment", "queue", "recent", "counters", "slots", "settings"}
     assert a["experiment"] is None and a["queue"] == [] and a["settings"]["ralph"] is False
-    assert a["node"]["counts"]["claim"] == 5 and a["slots"]["devices"]
+    assert a["node"]["counts"]["claim"] == 6 and a["slots"]["devices"]
     status, p = get_json(node, "/api/peers")
     assert [x["address"] for x in p["peers"]] == [cluster[1].address]
 
@@ -174,10 +178,11 @@ def test_metrics_report_the_corpus_ingest_and_peers(node):
     bad["sig"] = "0" * 128
     assert node.push([json.dumps(bad).encode()])["rejected"][0]["reason"] == "invalid: bad signature"
     m = scrape(node)
-    assert m["ralphswarm_messages"][(("kind", "claim"),)] == 5
-    assert m["ralphswarm_messages"][(("kind", "vote"),)] == 5
+    assert m["ralphswarm_messages"][(("kind", "claim"),)] == 6
+    assert m["ralphswarm_messages"][(("kind", "vote"),)] == 6
     assert m["ralphswarm_votes"] == {(("verdict", "reproduced"),): 3, (("verdict", "mismatch"),): 1,
-                                     (("verdict", "failed"),): 1, (("verdict", "refused"),): 0}
+                                     (("verdict", "failed"),): 1, (("verdict", "refused"),): 0,
+                                     (("verdict", "over budget"),): 1}
     assert m["ralphswarm_ingest_rejected_total"][(("reason", "invalid: bad signature"),)] == 1
     assert m["ralphswarm_ingest_messages_total"][(("result", "accepted"),)] >= 10
     assert m["ralphswarm_peers"] == {(("state", "active"),): 1, (("state", "cooling"),): 0}
@@ -222,7 +227,10 @@ def test_dashboard_in_a_browser(node, corpus, browser):
         assert corpus.best.id[:10] in board.nth(0).inner_text() and "1.3920" in board.nth(0).inner_text()
         assert page.locator("#leaderboard .pending tbody tr").count() == 1
         assert page.locator("#leaderboard .disputed tbody tr").count() == 1
-        assert page.locator("#lineage .lnode").count() == 6  # the baseline and five claims
+        over = page.locator("#leaderboard .over-budget tbody tr")
+        assert over.count() == 1 and corpus.over_budget.id[:10] in over.inner_text()
+        assert over.locator(".badge.over-budget").inner_text() == "over budget"
+        assert page.locator("#lineage .lnode").count() == 7  # the baseline and six claims
         assert page.locator("#peers tbody tr").count() == 1
         assert "Idle" in page.locator("#activity").inner_text()
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
@@ -248,6 +256,12 @@ def test_dashboard_in_a_browser(node, corpus, browser):
         assert XSS in page.locator("#claim pre.diff").inner_text()
         assert page.locator("#claim img, #claim script").count() == 0 and page.title() == "ralphswarm"
         assert page.locator("#claim svg.chart path.curve.mismatch").count() == 1
+
+        page.goto(f"{node.address}/#/claim/{corpus.over_budget.id}")
+        page.locator(f'#claim[data-claim="{corpus.over_budget.id}"]').wait_for()
+        assert page.locator("#claim h2 .badge.over-budget").inner_text() == "over budget"
+        assert page.locator("#claim svg.chart path.curve.over-budget").count() == 1
+        assert "37.5 s" in page.locator("#claim .votes").inner_text()  # the reproducer's training time
 
         page.goto(f"{node.address}/#/claim/{'0' * 64}")
         page.get_by_text("holds no claim").wait_for()
@@ -275,6 +289,7 @@ async def test_each_node_has_its_own_registry_and_reports_the_loops(tmp_path):
         a.count("experiments_run", 3)
         a.count("experiments_kept")
         a.count("votes_mismatch", 2)
+        a.count("votes_over_budget")
         a.count("proposer_input_tokens", 1200)
         a.count("proposer_cost_usd", 0.25)
         a.activity["experiment"] = {"kind": "ralph", "claim": None, "tokens": 2048, "budget": 8192,
@@ -291,6 +306,7 @@ async def test_each_node_has_its_own_registry_and_reports_the_loops(tmp_path):
             assert ma[("ralphswarm_experiments_total", (("result", "run"),))] == 3
             assert ma[("ralphswarm_experiments_total", (("result", "kept"),))] == 1
             assert ma[("ralphswarm_votes_cast_total", (("verdict", "mismatch"),))] == 2
+            assert ma[("ralphswarm_votes_cast_total", (("verdict", "over budget"),))] == 1
             assert ma[("ralphswarm_proposer_tokens_total", (("direction", "input"),))] == 1200
             assert ma[("ralphswarm_proposer_cost_usd_total", ())] == 0.25
             assert mb[("ralphswarm_experiments_total", (("result", "run"),))] == 0  # b reports only itself

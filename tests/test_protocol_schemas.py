@@ -28,11 +28,14 @@ def test_samples_valid_and_every_required_field_required(kind):
 @pytest.mark.parametrize("kind,field,value", [
     ("task", "name", ""), ("task", "name", 5), ("task", "harness", ""), ("task", "source", ""),
     ("task", "metric", "loss"), ("task", "direction", "max"), ("task", "tolerance", "0.1.2"),
+    ("task", "compute_cap", "0"), ("task", "compute_cap", "0.000"), ("task", "compute_cap", "-2.0"),
+    ("task", "compute_cap", ""), ("task", "compute_cap", 2), ("task", "compute_cap", "2e0"),
     ("task", "budget", {"tokens": 0}), ("task", "budget", {"tokens": 1, "s": 2}),
     ("task", "data", {"name": "d", "sha256": "AB" * 32, "bytes": 1}), ("task", "data", {"name": "d", "sha256": "ab" * 32}),
     ("claim", "task", "ab" * 31), ("claim", "parent", ""), ("claim", "source_sha256", None),
     ("claim", "outcome", "better"), ("claim", "result", None), ("claim", "patch", None),
     ("vote", "claim", None), ("vote", "verdict", "ok"), ("vote", "result", None), ("vote", "reason", None),
+    ("vote", "verdict", "over_budget"), ("vote", "verdict", "Over budget"),
     ("peer", "addresses", []), ("peer", "addresses", "http://a:1"), ("peer", "expires_at", -1),
     ("peer", "expires_at", "1"), ("peer", "addresses", ["ftp://a:1"]), ("peer", "addresses", ["http://a:1/x"]),
     ("peer", "addresses", ["http://a:0"]), ("peer", "addresses", ["http://a:65536"]),
@@ -48,6 +51,8 @@ def test_field_rejected(kind, field, value):
     ("claim", {"outcome": "crashed"}), ("claim", {"outcome": "worse", "patch": "", "note": ""}),
     ("vote", {"verdict": "mismatch", "result": None}), ("vote", {"verdict": "failed", "result": None}),
     ("vote", {"verdict": "refused", "result": None}), ("vote", {"verdict": "mismatch"}),
+    ("vote", {"verdict": "over budget"}), ("task", {"compute_cap": "0.5"}), ("task", {"compute_cap": "10"}),
+    ("task", {"compute_cap": "0.000000000001"}),
     ("peer", {"addresses": ["https://example.org", "http://[::1]:7447", "http://10.0.0.2:1"] * 5}),
     ("peer", {"addresses": ["http://a:65535"]}),
 ])
@@ -66,6 +71,7 @@ def test_peer_address_count_limit():
     ({"flops_per_token": None}, "flops_per_token"), ({"device": 3}, "device"), ({"torch": None}, "torch"),
     ({"curve": {}}, "curve"), ({"curve": [[1]]}, "curve[0]"), ({"curve": [[1, 2]]}, "curve[0][1]"),
     ({"curve": [["1", "2"]]}, "curve[0][0]"), ({"entropy_bpb": "x"}, "entropy_bpb"),
+    ({"cpu_s": 1.5}, "cpu_s"), ({"cpu_s": "-1"}, "cpu_s"), ({"cpu_s": None}, "cpu_s"), ({"cpu_s": "1.5 "}, "cpu_s"),
     ({"sandbox": "docker"}, "sandbox"), ({"sandbox": None}, "sandbox"), ({"gpu": "h100"}, "gpu"),
 ])
 def test_result_fields(over, field):
@@ -78,6 +84,14 @@ def test_result_optional_fields():
     for sandbox in ("bwrap", "namespaces", "none"):
         validate_result(S.result(sandbox=sandbox, entropy_bpb="0.5"))
     validate_result(S.result(curve=[]))
+    validate_result(S.result(cpu_s="3.125"))
+    validate_result(S.result(cpu_s="0.000", sandbox="none", entropy_bpb="0.5"))
+
+
+def test_over_budget_vote_needs_the_measured_result():
+    assert reason("vote", S.vote(verdict="over budget", result=None)) == \
+        "invalid: schema: body.result (required for a vote 'over budget')"
+    VALIDATORS["vote"](S.vote(verdict="over budget", result=S.result(wall_s="9.5", cpu_s="9.1")))
 
 
 @pytest.mark.parametrize("text", ["0", "1", "1.5", "0.000001", "10.250000", "1234567890123456.123456789012"])

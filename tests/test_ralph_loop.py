@@ -216,3 +216,72 @@ async def test_run_steps_until_stopped_and_pauses_after_idle_steps(tmp_path):
     assert time.monotonic() - t0 >= 0.2  # the skipped step paused
     stop.set()
     assert await loop.run(stop) == []
+
+
+# -- the compute cap ---------------------------------------------------------------------------------
+
+def slow(source: str, factor: int = 3) -> str:
+    """The script trains ``factor`` times as long (ToyRunner reads SLOW)."""
+    return source.replace("SEED = 1337  # not a knob", f"SEED = 1337  # not a knob\nSLOW = {factor}")
+
+
+async def test_a_candidate_over_the_compute_cap_is_published_worse_not_improved(tmp_path):
+    loop, corpus, runner = make_loop(tmp_path, ListProposer(slow(lr("0.03")), lr("0.035")),
+                                     task=ToyTask(compute_cap="2.0"))
+    over = await loop.step()
+    # the seed measurement is the baseline's run, which also times it; the candidate over the cap
+    # runs once more before it is judged over budget
+    assert runner.calls == [(source_sha256(SCRIPT), 1.0)] + [(source_sha256(slow(lr("0.03"))), 1.0)] * 2
+    assert over.status == "published" and over.outcome == corpus.bodies[0]["outcome"] == "worse"
+    assert corpus.bodies[0]["note"] == "scripted change [over budget: 3.000 s vs cap 2.000 s]"
+    assert corpus.bodies[0]["result"]["val_bpb"] == f"{toy_bpb(lr('0.03')):.6f}"  # better, but bought with compute
+    assert loop.memory.records[0].outcome == "worse" and "[over budget" in loop.memory.render()
+    fair = await loop.step()  # within the cap: judged on val_bpb alone
+    assert fair.outcome == "improved" and "over budget" not in fair.note
+    assert len(runner.calls) == 4
+
+
+async def test_the_cap_edge_and_a_baseline_timed_after_a_verified_seed(tmp_path):
+    task, better = ToyTask(compute_cap="2.0"), lr("0.035")
+
+    def corpus_with_a_verified_seed() -> InMemoryCorpus:
+        corpus = InMemoryCorpus()
+        corpus.add({"task": task.id, "parent": None, "patch": make_patch(SCRIPT, better),
+                    "source_sha256": source_sha256(better), "note": "someone else's", "outcome": "improved",
+                    "result": toy_result(toy_bpb(better))}, better, own=False)
+        return corpus
+
+    corpus = corpus_with_a_verified_seed()
+    edge = slow(lr("0.04"), 2)  # exactly 2x the baseline's time: within the cap
+    loop, corpus, runner = make_loop(tmp_path, ListProposer(edge), corpus=corpus, task=task)
+    report = await loop.step()
+    # the seed's value is known, so the baseline runs only to time it, after the candidate
+    assert runner.calls == [(source_sha256(edge), 1.0), (source_sha256(SCRIPT), 1.0)]
+    assert report.outcome == "improved" and "over budget" not in report.note
+
+    runner2 = ToyRunner()  # a restart (the same memory file): the baseline's time is remembered
+    loop2, _, _ = make_loop(tmp_path, ListProposer(slow(lr("0.04"), 3)), corpus=corpus_with_a_verified_seed(),
+                            task=task, runner=runner2)
+    report = await loop2.step()
+    assert report.outcome == "worse" and "[over budget: 3.000 s vs cap 2.000 s]" in report.note
+    assert (source_sha256(SCRIPT), 1.0) not in runner2.calls
+
+
+async def test_without_a_cap_nothing_is_timed(tmp_path):
+    loop, corpus, runner = make_loop(tmp_path, ListProposer(slow(lr("0.03"), 10)))
+    assert (await loop.step()).outcome == "improved"  # a task-like object without compute_cap
+
+
+async def test_a_candidate_slowed_once_is_run_again_and_judged_on_the_lesser_time(tmp_path):
+    class FirstRunSlowed(ToyRunner):
+        async def __call__(self, task, source, *, seed, budget_scale):
+            out = await super().__call__(task, source, seed=seed, budget_scale=budget_scale)
+            if source != SCRIPT and self.calls.count(self.calls[-1]) == 1:  # its first run: the machine was busy
+                out.result["wall_s"] = "5.000"
+            return out
+
+    loop, corpus, runner = make_loop(tmp_path, ListProposer(lr("0.03")), task=ToyTask(compute_cap="2.0"),
+                                     runner=FirstRunSlowed())
+    report = await loop.step()
+    assert report.outcome == "improved" and corpus.bodies[0]["result"]["wall_s"] == "1.000"
+    assert runner.calls.count((source_sha256(lr("0.03")), 1.0)) == 2

@@ -39,10 +39,13 @@ class ToyTask:
     name: str = "toy"
     id: str = "ab" * 32
     body: dict[str, Any] = field(default_factory=dict)
+    compute_cap: str | None = None  # task.compute_cap; None: a task-like object without one (no cap checked)
 
     def __post_init__(self) -> None:
         self.body = {"name": self.name, "description": "a toy task for tests", "source": self.source,
                      "metric": "val_bpb", "budget": {"tokens": 100000}, "tolerance": f"{self.tolerance}"}
+        if self.compute_cap is not None:
+            self.body["compute_cap"] = self.compute_cap
 
 
 def make_context(source: str = SCRIPT, *, val_bpb: float | None = 2.0, claim_id: str | None = None,
@@ -72,7 +75,8 @@ class ToyOutcome:
 
 
 class ToyRunner:
-    """Injected run_experiment: crashes when the script says CRASH, records every call."""
+    """Injected run_experiment: crashes when the script says CRASH, records every call. Training
+    takes 1 s per full budget, ``SLOW`` times that when the script sets ``SLOW = n``."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, float]] = []
@@ -82,4 +86,7 @@ class ToyRunner:
         if "CRASH" in source:
             return ToyOutcome(False, None, "RuntimeError: boom", None)
         bpb = toy_bpb(source, budget_scale)
-        return ToyOutcome(True, toy_result(bpb, seed), "", bpb)
+        slow = parse_constants(source).get("SLOW")
+        wall = budget_scale * (float(slow.value) if slow is not None else 1.0)
+        tokens = max(1, round(1000 * budget_scale))  # result.tokens is the run's budget
+        return ToyOutcome(True, dict(toy_result(bpb, seed), wall_s=f"{wall:.3f}", tokens=tokens), "", bpb)

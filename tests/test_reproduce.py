@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from node.baseline_time import BaselineTime, BaselineTimes
 from node.daemon import Node
 from node.reproduce import Reproducer, WorkerSettings
 from node.scheduler import SchedulerSettings
@@ -67,7 +68,11 @@ async def start_node(tmp_path: Path, cache: Path, *, policy: str = POLICY, extra
     settings = NodeSettings(home=tmp_path, network=NetworkSettings(port=0, lan=False), ralph=ralph,
                             run_untrusted=policy, device="cpu", budget_scale=SCALE)
     node = Node(settings, Identity.from_seed(b"\x01" * 32), echo=lambda _: None)
-    rep = Reproducer(scheduler, worker=FAST)
+    # The compute cap has its own tests (test_reproduce_budget.py). Here the baseline's time is known
+    # and generous, so that no baseline run is needed and timing noise cannot touch val_bpb verdicts.
+    times = BaselineTimes(tmp_path)
+    times.put(TINY.id, "cpu", BUDGET, BaselineTime("1000.000", "cpu"))
+    rep = Reproducer(scheduler, worker=FAST, baseline_times=times)
     node.extensions.extend([*(extra or []), rep])
     await node.start()
     return node, rep
@@ -104,7 +109,7 @@ async def test_honest_claim_is_reproduced(tmp_path, cache, honest):
         assert vote.body["result"]["val_bpb"] == result["val_bpb"]  # same stack: bit for bit
         assert vote.body["result"]["tokens"] == result["tokens"] and vote.body["result"]["seed"] == SEED
         assert vote.body["result"]["curve"] == result["curve"]
-        assert "spot check passed" in vote.body["reason"]
+        assert "spot check passed" in vote.body["reason"] and "within the compute cap" in vote.body["reason"]
         status = await node.replica.claim_status(env.id)
         assert status.status == "verified" and status.reproduced_bpb == result["val_bpb"]
         assert (await node.replica.trust()).get(AUTHOR.pubkey, 0.0) > 0

@@ -8,8 +8,9 @@ import random
 
 import pytest
 
-from node.scheduler import (Candidate, Scheduler, SchedulerSettings, author_runs, expected_gain,
-                            may_reproduce, verdict_from_full, verdict_from_spot)
+from node.scheduler import (VERDICTS, Candidate, Scheduler, SchedulerSettings, author_runs, expected_gain,
+                            may_reproduce, verdict_counter, verdict_from_budget, verdict_from_full,
+                            verdict_from_spot)
 
 ME = "e" * 64
 T = "t" * 64
@@ -72,6 +73,7 @@ def test_what_is_not_worth_reproducing():
         cand(5, 0.9, tokens=None),  # no result
         cand(6, 0.9, has_curve=False),  # nothing to spot-check against
         cand(7, 0.9, status="disputed"),
+        cand(11, 0.9, status="over budget"),  # trained past the task's compute cap: never ranked
         cand(8, 0.9, duplicate=True),  # a copy of an earlier claim's source
         cand(9, None),
     ]
@@ -174,3 +176,25 @@ def test_verdict_from_spot():
     late = [[8192, "2.0"]]
     verdict, reason = verdict_from_spot(False, "no curve points in common", [[1024, "5.0"]], late)
     assert verdict is None and "inconclusive" in reason
+
+
+def test_verdict_from_budget_at_the_cap_edge():
+    assert verdict_from_budget("2.000", "1.000", "2.0")[0] is None  # exactly at the cap is within it
+    assert verdict_from_budget("2.001", "1.000", "2.0")[0] == "over budget"
+    assert verdict_from_budget("0.500", "1.000", "2.0")[0] is None  # faster than the baseline: fine
+    verdict, reason = verdict_from_budget("31.250", "12.500", "2.0")
+    assert verdict == "over budget" and "31.250" in reason and "12.500" in reason and "2.0" in reason
+    assert "25.0000" in reason  # the limit, cap x the baseline's time, in decimal arithmetic
+    assert "within the compute cap" in verdict_from_budget("1.5", "1.0", "1.5")[1]
+    with pytest.raises(ValueError):
+        verdict_from_budget("fast", "1.0", "2.0")
+
+
+def test_verdicts_are_the_protocol_list_and_counters_are_metric_names():
+    import re
+
+    from protocol.schemas import VERDICTS as PROTOCOL_VERDICTS
+
+    assert VERDICTS == PROTOCOL_VERDICTS and "over budget" in VERDICTS
+    assert verdict_counter("over budget") == "votes_over_budget" and verdict_counter("mismatch") == "votes_mismatch"
+    assert all(re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", verdict_counter(v)) for v in VERDICTS)

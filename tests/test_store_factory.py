@@ -39,7 +39,7 @@ def task(author: Identity, name: str = "tiny", at: int = NOW - 1000):
     body = {
         "name": name, "description": "test task", "harness": "tiny-v1", "source": "print('hi')\n",
         "data": {"name": "tiny.bin", "sha256": "ab" * 32, "bytes": 1000}, "metric": "val_bpb",
-        "direction": "min", "budget": {"tokens": 10000}, "tolerance": "0.01",
+        "direction": "min", "budget": {"tokens": 10000}, "tolerance": "0.01", "compute_cap": "2.0",
     }
     return build(author, SWARM, "task", body, created_at=at)
 

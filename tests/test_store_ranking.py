@@ -148,3 +148,54 @@ async def test_ingest_order_does_not_change_trust_or_board(tmp_path_factory, ord
     assert trust.keys() == reference[0].keys()
     assert all(abs(trust[k] - reference[0][k]) < 1e-9 for k in trust)
     assert trust[key(5).pubkey] == 0.0 and trust[key(7).pubkey] == 0.0 and trust[key(6).pubkey] > 0
+
+
+async def test_over_budget_by_own_vote_or_trusted_quorum_is_never_ranked_nor_a_seed(tmp_path):
+    r = await replica(tmp_path, trusted=[OP.pubkey])
+    t = task(ME)
+    base = claim(key(3), tid(t), "1.400000", at=NOW - 900, patch="")  # the baseline's run
+    fair = claim(key(4), tid(t), "1.300000", at=NOW - 800)
+    mine_over = claim(key(5), tid(t), "1.000000", at=NOW - 700)  # the best value, bought with compute
+    op_over = claim(key(6), tid(t), "1.100000", at=NOW - 600)
+    stranger_over = claim(key(7), tid(t), "1.200000", at=NOW - 500)
+    await put(r, t, base, fair, mine_over, op_over, stranger_over,
+              vote(OP, base.id, val="1.400000"), vote(OP, fair.id, val="1.300000"),
+              vote(ME, mine_over.id, "over budget", "1.000000"),
+              vote(OP, op_over.id, "over budget", "1.100000"),
+              vote(key(8), stranger_over.id, "over budget", "1.200000"))  # nobody trusts key 8
+    st = await r.claim_status(mine_over.id)
+    assert st.status == "over budget" and st.own_vote == "over budget" and st.over == 1.0
+    st = await r.claim_status(op_over.id)
+    assert st.status == "over budget" and st.own_vote is None and st.over >= 1.0 and st.support == 0.0
+    assert (await r.claim_status(stranger_over.id)).status == "pending"  # untrusted weight: no quorum
+
+    board = await r.leaderboard(tid(t))
+    assert [e.claim.id for e in board.verified] == [fair.id, base.id]
+    assert [e.claim.id for e in board.over_budget] == [mine_over.id, op_over.id]  # by value, never ranked
+    assert [e.status for e in board.over_budget] == ["over budget"] * 2 and board.over_budget[1].over >= 1.0
+    assert [e.claim.id for e in board.pending] == [stranger_over.id] and board.disputed == []
+    top = await r.top_entries(tid(t), 5)
+    assert [e.claim.id for e in top] == [fair.id]  # the over budget claims improve most, and seed nothing
+
+    # This node's own reproduction within the cap outweighs a trusted over budget vote ...
+    await put(r, vote(ME, op_over.id, val="1.100000", at=NOW - 50))
+    assert (await r.claim_status(op_over.id)).status == "verified"
+    # ... and its own later over budget verdict outweighs everybody's reproductions.
+    await put(r, vote(ME, fair.id, "over budget", "1.300000", at=NOW - 40))
+    assert (await r.claim_status(fair.id)).status == "over budget"
+    board = await r.leaderboard(tid(t))
+    assert [e.claim.id for e in board.verified] == [op_over.id, base.id]
+    assert [e.claim.id for e in board.over_budget] == [mine_over.id, fair.id]
+    assert fair.id not in [e.claim.id for e in await r.top_entries(tid(t), 5)]
+    await r.close()
+
+
+async def test_over_budget_quorum_must_exceed_the_support(tmp_path):
+    op2 = key(9)
+    r = await replica(tmp_path, trusted=[OP.pubkey, op2.pubkey])
+    t = task(ME)
+    c = claim(AUTHOR, tid(t), "1.200000")
+    await put(r, t, c, vote(OP, c.id, "over budget", "1.200000"), vote(op2, c.id, val="1.200000"))
+    st = await r.claim_status(c.id)
+    assert st.over == 1.0 and st.support == 1.0 and st.status == "verified"  # a tie is not over budget
+    await r.close()

@@ -72,6 +72,11 @@ class Task:
         return float(self.body["tolerance"])
 
     @property
+    def compute_cap(self) -> float:
+        """The most training wall time a claim may take, as a multiple of the baseline's on the same hardware."""
+        return float(self.body["compute_cap"])
+
+    @property
     def budget_tokens(self) -> int:
         return self.body["budget"]["tokens"]
 
@@ -136,15 +141,22 @@ def task_id(body: dict) -> str:
     return sha256_hex(canon(body))
 
 
+# A claim may train for at most this multiple of the baseline's wall time on the same hardware
+# (protocol/SPEC.md, task.compute_cap): room for a bigger model, not for buying val_bpb with compute.
+DEFAULT_COMPUTE_CAP = "2.0"
+
+
 def make_body(*, name, description, source, harness: HarnessSpec, data_name, data: bytes | None = None,
               data_sha256: str | None = None, data_bytes: int | None = None, budget_tokens: int,
-              tolerance: str) -> dict:
+              tolerance: str, compute_cap: str = DEFAULT_COMPUTE_CAP) -> dict:
     if data is not None:
         data_sha256, data_bytes = sha256_hex(data), len(data)
     if budget_tokens < 1:
         raise TaskError("budget must be at least one token")
     if not re.fullmatch(r"(0|[1-9][0-9]*)(\.[0-9]{1,12})?", tolerance):
         raise TaskError(f"tolerance {tolerance!r} is not a decimal string")
+    if not re.fullmatch(r"(0|[1-9][0-9]*)(\.[0-9]{1,12})?", compute_cap) or not re.search(r"[1-9]", compute_cap):
+        raise TaskError(f"compute cap {compute_cap!r} is not a positive decimal string")
     return {
         "name": name,
         "description": description,
@@ -155,6 +167,7 @@ def make_body(*, name, description, source, harness: HarnessSpec, data_name, dat
         "direction": "min",
         "budget": {"tokens": budget_tokens},
         "tolerance": tolerance,
+        "compute_cap": compute_cap,
     }
 
 

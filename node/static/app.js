@@ -29,7 +29,9 @@ function svg(tag, attrs, ...children) {
 }
 const short = (id) => (id ? id.slice(0, 10) : "—");
 const bpb = (v) => (v === null || v === undefined ? "—" : Number(v).toFixed(4));
-const badge = (status) => el("span", { class: `badge ${status}`, text: status });
+const seconds = (v) => (v === null || v === undefined ? "—" : `${Number(v).toFixed(1)} s`);
+// A status or verdict may hold a space ("over budget"): one class name, "over-budget".
+const badge = (status) => el("span", { class: `badge ${String(status).replace(/ /g, "-")}`, text: status });
 const claimLink = (id, label) => el("a", { href: `#/claim/${id}`, class: "mono", text: label || short(id) });
 function ago(ts) {
   if (!ts) return "never";
@@ -80,6 +82,7 @@ function curveColor(curve, i) {
   if (curve.kind === "claim") return "#1d2b4f";
   if (curve.verdict === "mismatch") return "#d0453a";
   if (curve.verdict === "failed" || curve.verdict === "refused") return "#8b8f99";
+  if (curve.verdict === "over budget") return "#c26a00";
   return PALETTE[i % PALETTE.length];
 }
 function lossChart(curves) {
@@ -110,7 +113,7 @@ function lossChart(curves) {
   curves.forEach((c, i) => {
     if (!c.points.length) return;
     const d = c.points.map((p, j) => `${j ? "L" : "M"}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
-    const attrs = { d, class: `curve ${c.kind} ${c.verdict || ""}`.trim(), stroke: curveColor(c, i),
+    const attrs = { d, class: `curve ${c.kind} ${(c.verdict || "").replace(/ /g, "-")}`.trim(), stroke: curveColor(c, i),
       "data-label": c.label };
     if (c.verdict === "mismatch") attrs["stroke-dasharray"] = "6 4";
     root.append(svg("path", attrs));
@@ -150,6 +153,10 @@ function leaderboardSection(lb) {
     bpb(e.claimed_bpb), String(e.votes), el("span", { class: "mono muted", text: short(e.author) })]);
   const disputed = lb.disputed.map((e) => [claimLink(e.claim), el("span", { class: "note", text: clip(e.note, 70) }),
     bpb(e.claimed_bpb), e.against.toFixed(2), el("span", { class: "mono muted", text: short(e.author) })]);
+  // Trained longer than the task's compute cap allows: never ranked, whatever the val_bpb.
+  const overBudget = (lb.over_budget || []).map((e) => [claimLink(e.claim), badge(e.status),
+    el("span", { class: "note", text: clip(e.note, 70) }), bpb(e.claimed_bpb), (e.over || 0).toFixed(2),
+    el("span", { class: "mono muted", text: short(e.author) })]);
   return el("section", { id: "leaderboard" },
     el("h2", {}, "Leaderboard ", el("span", { class: "muted small", text: `task ${short(lb.task)}` })),
     el("div", { class: "verified" }, table(["#", "claim", "note", "reproduced val_bpb", "claimed", "votes", "support"],
@@ -157,7 +164,11 @@ function leaderboardSection(lb) {
     el("h3", {}, "Pending ", el("span", { class: "count", text: String(pending.length) })),
     el("div", { class: "pending" }, table(["claim", "note", "claimed", "votes", "author"], pending, "none")),
     el("h3", {}, "Disputed ", el("span", { class: "count", text: String(disputed.length) })),
-    el("div", { class: "disputed" }, table(["claim", "note", "claimed", "against", "author"], disputed, "none")));
+    el("div", { class: "disputed" }, table(["claim", "note", "claimed", "against", "author"], disputed, "none")),
+    el("h3", { title: "trained longer than the task's compute cap allows: never ranked, whatever the val_bpb" },
+      "Over budget ", el("span", { class: "count", text: String(overBudget.length) })),
+    el("div", { class: "over-budget" }, table(["claim", "state", "note", "claimed", "over budget", "author"],
+      overBudget, "none")));
 }
 
 function lineageSection(lin) {
@@ -227,7 +238,7 @@ function diffView(patch) {
 function claimView(c) {
   const env = c.envelope, b = env.body, st = c.status;
   const votes = c.votes.map((v) => [el("span", { class: "mono", title: v.voter, text: short(v.voter) }),
-    badge(v.verdict), bpb(v.val_bpb), el("span", {}, v.trust.toFixed(2), v.operator_trusted ? el("span", { class: "muted small", text: " (trusted)" }) : null),
+    badge(v.verdict), bpb(v.val_bpb), seconds(v.result && v.result.wall_s), el("span", {}, v.trust.toFixed(2), v.operator_trusted ? el("span", { class: "muted small", text: " (trusted)" }) : null),
     el("span", { class: "small", text: v.reason || "" }), ago(v.created_at)]);
   const lin = c.lineage;
   return el("article", { id: "claim", "data-claim": env.id },
@@ -244,12 +255,15 @@ function claimView(c) {
     el("div", { class: "results" },
       el("div", { class: "stat" }, el("div", { class: "label", text: "claimed val_bpb" }), el("div", { class: "value claimed", text: bpb(b.result && b.result.val_bpb) })),
       el("div", { class: "stat" }, el("div", { class: "label", text: "reproduced val_bpb" }), el("div", { class: "value reproduced", text: bpb(st.reproduced_bpb) })),
-      el("div", { class: "stat" }, el("div", { class: "label", text: "trusted support / against" }), el("div", { class: "value", text: `${st.support.toFixed(2)} / ${st.against.toFixed(2)}` })),
+      st.over ? el("div", { class: "stat" }, el("div", { class: "label", text: "trusted support / against / over budget" }),
+        el("div", { class: "value", text: `${st.support.toFixed(2)} / ${st.against.toFixed(2)} / ${st.over.toFixed(2)}` }))
+        : el("div", { class: "stat" }, el("div", { class: "label", text: "trusted support / against" }), el("div", { class: "value", text: `${st.support.toFixed(2)} / ${st.against.toFixed(2)}` })),
       el("div", { class: "stat" }, el("div", { class: "label", text: "run" }), el("div", { class: "value small",
-        text: c.claimed ? `${c.claimed.tokens} tokens · seed ${c.claimed.seed} · ${c.claimed.device}` : "crashed" }))),
+        text: c.claimed ? `${c.claimed.tokens} tokens · seed ${c.claimed.seed} · ${c.claimed.device} · ` +
+          `trained ${seconds(c.claimed.wall_s)}` + (c.claimed.cpu_s ? ` (${seconds(c.claimed.cpu_s)} CPU)` : "") : "crashed" }))),
     el("h3", {}, "Loss curves"), el("div", { class: "chart-box" }, lossChart(c.curves), legend(c.curves)),
     el("h3", {}, "Votes ", el("span", { class: "count", text: String(votes.length) })),
-    el("div", { class: "votes" }, table(["voter", "verdict", "val_bpb", "trust", "reason", "when"], votes, "No votes yet.")),
+    el("div", { class: "votes" }, table(["voter", "verdict", "val_bpb", "training time", "trust", "reason", "when"], votes, "No votes yet.")),
     el("h3", {}, "Lineage"),
     el("p", { class: "chain" }, "baseline", lin.ancestors.map((a) => [" → ", claimLink(a.claim)]), " → ",
       el("strong", { class: "mono", text: short(env.id) }),
