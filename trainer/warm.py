@@ -141,13 +141,16 @@ class Harness:
         """Hand over the job (its files must already be in the scratch directory); the clock starts."""
         if limit_s is not None:
             self.limit_s = limit_s
-        self.went = time.monotonic()
-        self.deadline = self.went + self.limit_s
-        self._cpu_at_go = self._meter.cpu_s() if self._meter is not None else None
+        self.deadline = time.monotonic() + self.limit_s
+        self._start_clock()
         try:
             channel.send(self.sock, {"job": job}, fds)
         except OSError:
             pass  # the process is gone: wait() says why
+
+    def _start_clock(self) -> None:
+        self.went = time.monotonic()
+        self._cpu_at_go = self._meter.cpu_s() if self._meter is not None else None
 
     def send(self, message: dict) -> None:
         try:
@@ -206,11 +209,20 @@ class Harness:
 
     def wait(self, on_point: Callable[[dict], None] | None = None) -> tuple[dict, str]:
         """(the job's ``done`` message, sandbox mode) once the process has ended, or raises Crash.
-        ``on_point`` gets each progress point as it comes."""
+        ``on_point`` gets each progress point as it comes. The job's clock restarts at the process's
+        first ``ready`` (sent by the harness before the script runs: its own imports are not the
+        job's), and only if that comes before anything else."""
+        ready = False
         while True:
             message = self.receive()
             if message is None:
                 continue
+            if "ready" in message:
+                if not ready:  # the first one only: the harness sends it before the script runs
+                    ready = True
+                    self._start_clock()
+                continue
+            ready = True
             if "point" in message:
                 if on_point is not None and isinstance(message["point"], dict):
                     on_point(message["point"])

@@ -66,6 +66,9 @@ def _read_stream(path: Path):
 def run_train(sock: socket.socket, cfg: dict, background: Background, *, spot: bool) -> dict:
     background.foreground()  # the run has begun: the whole of it is urgent
     background.join()
+    # Sent before any of the script runs here: the runner's clock of the training starts now, so a
+    # process whose imports were not done ahead of its job (no warm one waited) is not charged them.
+    channel.send(sock, {"ready": {}})
     import torch
 
     from . import tensorfile
