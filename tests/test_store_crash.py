@@ -35,6 +35,7 @@ CHILD = textwrap.dedent(f"""
             print("done", i // {BATCH}, len(report.accepted), flush=True)
         await r.close()
         print("finished", flush=True)
+        sys.stdin.read()  # stay until the test lets go: a kill must land on a live process, however fast the import
 
     asyncio.run(main(*sys.argv[1:]))
 """)
@@ -57,11 +58,13 @@ def run_child(tmp_path: Path, db: Path, src: Path, kill_after_batch: int | None,
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     proc = subprocess.Popen([sys.executable, str(script), str(db), str(src), key(0).pubkey],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
     try:
         for line in proc.stdout:
             seen.append(line.strip())
+            if line.startswith("finished"):
+                proc.stdin.close()
             if kill_after_batch is not None and line.startswith(f"begin {kill_after_batch}"):
                 time.sleep(delay)  # land the kill in decoding, inserting or committing
                 os.kill(proc.pid, signal.SIGKILL)
@@ -75,8 +78,9 @@ def run_child(tmp_path: Path, db: Path, src: Path, kill_after_batch: int | None,
         assert proc.returncode == 0, proc.stderr.read()
     else:
         assert proc.returncode == -signal.SIGKILL
-    proc.stdout.close()
-    proc.stderr.close()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if not stream.closed:
+            stream.close()
     return seen
 
 
