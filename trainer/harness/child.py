@@ -168,11 +168,15 @@ def run_model(sock: socket.socket, cfg: dict, fds: list[int], background: Backgr
 
 
 def _warm_up(kind: str) -> None:
-    """Everything a job imports, before the job arrives; nothing here touches a device or an RNG."""
+    """Everything a job imports, before the job arrives; nothing here touches a device or an RNG.
+    A model process runs no optimizer: it skips torch._dynamo (a second of CPU, twice per run)."""
     import torch  # noqa: F401
-    import torch._dynamo  # noqa: F401  (imported lazily by torch.optim's first step: ~2 s)
 
-    from . import curve, loader, runtime, tensorfile  # noqa: F401
+    from . import runtime, tensorfile  # noqa: F401
+    if not kind.startswith("model"):
+        import torch._dynamo  # noqa: F401  (imported lazily by torch.optim's first step: ~1 s)
+
+        from . import curve, loader  # noqa: F401
 
 
 def _wait_for_job(sock: socket.socket, idle_s: float) -> tuple[dict, list[int]]:
