@@ -17,17 +17,17 @@ from aiohttp import web
 from protocol import Envelope, Identity, build
 from store import Replica
 
-from . import api
-from .errors import UserError
-from .gossip import Gossip
-from .peers import PeerTable
-from .ratelimit import RateLimiter
-from .settings import NodeSettings, to_address
-from .transport import PeerUnavailable
-from .transport_http import HttpTransport
+from node import VERSION
+from node.net import api
+from node.errors import UserError
+from node.net.gossip import Gossip
+from node.net.peers import PeerTable
+from node.net.ratelimit import RateLimiter
+from node.settings import NodeSettings, to_address
+from node.net.transport import PeerUnavailable
+from node.net.http import HttpTransport
 
 log = logging.getLogger(__name__)
-VERSION = "0.1.0"
 
 
 class Node:
@@ -64,13 +64,13 @@ class Node:
         s = self.settings
         s.home.mkdir(parents=True, exist_ok=True)
         if s.network.swarm_key_file is not None:
-            from .swarmkey import SwarmKey
+            from node.net.swarmkey import SwarmKey
 
             self.swarm_key = SwarmKey.load(s.network.swarm_key_file, self.swarm)
         self.replica = await Replica.open(s.home / "replica.sqlite3", swarm=self.swarm,
                                           self_key=self.identity.pubkey, trusted=list(s.trusted))
-        from .corpus_view import ReplicaCorpus, TaskBook
-        from .slots import DeviceSlots, detect_devices
+        from node.corpus import ReplicaCorpus, TaskBook
+        from node.slots import DeviceSlots, detect_devices
 
         self.slots = DeviceSlots(devices=["cpu"] if s.device == "cpu" else detect_devices())
         self.tasks = TaskBook(self.replica)
@@ -104,11 +104,11 @@ class Node:
             await ext.start(self)
 
     def make_app(self) -> web.Application:
-        from . import dashboard, metrics
+        from node.web import dashboard, metrics
 
         app = web.Application(client_max_size=api.MAX_BODY_BYTES)
         if self.swarm_key is not None:
-            from .swarmkey import install_swarm_key
+            from node.net.swarmkey import install_swarm_key
 
             # outermost: nothing unsealed reaches a handler, except the dashboard read from loopback
             install_swarm_key(app, self.swarm_key, exempt=dashboard.local_view)
@@ -244,7 +244,7 @@ class Node:
 
     async def _start_lan(self, port: int) -> None:
         try:
-            from .discovery_lan import LanDiscovery
+            from node.net.lan import LanDiscovery
         except ImportError:
             self.echo("warning: LAN discovery unavailable")
             return
@@ -316,7 +316,7 @@ class Node:
         return resolve_task(self.settings.task).id
 
     async def leaderboard_json(self, task_id: str) -> dict[str, Any]:
-        from .views import leaderboard_json
+        from node.web.shapes import leaderboard_json
 
         return await leaderboard_json(self.replica, task_id)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from protocol import Identity, KeyFileError
 
-from .errors import UserError
+from node.errors import UserError
 
 DEFAULT_SWARM = "public"
 DEFAULT_CONFIG: dict[str, Any] = {

@@ -19,7 +19,7 @@ from ralph.memory import Memory
 from ralph.proposers import select_proposer
 from ralph.settings import RalphSettings
 
-from .threads import run_in_daemon_thread
+from node.threads import run_in_daemon_thread
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from typing import Any, Callable
 
 from protocol import task_id as protocol_task_id
 
-from .baseline_time import BaselineTime, BaselineTimes
-from .corpus_view import SourceError
-from .scheduler import (Candidate, QueueItem, Scheduler, SchedulerSettings, may_reproduce, verdict_counter,
+from node.baseline_time import BaselineTime, BaselineTimes
+from node.corpus import SourceError
+from node.scheduler import (Candidate, QueueItem, Scheduler, SchedulerSettings, may_reproduce, verdict_counter,
                         verdict_from_budget, verdict_from_full, verdict_from_spot)
-from .threads import run_in_daemon_thread
+from node.threads import run_in_daemon_thread
 
 log = logging.getLogger(__name__)
 MAX_REASON_CHARS = 1000  # vote.reason is capped at 4 KiB of UTF-8 (protocol/limits.py)

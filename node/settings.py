@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
-from .gossip import GossipSettings
-from .ratelimit import RateSettings
+from node.errors import UserError
+from node.net.gossip import GossipSettings
+from node.net.ratelimit import RateSettings
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable from
 from zeroconf import IPVersion  # noqa: E402
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf  # noqa: E402
 
-from node.discovery_lan import SERVICE_TYPE, LanDiscovery  # noqa: E402
+from node.net.lan import SERVICE_TYPE, LanDiscovery  # noqa: E402
 
 
 def emit(**fields: object) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node.negentropy import Negentropy, Storage  # noqa: E402
+from node.net.negentropy import Negentropy, Storage  # noqa: E402
 
 
 def main() -> int:

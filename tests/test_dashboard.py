@@ -325,7 +325,7 @@ async def test_each_node_has_its_own_registry_and_reports_the_loops(tmp_path):
 # -- private swarms: the operator's browser on loopback reads the dashboard, nobody else ----------
 
 def test_private_swarm_dashboard_is_clear_on_loopback_only(tmp_path):
-    from node.swarmkey import generate_swarm_key
+    from node.net.swarmkey import generate_swarm_key
 
     key = generate_swarm_key(tmp_path / "swarm.key")
     node = NodeProcess(tmp_path / "node", *FAST, "--swarm", "lab", "--swarm-key-file", str(key)).start()
@@ -355,7 +355,7 @@ def test_local_view_rule(remote, method, path, headers, clear):
 
     from aiohttp.test_utils import make_mocked_request
 
-    from node.dashboard import local_view
+    from node.web.dashboard import local_view
 
     transport = mock.Mock()
     transport.get_extra_info.side_effect = lambda name, default=None: (remote, 5000) if name == "peername" else default

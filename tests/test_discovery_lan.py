@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from node.discovery_lan import TXT_VERSION, check_txt, http_address, pick_address
+from node.net.lan import TXT_VERSION, check_txt, http_address, pick_address
 from netns import PREFIX, NetnsError, NetnsLab, reap_stale
 
 ROOT = Path(__file__).resolve().parent.parent

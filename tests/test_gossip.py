@@ -8,11 +8,11 @@ import random
 
 import pytest
 
-from node.gossip import Gossip, GossipSettings
-from node.peers import PeerTable, ScoreSettings
-from node.ratelimit import RateLimiter, RateSettings
-from node.transport import PeerUnavailable
-from node.transport_mem import MemNetwork, MemoryStore
+from node.net.gossip import Gossip, GossipSettings
+from node.net.peers import PeerTable, ScoreSettings
+from node.net.ratelimit import RateLimiter, RateSettings
+from node.net.transport import PeerUnavailable
+from node.net.memory import MemNetwork, MemoryStore
 from protocol import Identity
 from tests.messages import claims
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.negentropy import (
+from node.net.negentropy import (
     INFINITY,
     BoundDecoder,
     BoundEncoder,

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node.errors import UserError
-from node.swarmkey import (
+from node.net.swarmkey import (
     AUTH_HEADER, SKEW_S, ReplayCache, SwarmAuthError, SwarmKey, SwarmKeyError, generate_swarm_key,
     install_swarm_key, open_request, open_response, read_json, seal_request, seal_response, swarm_key_middleware,
     swarm_request,

@@ -18,17 +18,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from . import sandbox as _sandbox
 from .harness import channel
+from .settings import RunSettings, device_kind
 from .sandbox import (MODES, SandboxRun, SandboxUnavailable, cap_scratch, detect_sandbox, gpu_device_paths,
                       mode_works, release_scratch, run_sandboxed)
 
 RunMeter = getattr(_sandbox, "RunMeter", None)  # the run's CPU meter, where the sandbox offers one
 
-if TYPE_CHECKING:
-    from .experiment import RunSettings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 START_IDLE_S = 60.0  # a process started for the run at hand: time allowed for its imports
@@ -49,14 +48,6 @@ class Crash(Exception):
         super().__init__(reason)
         self.reason = reason
         self.sandbox = sandbox
-
-
-def device_kind(device: str) -> str:
-    """"cpu" or "gpu", deciding limits and timeouts. Decided without importing torch here (seconds
-    per CLI call): "auto" counts as a GPU where an NVIDIA device node exists or on macOS (MPS)."""
-    if device == "auto":
-        return "gpu" if Path("/dev/nvidiactl").exists() or sys.platform == "darwin" else "cpu"
-    return "cpu" if device == "cpu" else "gpu"
 
 
 class Harness:

@@ -45,7 +45,7 @@ from yarl import URL
 
 from protocol.keys import read_private_file
 
-from .errors import UserError
+from node.errors import UserError
 
 log = logging.getLogger(__name__)
 

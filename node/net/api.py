@@ -15,8 +15,8 @@ from aiohttp import web
 
 from protocol import ProtocolError, is_hex, parse
 
-from .negentropy import NegentropyError
-from .swarmkey import read_body
+from node.net.negentropy import NegentropyError
+from node.net.swarmkey import read_body
 
 log = logging.getLogger(__name__)
 

@@ -1,31 +1,18 @@
 """The ``ralphswarm`` command: the edge where named errors become one line and an exit code.
 
-Commands are grouped by concern in ``node/cli_*.py``; each module exposes ``register(group)``.
+Commands are grouped by concern in the modules of this package (corpus, trainer, node, demo); each
+exposes ``register(group)`` and is registered here, explicitly. What they share (the --home option)
+lives in ``common``, the client for a running node in ``client``.
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
 import click
 
 from protocol import ProtocolError
 
-from .errors import UserError
-from .home import Home, default_home
-
-home_option = click.option(
-    "--home",
-    "home",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Node home directory (default: $RALPHSWARM_HOME or ~/.ralphswarm).",
-)
-
-
-def get_home(home: Path | None) -> Home:
-    return Home((home or default_home()).expanduser())
-
+from node.cli import corpus, demo, node, trainer
+from node.errors import UserError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ralphswarm")
@@ -33,20 +20,8 @@ def cli() -> None:
     """ralphswarm: a peer-to-peer client for distributed autoresearch."""
 
 
-def _register_all() -> None:
-    import importlib
-
-    for name in ("cli_corpus", "cli_trainer", "cli_node", "cli_demo"):
-        try:
-            module = importlib.import_module(f"node.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"node.{name}":
-                continue
-            raise
-        module.register(cli)
-
-
-_register_all()
+for _module in (corpus, trainer, node, demo):
+    _module.register(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

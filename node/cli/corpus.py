@@ -12,9 +12,11 @@ import click
 
 from protocol import is_hex
 
-from .errors import UserError
-from .home import Home
-from .views import leaderboard_json, message_json
+from node.cli.client import ask, running_address
+from node.cli.common import get_home, home_option
+from node.errors import UserError
+from node.home import Home
+from node.web.shapes import leaderboard_json, message_json
 
 IMPORT_BATCH = 500  # messages per transaction: a crash keeps whole batches only
 
@@ -58,7 +60,6 @@ def _echo_json(obj: Any) -> None:
 
 
 def register(cli: click.Group) -> None:
-    from .cli import get_home, home_option
 
     @cli.command()
     @home_option
@@ -158,7 +159,6 @@ def register(cli: click.Group) -> None:
 
 
 async def _import(home: Home, handle, name: Path) -> tuple[dict[str, int], list[tuple[int, str]]]:
-    from .cli_node import _ask, running_address
 
     counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
     rejections: list[tuple[int, str]] = []
@@ -169,7 +169,7 @@ async def _import(home: Home, handle, name: Path) -> tuple[dict[str, int], list[
 
         async def flush() -> None:
             if live:
-                answer = await _ask(home, "/v1/messages", "POST", _import_body([item for _, item in batch]))
+                answer = await ask(home, "/v1/messages", "POST", _import_body([item for _, item in batch]))
                 accepted, duplicate = answer["accepted"], answer["duplicate"]
                 rejected = [(r["id"], r["reason"]) for r in answer["rejected"]]
             else:

@@ -18,9 +18,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 
-from .negentropy import Negentropy, NegentropyError, Storage
-from .peers import PeerTable
-from .transport import MessageStore, PeerMisbehaved, PeerUnavailable, Transport
+from node.net.negentropy import Negentropy, NegentropyError, Storage
+from node.net.peers import PeerTable
+from node.net.transport import MessageStore, PeerMisbehaved, PeerUnavailable, Transport
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from .errors import UserError
+from node.cli.common import get_home, home_option
+from node.errors import UserError
 
 
 def start_demo(base: Path, nodes: int, budget_scale: float, extra: list[str]) -> list[tuple[subprocess.Popen, str]]:
@@ -44,7 +45,6 @@ def start_demo(base: Path, nodes: int, budget_scale: float, extra: list[str]) ->
 
 
 def register(cli: click.Group) -> None:
-    from .cli import get_home, home_option
 
     @cli.command()
     @home_option

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import aiohttp
 
-from .transport import PeerMisbehaved, PeerUnavailable
+from node.net.transport import PeerMisbehaved, PeerUnavailable
 
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
@@ -36,7 +36,7 @@ class HttpTransport:
         payload = body if body is not None else b""
         nonce = None
         if self.swarm_key is not None:
-            from .swarmkey import parse_auth_header, seal_request
+            from node.net.swarmkey import parse_auth_header, seal_request
 
             sealed_headers, payload = seal_request(self.swarm_key, method, path, payload, time.time())
             headers.update(sealed_headers)
@@ -55,7 +55,7 @@ class HttpTransport:
         if len(raw) > MAX_ANSWER_BYTES:
             raise PeerMisbehaved("answer too large")
         if self.swarm_key is not None and status != 401:
-            from .swarmkey import SwarmAuthError, open_response
+            from node.net.swarmkey import SwarmAuthError, open_response
 
             try:
                 raw = open_response(self.swarm_key, nonce, status, raw)

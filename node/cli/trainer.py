@@ -11,8 +11,9 @@ from trainer.experiment import ExperimentResult, RunSettings, run_experiment
 from trainer.patches import PatchError, apply_patch, source_sha256
 from trainer.tasks import Task, TaskError, builtin_tasks, resolve_task
 
-from .errors import UserError
-from .home import Home
+from node.cli.common import get_home, home_option
+from node.errors import UserError
+from node.home import Home
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CRASHED_EXIT = 2  # the experiment ran and crashed: a result, not a usage error
@@ -96,7 +97,6 @@ def _echo_result(run: ExperimentResult, task: Task, sha: str) -> None:
 
 
 def register(group: click.Group) -> None:
-    from .cli import get_home, home_option  # here, not at import: node.cli imports this module
 
     @group.group("task")
     def task_group() -> None:

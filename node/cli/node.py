@@ -13,13 +13,11 @@ import click
 
 from protocol import is_hex
 
-from .errors import UserError
-from .home import Home
-from .settings import NetworkSettings, NodeSettings, parse_hostport, to_address
-
-
-def _runtime_path(home: Home) -> Path:
-    return home.path / "node.json"
+from node.cli.client import ask, running_address, runtime_path
+from node.cli.common import get_home, home_option
+from node.errors import UserError
+from node.home import Home
+from node.settings import NetworkSettings, NodeSettings, parse_hostport, to_address
 
 
 def build_settings(home: Home, *, listen: str | None, bootstrap: tuple[str, ...], swarm: str | None,
@@ -47,7 +45,7 @@ def build_settings(home: Home, *, listen: str | None, bootstrap: tuple[str, ...]
 
 
 async def run_node(settings: NodeSettings, home: Home, extensions: list[Any] | None = None) -> None:
-    from .daemon import Node
+    from node.daemon import Node
 
     node = Node(settings, home.identity())
     node.extensions.extend(extensions or [])
@@ -60,7 +58,7 @@ async def run_node(settings: NodeSettings, home: Home, extensions: list[Any] | N
     except OSError as exc:
         await node.stop()
         raise UserError(f"cannot listen on {settings.network.host}:{settings.network.port}: {exc.strerror}") from None
-    runtime = _runtime_path(home)
+    runtime = runtime_path(home)
     key_file = settings.network.swarm_key_file
     runtime.write_text(json.dumps({"address": node.address, "pid": os.getpid(), "swarm": node.swarm,
                                    "swarm_key_file": str(key_file.resolve()) if key_file else None}))
@@ -76,42 +74,6 @@ async def run_node(settings: NodeSettings, home: Home, extensions: list[Any] | N
         await node.stop()
         runtime.unlink(missing_ok=True)
         click.echo("stopped")
-
-
-def running_address(home: Home) -> str | None:
-    """The address of this home's running node, if its runtime file says one is up."""
-    runtime = _runtime_path(home)
-    if not runtime.exists():
-        return None
-    try:
-        info = json.loads(runtime.read_text())
-        os.kill(int(info["pid"]), 0)
-    except (ValueError, KeyError, OSError):
-        return None  # stale file from a killed node
-    return info["address"]
-
-
-async def _ask(home: Home, path: str, method: str = "GET", body: bytes | None = None) -> Any:
-    """Ask this home's running node (address from its runtime file)."""
-    import aiohttp
-
-    from .transport import PeerUnavailable
-    from .transport_http import HttpTransport
-
-    if running_address(home) is None:
-        raise UserError(f"no node is running for {home.path} (start one: ralphswarm node --home {home.path})")
-    info = json.loads(_runtime_path(home).read_text())
-    key = None
-    if info.get("swarm_key_file"):  # the running node's own key: the CLI speaks to it sealed
-        from .swarmkey import SwarmKey
-
-        key = SwarmKey.load(Path(info["swarm_key_file"]), info["swarm"])
-    async with aiohttp.ClientSession() as session:
-        transport = HttpTransport(session, swarm_key=key, timeout_s=5)
-        try:
-            return await transport.request(method, info["address"], path, body)
-        except PeerUnavailable as exc:
-            raise UserError(f"the node at {info['address']} did not answer ({exc.reason})") from None
 
 
 RALPH_FLAGS = [
@@ -141,7 +103,7 @@ def make_extensions(settings: NodeSettings, config: dict, ralph_flags: dict,
 
     extensions: list[Any] = []
     if settings.ralph:
-        from .ralph_runner import RalphRunner
+        from node.ralph_runner import RalphRunner
 
         try:
             ralph = RalphSettings.from_sources(config.get("ralph"), ralph_flags)
@@ -149,14 +111,13 @@ def make_extensions(settings: NodeSettings, config: dict, ralph_flags: dict,
             raise UserError(str(exc)) from None
         extensions.append(RalphRunner(ralph, max_steps=ralph_steps))
     if settings.reproduce:
-        from .reproduce import Reproducer
+        from node.reproduce import Reproducer
 
         extensions.append(Reproducer())
     return extensions
 
 
 def register(cli: click.Group) -> None:
-    from .cli import get_home, home_option
 
     @cli.command()
     @home_option
@@ -212,7 +173,7 @@ def register(cli: click.Group) -> None:
     @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
     def swarm_key(file: Path) -> None:
         """Create a new private-swarm key FILE (mode 0600); share it only with the swarm's nodes."""
-        from .swarmkey import generate_swarm_key
+        from node.net.swarmkey import generate_swarm_key
 
         generate_swarm_key(file)
         click.echo(f"wrote {file}; start nodes with: ralphswarm node --swarm NAME --swarm-key-file {file}")
@@ -222,7 +183,7 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     def status(home: Path | None, as_json: bool) -> None:
         """Status of this home's running node."""
-        st = asyncio.run(_ask(get_home(home), "/v1/status"))
+        st = asyncio.run(ask(get_home(home), "/v1/status"))
         if as_json:
             click.echo(json.dumps(st, indent=2))
             return
@@ -235,7 +196,7 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     def peers(home: Path | None, as_json: bool) -> None:
         """Peers of this home's running node, with scores and last contact."""
-        table = asyncio.run(_ask(get_home(home), "/api/peers"))
+        table = asyncio.run(ask(get_home(home), "/api/peers"))
         if as_json:
             click.echo(json.dumps(table, indent=2))
             return

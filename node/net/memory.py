@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 
 from protocol import Envelope, ProtocolError, canon, decode
 
-from .transport import PeerUnavailable
+from node.net.transport import PeerUnavailable
 
 
 @dataclass

@@ -16,8 +16,9 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .api import NODE
-from .scheduler import VERDICTS, verdict_counter
+from node import VERSION
+from node.net.api import NODE
+from node.scheduler import VERDICTS, verdict_counter
 
 PREFIX = "ralphswarm"
 REGISTRY: web.AppKey["NodeCollector"] = web.AppKey("metrics", object)
@@ -114,7 +115,6 @@ class NodeCollector(Collector):
 
 
 def _info(node: Any) -> Metric:
-    from .daemon import VERSION
 
     info = GaugeMetricFamily(f"{PREFIX}_node_info", "This node: key, swarm, version",
                              labels=["pubkey", "swarm", "version"])

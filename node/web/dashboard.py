@@ -1,4 +1,4 @@
-"""The dashboard (DESIGN.md, "What a user sees"): one page at `/`, its JS and CSS from node/static/,
+"""The dashboard (DESIGN.md, "What a user sees"): one page at `/`, its JS and CSS from node/web/static/,
 and the read-only JSON it polls under /api/.
 
 The page is static and draws everything from the JSON, so what the browser shows is exactly what
@@ -16,9 +16,9 @@ from aiohttp import web
 
 from protocol import is_hex, task_id
 
-from .api import NODE, BadRequest
-from .swarmkey import AUTH_HEADER
-from .views import leaderboard_json, message_json
+from node.net.api import NODE, BadRequest
+from node.net.swarmkey import AUTH_HEADER
+from node.web.shapes import leaderboard_json, message_json
 
 STATIC = Path(__file__).resolve().parent / "static"
 FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
