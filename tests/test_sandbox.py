@@ -392,3 +392,33 @@ def test_bounded_buffer_keeps_head_and_tail():
     small = BoundedBuffer(100)
     small.feed(b"short")
     assert small.text() == "short"
+
+
+SEE = """
+import os, sys
+for path in sys.argv[1:]:
+    try:
+        print(path, sorted(os.listdir(path)))
+    except OSError as exc:
+        print(path, "unreadable", type(exc).__name__)
+"""
+
+
+@pytest.mark.parametrize("mode", CONTAINING)
+def test_the_projects_packages_and_hidden_dirs_are_not_shown(mode, scratch, tmp_path):
+    # A run gets a copy of the harness modules it may use: the project's own packages (task
+    # definitions, data generators, the scorer) and the caller's hidden dirs (a data cache) are empty
+    # or absent inside, whatever the mode shows of the rest of the machine.
+    secret = Path(tempfile.mkdtemp(prefix=".rs-hidden-", dir=REPO))  # not under a dir hidden anyway (/tmp, homes)
+    try:
+        (secret / "val.bin").write_bytes(b"validation bytes")
+        secret.chmod(0o755)
+        (secret / "val.bin").chmod(0o644)
+        argv = [python_for(mode), "-c", SEE, str(REPO / "trainer"), str(REPO / "node"), str(secret)]
+        result = run_sandboxed(argv, scratch=scratch, timeout_s=30, mode=mode, hidden=[secret])
+        assert result.returncode == 0, result.stderr
+        for line in result.stdout.splitlines():
+            assert "tasks.py" not in line and "markov.py" not in line and "val.bin" not in line, line
+        assert result.stdout.count("\n") == 3
+    finally:
+        shutil.rmtree(secret, ignore_errors=True)

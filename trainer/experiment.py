@@ -78,6 +78,14 @@ def _default_cache() -> Path:
     return Path(os.environ.get("RALPHSWARM_HOME", Path.home() / ".ralphswarm")).expanduser() / "cache"
 
 
+def _hidden(cache_dir: Path | None) -> tuple[Path, ...]:
+    """What the run's processes must not see, where the sandbox would otherwise show it (namespaces
+    mode shows the whole machine read-only): the data cache (it holds the validation split) and the
+    node's home."""
+    home = _default_cache().parent
+    return tuple(dict.fromkeys(p for p in (cache_dir or _default_cache(), home) if p is not None))
+
+
 def _budget(task: Task, budget_scale: float, budget_tokens: int | None = None) -> int:
     """The run's token budget: ``budget_tokens`` when given (a reproduction uses the claim's), else
     the task's budget times ``budget_scale``."""
@@ -432,7 +440,7 @@ def run_experiment(task: Task, source: str, *, seed: int = 0, budget_scale: floa
                    settings: RunSettings = RunSettings()) -> ExperimentResult:
     """Train ``source`` on ``task`` for budget x budget_scale tokens and measure val_bpb."""
     start = time.perf_counter()
-    ws = Workspace(work_dir, settings)
+    ws = Workspace(work_dir, settings, hidden=_hidden(cache_dir))
     sandbox = "none"
     try:
         budget = _budget(task, budget_scale, budget_tokens)
@@ -487,7 +495,7 @@ def spot_check(task: Task, source: str, *, seed: int, fraction: float, reference
     ``tolerance`` (nats) defaults to the task's tolerance: a single batch's loss is noisier than
     val_bpb, but a faithful re-run with the same seed draws the very same batches.
     """
-    ws = Workspace(work_dir, settings)
+    ws = Workspace(work_dir, settings, hidden=_hidden(cache_dir))
     try:
         if not 0 < fraction <= 1:
             raise _Crash(f"spot check fraction must be in (0, 1], got {fraction}")

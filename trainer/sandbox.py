@@ -315,7 +315,40 @@ def gpu_device_paths() -> list[str]:
     return sorted(glob.glob("/dev/nvidia*") + glob.glob("/dev/dri/*"))
 
 
-def _bwrap_cmd(scratch: Path, keep: list[Path], as_root: bool, devices: Sequence[str] = ()) -> list[str]:
+def _our_packages() -> list[Path]:
+    """Where this project's packages live (an editable checkout, or site-packages): never shown to
+    a run, which gets a copy of the harness modules it may use and nothing else of ours (task
+    definitions, data generators, the scorer)."""
+    import importlib.util
+
+    found = []
+    for name in ("protocol", "store", "trainer", "ralph", "node", "ralphswarm"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            path = Path(location).resolve()
+            if path.is_dir():
+                found.append(path)
+    return found
+
+
+def _hidden_dirs(hidden: Sequence[Path]) -> list[Path]:
+    """The directories to hide from a run: ours, and the caller's (a data cache, a node's home)."""
+    out = []
+    for p in [*_our_packages(), *(Path(h) for h in hidden)]:
+        try:
+            p = p.resolve()
+        except OSError:
+            continue
+        if p.is_dir() and p not in out and p != Path("/"):
+            out.append(p)
+    return out
+
+
+def _bwrap_cmd(scratch: Path, keep: list[Path], as_root: bool, devices: Sequence[str] = (),
+               hidden: Sequence[Path] = ()) -> list[str]:
     # As root we skip the user namespace: sandbox_init drops to the run's uid instead, which (unlike a
     # uid mapped back to root) is subject to RLIMIT_NPROC and file permissions outside.
     cmd = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
@@ -339,6 +372,9 @@ def _bwrap_cmd(scratch: Path, keep: list[Path], as_root: bool, devices: Sequence
         cmd += ["--perms", "0755", "--dir", str(d)]
     for p in keep:
         cmd += ["--ro-bind", str(p), str(p)]
+    for d in hidden:  # only what a bind above would show (a non-editable install in site-packages)
+        if any(d == p or p in d.parents for p in keep) and not any(d == p or d in p.parents for p in keep):
+            cmd += ["--tmpfs", str(d)]
     cmd += ["--bind", str(scratch), str(scratch), "--chdir", str(scratch), "--"]
     return cmd
 
@@ -373,8 +409,10 @@ def _init_cmd(argv: Sequence[str], cfg: dict) -> list[str]:
 
 
 def build_command(mode: str, argv: Sequence[str], *, scratch: Path, ro_paths: Sequence[Path], limits: Limits,
-                  env: dict[str, str], uid: int | None, devices: Sequence[str] = ()) -> list[str]:
+                  env: dict[str, str], uid: int | None, devices: Sequence[str] = (),
+                  hidden: Sequence[Path] = ()) -> list[str]:
     keep = _outermost([*python_paths(), *(Path(p).resolve() for p in ro_paths)])
+    hide = _hidden_dirs(hidden)
     cfg = {
         "scratch": str(scratch),
         "limits": limits.rlimits(),
@@ -383,14 +421,16 @@ def build_command(mode: str, argv: Sequence[str], *, scratch: Path, ro_paths: Se
         "gid": uid,
         "mounts": mode == "namespaces",
         "keep_paths": [str(p) for p in keep],
-        "hide_dirs": sorted({*_HIDE_DIRS, os.path.expanduser("~")}),
+        # outermost only: a directory under one already hidden is gone with it (and cannot be a mount point)
+        "hide_dirs": sorted(str(d) for d in _outermost([Path(d) for d in (*_HIDE_DIRS, os.path.expanduser("~"))]
+                                                       + hide)),
         "pid1": mode != "none",
         # kill(-1) is "the rest of the run" only inside our own pid namespace or under the run's own uid
         "kill_all": mode != "none" or uid is not None,
     }
     as_root = os.geteuid() == 0
     if mode == "bwrap":
-        prefix = _bwrap_cmd(scratch, keep, as_root, devices)
+        prefix = _bwrap_cmd(scratch, keep, as_root, devices, hide)
     elif mode == "namespaces":
         prefix = _unshare_cmd(as_root)
     else:
@@ -569,7 +609,7 @@ def _make_cgroup(mode: str, limits: Limits) -> cgroups.RunCgroup | None:
 def _run(mode: str, argv: Sequence[str], scratch: Path, ro_paths: Sequence[Path], limits: Limits,
          env: dict[str, str] | None, timeout_s: float, devices: Sequence[str] = (),
          cancel: threading.Event | None = None, pass_fds: Sequence[int] = (),
-         meter: RunMeter | None = None, scratch_cap: bool = False) -> SandboxRun:
+         meter: RunMeter | None = None, scratch_cap: bool = False, hidden: Sequence[Path] = ()) -> SandboxRun:
     scratch = Path(scratch).resolve()
     scratch.mkdir(parents=True, exist_ok=True)
     if scratch_cap:
@@ -584,7 +624,7 @@ def _run(mode: str, argv: Sequence[str], scratch: Path, ro_paths: Sequence[Path]
     # refuses first, and says so (pids.events), which names the reason "processes".
     rlimited = replace(limits, processes=limits.processes + 1) if cg is not None and cg.caps_pids() else limits
     cmd = build_command(mode, argv, scratch=scratch, ro_paths=ro_paths, limits=rlimited, env=full_env, uid=uid,
-                        devices=devices)
+                        devices=devices, hidden=hidden)
     if cg is not None:
         cmd = cg.join_prefix() + cmd  # a /bin/sh joins the cgroup, then execs the sandbox: all of it starts inside
     meter = meter if meter is not None else RunMeter()
@@ -658,7 +698,7 @@ def run_sandboxed(argv: list[str], *, scratch: Path, ro_paths: Sequence[Path] = 
                   env: dict[str, str] | None = None, timeout_s: float, mode: str = "auto",
                   devices: Sequence[str] = (), cancel: threading.Event | None = None,
                   pass_fds: Sequence[int] = (), meter: RunMeter | None = None,
-                  scratch_cap: bool = False) -> SandboxRun:
+                  scratch_cap: bool = False, hidden: Sequence[Path] = ()) -> SandboxRun:
     """Run argv contained, with scratch (created if missing) as its only writable place and cwd.
 
     env is added to a minimal environment (see base_env); nothing of this process's environment leaks.
@@ -671,6 +711,8 @@ def run_sandboxed(argv: list[str], *, scratch: Path, ro_paths: Sequence[Path] = 
     ``scratch_cap`` (root only) mounts a tmpfs of limits.scratch_bytes over scratch first (cap_scratch;
     a no-op where one is mounted already): all the run's files together are capped; it stays
     mounted after the run, holding the files, until release_scratch(scratch).
+    ``hidden`` directories (and always this project's own packages) are not shown to the run: under
+    an empty tmpfs in namespaces mode, not bound (or under a tmpfs, inside a bound path) under bwrap.
     """
     if not argv:
         raise ValueError("argv is empty")
@@ -681,4 +723,4 @@ def run_sandboxed(argv: list[str], *, scratch: Path, ro_paths: Sequence[Path] = 
     elif not mode_works(mode):
         raise SandboxUnavailable(f"sandbox mode {mode!r} does not work on this machine")
     return _run(mode, list(argv), Path(scratch), ro_paths, limits, env, timeout_s, devices, cancel, pass_fds,
-                meter, scratch_cap)
+                meter, scratch_cap, hidden)

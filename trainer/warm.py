@@ -64,7 +64,8 @@ class Harness:
     """
 
     def __init__(self, scratch: Path, *, kind: str, settings: RunSettings, device: str, limit_s: float,
-                 idle_s: float, beside: bool, serve_s: float | None = None, cap: bool = True):
+                 idle_s: float, beside: bool, serve_s: float | None = None, cap: bool = True,
+                 hidden: tuple[Path, ...] = ()):
         self.scratch, self.kind, self.limit_s = scratch, kind, serve_s or limit_s
         limits = settings.limits(device_kind(device), limit_s)
         if cap:
@@ -106,7 +107,7 @@ class Harness:
                 self._holder["run"] = run_sandboxed(argv, scratch=scratch, ro_paths=[root], limits=limits,
                                                     env=env, timeout_s=self._backstop_s, mode=settings.sandbox_mode,
                                                     devices=devices, cancel=self._cancel,
-                                                    pass_fds=[child_end.fileno()], **extra)
+                                                    pass_fds=[child_end.fileno()], hidden=hidden, **extra)
             except (SandboxUnavailable, OSError, ValueError) as exc:
                 self._holder["error"] = f"sandbox: {exc}"
             finally:
@@ -435,7 +436,8 @@ class Workspace:
     processes, whose directories live elsewhere), else each process's own temporary directory,
     adopted when the process gets its job and removed with the workspace."""
 
-    def __init__(self, work_dir: Path | None, settings: RunSettings):
+    def __init__(self, work_dir: Path | None, settings: RunSettings, hidden: tuple[Path, ...] = ()):
+        self.hidden = tuple(hidden)  # directories its processes must not see (the data cache, the node's home)
         self.keep = work_dir is not None
         self.pooled = settings.warm_pool and not self.keep
         self.root = Path(work_dir) if work_dir else None
@@ -449,7 +451,7 @@ class Workspace:
         """A process for this run: a warm one from the pool where one waits, else one started now.
         ``limit_s`` sizes its rlimits; ``serve_s`` (default limit_s) is the wall time its job gets."""
         if self.pooled:
-            harness = POOL.claim(_pool_key(kind, settings, device, limit_s), serve_s or limit_s)
+            harness = POOL.claim(_pool_key(kind, settings, device, limit_s, self.hidden), serve_s or limit_s)
             if harness is not None:
                 self._handed.append(harness)
                 return harness
@@ -461,7 +463,7 @@ class Workspace:
             scratch.mkdir(parents=True)
         # A kept work_dir (for inspection) is not capped: its files must outlive the run's mount.
         harness = Harness(scratch, kind=kind, settings=settings, device=device, limit_s=limit_s, idle_s=idle_s,
-                          beside=beside, serve_s=serve_s, cap=not self.keep)
+                          beside=beside, serve_s=serve_s, cap=not self.keep, hidden=self.hidden)
         self._handed.append(harness)
         return harness
 
@@ -474,10 +476,10 @@ class Workspace:
                serve_s: float | None = None) -> None:
         """Have a warm process of this kind wait for the next run (a no-op when one already does)."""
         if self.pooled:
-            POOL.start(_pool_key(kind, settings, device, limit_s),
+            POOL.start(_pool_key(kind, settings, device, limit_s, self.hidden),
                        lambda scratch: Harness(scratch, kind=kind, settings=settings, device=device,
                                                limit_s=limit_s, idle_s=settings.warm_idle_s, beside=True,
-                                               serve_s=serve_s))
+                                               serve_s=serve_s, hidden=self.hidden))
 
     def release(self, harness: Harness) -> None:
         """End a process before its run is over: one never used, or an evaluation whose training failed."""
@@ -498,8 +500,9 @@ class Workspace:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _pool_key(kind: str, settings: RunSettings, device: str, limit_s: float) -> tuple:
-    """What a process must have been started with to serve a run: its kind, device, and rlimits."""
-    return kind, device, settings, settings.limits(device_kind(device), limit_s)
+def _pool_key(kind: str, settings: RunSettings, device: str, limit_s: float, hidden: tuple = ()) -> tuple:
+    """What a process must have been started with to serve a run: its kind, device, rlimits, and
+    what it does not see."""
+    return kind, device, settings, settings.limits(device_kind(device), limit_s), hidden
 
 
