@@ -397,7 +397,8 @@ def test_20k_with_1_percent_difference(corpus_20k, limit):
     assert set(have) == id_set(extra_a) and set(need) == id_set(extra_b)
     assert rounds <= (3 if limit == 0 else 40)
     assert up + down < (150_000 if limit == 0 else 400_000)  # O(difference), not O(corpus)=640 kB
-    assert elapsed < 5
+    # No wall-clock bound here: on a loaded machine it measures the machine (scripts/bench/gossip
+    # measures speed); the rounds and bytes above are what the algorithm promises.
 
 
 # ---------------------------------------------------------------- versions and malformed input

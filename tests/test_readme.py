@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +51,6 @@ def test_every_command_help_runs_without_error():
     ref = _reference()
     for path, _, _ in ref.commands(cli):
         words = path.split()[1:]
-        out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "node.cli", *words, "--help"],
+        out = subprocess.run([sys.executable, "-m", "node.cli", *words, "--help"],
                              capture_output=True, cwd=ROOT, timeout=60)
         assert out.returncode == 0 and b"Usage:" in out.stdout, (path, out.stderr[-500:])
