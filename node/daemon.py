@@ -23,7 +23,11 @@ from node.errors import UserError
 from node.net.gossip import Gossip
 from node.net.peers import PeerTable
 from node.net.ratelimit import RateLimiter
+from node.corpus import ReplicaCorpus, TaskBook
+from node.extension import Extension
 from node.settings import NodeSettings, to_address
+from node.slots import DeviceSlots
+from node.telemetry import Telemetry
 from node.net.transport import PeerUnavailable
 from node.net.http import HttpTransport
 
@@ -42,7 +46,6 @@ class Node:
         self.rate_limiter = RateLimiter(settings.rate)
         self.address: str | None = None
         self.bytes_in = 0
-        self.events: dict[str, int] = {}
         self.started_at = time.time()
         self.swarm_key = None
         self._tasks: set[asyncio.Task] = set()
@@ -51,13 +54,16 @@ class Node:
         self._lan = None
         self._rng = random.Random()
         self._stopping = asyncio.Event()
-        self.extensions: list[Any] = []  # ralph loop, reproduction scheduler: objects with start()/stop()
-        # Shared with the extensions: device slots, tasks, the corpus view, live activity, counters.
-        self.slots = None
-        self.tasks = None
-        self.corpus = None
-        self.activity: dict[str, Any] = {"experiment": None, "queue": [], "recent": []}
-        self.counters: dict[str, float] = {}
+        self.extensions: list[Extension] = []  # ralph loops, reproduction scheduler (node/extension.py)
+        # What the extensions see of the node (node/extension.py, NodeView): these, replica, identity,
+        # settings, publish and spawn.
+        self.slots: DeviceSlots | None = None
+        self.tasks: TaskBook | None = None
+        self.corpus: ReplicaCorpus | None = None
+        self.telemetry = Telemetry(echo=lambda line: self.echo(line))
+        self.counters = self.telemetry.counters  # read by /metrics, /api/activity and the tests
+        self.activity = self.telemetry.activity
+        self.events = self.telemetry.events
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -69,8 +75,7 @@ class Node:
             self.swarm_key = SwarmKey.load(s.network.swarm_key_file, self.swarm)
         self.replica = await Replica.open(s.home / "replica.sqlite3", swarm=self.swarm,
                                           self_key=self.identity.pubkey, trusted=list(s.trusted))
-        from node.corpus import ReplicaCorpus, TaskBook
-        from node.slots import DeviceSlots, detect_devices
+        from node.slots import detect_devices
 
         self.slots = DeviceSlots(devices=["cpu"] if s.device == "cpu" else detect_devices())
         self.tasks = TaskBook(self.replica)
@@ -198,8 +203,7 @@ class Node:
                 for address in env.body["addresses"]:
                     self.peers.add(address, pubkey=env.author, source="exchange")
         for ext in self.extensions:
-            if hasattr(ext, "on_accepted"):
-                ext.on_accepted(envelopes)
+            ext.on_accepted(envelopes)
 
     async def hello(self, address: str) -> bool:
         """Check a peer is of our swarm, learn its key, exchange peer records, reconcile."""
@@ -269,8 +273,7 @@ class Node:
         if self._lan is not None:
             notes.append("lan: announcing _ralphswarm._tcp.local.")
         for ext in self.extensions:
-            if hasattr(ext, "describe"):
-                notes.append(ext.describe())
+            notes.append(ext.describe())
         return notes
 
     def stats_json(self) -> dict[str, Any]:
@@ -289,16 +292,7 @@ class Node:
         return {"peers": [p.to_json(now) for p in sorted(self.peers.all(), key=lambda p: -p.score)]}
 
     def metrics_event(self, name: str) -> None:
-        self.events[name] = self.events.get(name, 0) + 1
-
-    def count(self, name: str, amount: float = 1.0) -> None:
-        self.counters[name] = self.counters.get(name, 0.0) + amount
-
-    def note_activity(self, text: str, **fields: Any) -> None:
-        """A line of live activity for the dashboard (bounded)."""
-        self.activity["recent"].insert(0, {"at": int(time.time()), "text": text, **fields})
-        del self.activity["recent"][50:]
-        self.echo(f"{time.strftime('%H:%M:%S')} {text}")
+        self.telemetry.event(name)
 
     async def status(self) -> dict[str, Any]:
         return {

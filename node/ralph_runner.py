@@ -11,15 +11,16 @@ import hashlib
 import logging
 import os
 import random
-import time
 from typing import Any, Mapping
 
-from ralph.loop import RalphLoop, memory_path
+from ralph.loop import RalphLoop, StepReport, memory_path
 from ralph.memory import Memory
 from ralph.proposers import select_proposer
 from ralph.settings import RalphSettings
 
-from node.threads import run_in_daemon_thread
+from node.device_run import on_device
+from node.extension import NodeView
+from node.telemetry import Counter
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +32,24 @@ class RalphRunner:
         self.env = dict(os.environ if env is None else env)
         self.max_steps = max_steps
         self.pause_s = pause_s
-        self.node: Any = None
+        self.node: NodeView | None = None
         self.loops: list[RalphLoop] = []
         self.proposer_line = ""
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self.idle = True  # no step in progress: the scheduler may use the whole machine
+
+    @property
+    def busy(self) -> bool:
+        """A step is in progress in one of the loops: the scheduler keeps to its share of the machine."""
+        return any(loop.busy for loop in self.loops)
 
     def describe(self) -> str:
         return f"ralph: {self.settings.agent_count} loop(s); {self.proposer_line}"
 
-    async def start(self, node: Any) -> None:
+    def on_accepted(self, envelopes: list) -> None:
+        pass
+
+    async def start(self, node: NodeView) -> None:
         from trainer.tasks import resolve_task
 
         self.node = node
@@ -56,36 +64,24 @@ class RalphRunner:
             loop = RalphLoop(task, node.corpus, proposer, self.settings, memory, self._publish, self._run,
                              rng=random.Random(f"{node.identity.pubkey}:{i}"))
             self.loops.append(loop)
-            self._tasks.append(node.spawn(self._drive(loop, i), f"ralph-{i}"))
+            run = loop.run(self._stop, self.max_steps, self.pause_s, on_step=self._stepped(i))
+            self._tasks.append(node.spawn(run, f"ralph-{i}"))
 
-    async def _drive(self, loop: RalphLoop, index: int) -> None:
-        steps = 0
-        wait = self.pause_s
-        while not self._stop.is_set() and (self.max_steps is None or steps < self.max_steps):
-            self.idle = False
-            try:
-                report = await loop.step()
-            finally:
-                self.idle = True
-            steps += 1
-            self.node.note_activity(report.line(), kind="ralph", agent=index)
-            if report.status == "published":
-                wait = self.pause_s
-                await asyncio.sleep(0)  # let the scheduler take a turn at the slot
-                continue
-            try:
-                await asyncio.wait_for(self._stop.wait(), timeout=wait)
-            except asyncio.TimeoutError:
-                pass
-            wait = min(300.0, wait * 2)
+    def _stepped(self, agent: int):
+        def on_step(report: StepReport) -> None:
+            self.node.telemetry.count_usage(report.usage)
+            self.node.telemetry.note(report.line(), kind="ralph", agent=agent)
+
+        return on_step
 
     async def _publish(self, body: dict) -> str:
         env = await self.node.publish("claim", body)
-        self.node.count("experiments_run")
+        telemetry = self.node.telemetry
+        telemetry.count(Counter.EXPERIMENTS_RUN)
         if body["outcome"] == "improved":
-            self.node.count("experiments_kept")
+            telemetry.count(Counter.EXPERIMENTS_KEPT)
         elif body["outcome"] == "crashed":
-            self.node.count("experiments_crashed")
+            telemetry.count(Counter.EXPERIMENTS_CRASHED)
         return env.id
 
     async def _run(self, task: Any, source: str, *, seed: int, budget_scale: float) -> Any:
@@ -93,23 +89,11 @@ class RalphRunner:
 
         node = self.node
         scale = budget_scale * node.settings.budget_scale
-        async with node.slots.acquire("ralph", label="own experiment") as device:
-            budget = max(1, int(task.budget_tokens * scale))
-            started = time.time()
-            node.activity["experiment"] = {"kind": "ralph", "claim": None, "tokens": 0, "budget": budget,
-                                           "loss": None, "started_at": int(started), "device": device}
-
-            def progress(tokens: int, total: int, loss: float | None) -> None:
-                exp = node.activity.get("experiment")
-                if exp is not None and exp.get("started_at") == int(started):
-                    exp.update(tokens=tokens, budget=total, loss=loss)
-
-            try:
-                return await run_in_daemon_thread(
-                    run_experiment, task, source, seed=seed, budget_scale=scale, device=device,
-                    on_progress=progress, cache_dir=node.settings.home / "cache")
-            finally:
-                node.activity["experiment"] = None
+        budget = max(1, int(task.budget_tokens * scale))
+        async with on_device(node.slots, node.telemetry, "ralph", kind="ralph", budget=budget,
+                             label="own experiment") as slot:
+            return await slot.run(run_experiment, task, source, seed=seed, budget_scale=scale,
+                                  cache_dir=node.settings.home / "cache")
 
     async def stop(self) -> None:
         self._stop.set()

@@ -20,18 +20,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from protocol import task_id as protocol_task_id
 
 from node.baseline_time import BaselineTime, BaselineTimes
 from node.corpus import SourceError
-from node.scheduler import (Candidate, QueueItem, Scheduler, SchedulerSettings, may_reproduce, verdict_counter,
-                        verdict_from_budget, verdict_from_full, verdict_from_spot)
+from node.device_run import DeviceRun, on_device
+from node.extension import NodeView
+from node.scheduler import (Candidate, QueueItem, Scheduler, SchedulerSettings, may_reproduce, verdict_from_budget,
+                            verdict_from_full, verdict_from_spot)
+from node.telemetry import Counter, vote_counter
 from node.threads import run_in_daemon_thread
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ class Reproducer:
         self.rng = rng
         self.cache_dir = cache_dir
         self.baseline_times = baseline_times  # None: <home>/baseline_times.json
-        self.node: Any = None
+        self.node: NodeView | None = None
         self.scheduler: Scheduler | None = None
         self.queue: list[QueueItem] = []
         self._voted: set[str] = set()  # claims this node voted on (cached: a vote never goes away)
@@ -64,9 +66,14 @@ class Reproducer:
         self._dirty = asyncio.Event()
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._running = 0  # reproductions under way
 
-    # -- extension protocol ------------------------------------------------------------------
-    async def start(self, node: Any) -> None:
+    # -- extension protocol (node/extension.py) ------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self._running > 0
+
+    async def start(self, node: NodeView) -> None:
         self.node = node
         if self.settings is None:
             self.settings = SchedulerSettings(verify_share=node.settings.verify_share)
@@ -116,7 +123,7 @@ class Reproducer:
         await self._lookup_own_votes(candidates)
         self.queue = self.scheduler.build(candidates, trust, voted=self._voted | self._attempted,
                                           task_budgets=budgets)
-        self.node.activity["queue"] = [item.to_json() for item in self.queue]
+        self.node.telemetry.set_queue([item.to_json() for item in self.queue])
         self._ready.set()
         return self.queue
 
@@ -163,7 +170,7 @@ class Reproducer:
             return False
         if any(use.purpose == "ralph" for use in node.slots.in_use.values()):
             return True
-        return any(getattr(ext, "idle", True) is False for ext in node.extensions if ext is not self)
+        return any(ext.busy for ext in node.extensions if ext is not self)
 
     def _next(self) -> QueueItem | None:
         return next((item for item in self.queue if item.claim not in self._attempted
@@ -182,12 +189,15 @@ class Reproducer:
                     pass
                 continue
             self._attempted.add(item.claim)
+            self._running += 1
             try:
                 await self.reproduce(item)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("reproduce: claim %s skipped", item.claim[:12])
+            finally:
+                self._running -= 1
             self._dirty.set()
 
     async def reproduce(self, item: QueueItem) -> dict | None:
@@ -222,46 +232,31 @@ class Reproducer:
         node = self.node
         common = dict(seed=int(claimed["seed"]), timeout_s=self.worker.run_timeout_s,
                       cache_dir=self.cache_dir or node.settings.home / "cache")
-        async with node.slots.acquire("reproduce", label=claim_id) as device:
-            started = time.time()
-            exp = {"kind": "reproduce", "claim": claim_id, "phase": "spot", "tokens": 0, "budget": budget,
-                   "loss": None, "started_at": int(started), "device": device}
-            node.activity["experiment"] = exp
-            progress = _progress_into(exp)
-            try:
-                node.count("reproductions_run")
-                node.count("reproduce_spot_checks")
-                spot = await run_in_daemon_thread(
-                    spot_check, task, source, fraction=self.settings.spot_fraction,
-                    reference_curve=claimed["curve"], device=device, on_progress=progress,
-                    budget_tokens=budget, **common)
-                verdict, reason = verdict_from_spot(spot.ok, spot.reason, spot.curve, claimed["curve"])
-                if verdict is not None:
-                    return verdict, None, reason
-                exp.update(phase="full", tokens=0, loss=None)
-                node.count("reproduce_full_runs")
-                run = await run_in_daemon_thread(
-                    run_experiment, task, source, device=device, on_progress=progress,
-                    budget_tokens=budget, **common)
-                cap = task.body.get("compute_cap")
-                baseline = over = None
-                if run.outcome_ok and cap is not None:
-                    baseline = await self._baseline_time(task, device, budget, run.result, exp, common)
-                if baseline is not None:
-                    over, _ = verdict_from_budget(run.result["wall_s"], baseline.wall_s, cap)
-                if over is not None:
-                    # Confirm before a negative verdict: what slows a run (other work here, a harness
-                    # process still starting) only adds time, so the claim's time is the lesser of two.
-                    exp.update(phase="confirm", tokens=0, loss=None)
-                    node.count("reproduce_confirm_runs")
-                    again = await run_in_daemon_thread(
-                        run_experiment, task, source, device=device, on_progress=progress,
-                        budget_tokens=budget, **common)
-                    if again.outcome_ok and Decimal(again.result["wall_s"]) < Decimal(run.result["wall_s"]):
-                        run = again
-            finally:
-                if node.activity.get("experiment") is exp:
-                    node.activity["experiment"] = None
+        telemetry = node.telemetry
+        async with on_device(node.slots, telemetry, "reproduce", kind="reproduce", claim=claim_id,
+                             phase="spot", budget=budget) as slot:
+            telemetry.count(Counter.REPRODUCTIONS_RUN)
+            telemetry.count(Counter.REPRODUCE_SPOT_CHECKS)
+            spot = await slot.run(spot_check, task, source, fraction=self.settings.spot_fraction,
+                                  reference_curve=claimed["curve"], budget_tokens=budget, **common)
+            verdict, reason = verdict_from_spot(spot.ok, spot.reason, spot.curve, claimed["curve"])
+            if verdict is not None:
+                return verdict, None, reason
+            telemetry.count(Counter.REPRODUCE_FULL_RUNS)
+            run = await slot.run(run_experiment, task, source, phase="full", budget_tokens=budget, **common)
+            cap = task.body.get("compute_cap")
+            baseline = over = None
+            if run.outcome_ok and cap is not None:
+                baseline = await self._baseline_time(task, slot, budget, run.result, common)
+            if baseline is not None:
+                over, _ = verdict_from_budget(run.result["wall_s"], baseline.wall_s, cap)
+            if over is not None:
+                # Confirm before a negative verdict: what slows a run (other work here, a harness
+                # process still starting) only adds time, so the claim's time is the lesser of two.
+                telemetry.count(Counter.REPRODUCE_CONFIRM_RUNS)
+                again = await slot.run(run_experiment, task, source, phase="confirm", budget_tokens=budget, **common)
+                if again.outcome_ok and Decimal(again.result["wall_s"]) < Decimal(run.result["wall_s"]):
+                    run = again
         if not run.outcome_ok:
             return "failed", None, f"full run crashed: {run.reason}"
         verdict, why = verdict_from_full(claimed["val_bpb"], run.result["val_bpb"], task.body["tolerance"])
@@ -278,24 +273,21 @@ class Reproducer:
             return over, run.result, f"{reason}; {budget_why}; {why}"
         return verdict, run.result, f"{reason}; {why}; {budget_why}"
 
-    async def _baseline_time(self, task: Any, device: str, budget: int, result: dict, exp: dict,
+    async def _baseline_time(self, task: Any, slot: DeviceRun, budget: int, result: dict,
                              common: dict) -> BaselineTime | None:
         """The task baseline's training time on this device at ``budget``: cached, else measured now
         (in the slot the claim ran in, so on the same hardware)."""
         from trainer.experiment import run_experiment
 
         hardware = result.get("device")
-        known = self.baseline_times.get(task.id, device, budget, hardware)
+        known = self.baseline_times.get(task.id, slot.device, budget, hardware)
         if known is not None:
             return known
-        self.node.count("baseline_runs")
-        exp.update(phase="baseline", tokens=0, loss=None)
-        progress = _progress_into(exp)
+        self.node.telemetry.count(Counter.BASELINE_RUNS)
         options = {k: v for k, v in common.items() if k != "seed"}  # the baseline runs with its own seed
         try:
-            return await run_in_daemon_thread(self.baseline_times.measure, task, device=device, budget=budget,
-                                              hardware=hardware, run=run_experiment, on_progress=progress,
-                                              **options)
+            return await slot.run(self.baseline_times.measure, task, phase="baseline", budget=budget,
+                                  hardware=hardware, run=run_experiment, **options)
         except Exception:  # e.g. the cache file cannot be written: vote without the cap check
             log.exception("reproduce: measuring the baseline of task %s failed", task.id[:12])
             return None
@@ -304,14 +296,8 @@ class Reproducer:
         body = {"claim": claim_id, "verdict": verdict, "result": result, "reason": reason[:MAX_REASON_CHARS]}
         await self.node.publish("vote", body)
         self._voted.add(claim_id)
-        self.node.count(verdict_counter(verdict))
-        self.node.note_activity(f"vote {verdict} on {claim_id[:12]}: {body['reason']}", kind="vote",
+        self.node.telemetry.count(vote_counter(verdict))
+        self.node.telemetry.note(f"vote {verdict} on {claim_id[:12]}: {body['reason']}", kind="vote",
                                 claim=claim_id, verdict=verdict)
         return body
 
-
-def _progress_into(exp: dict) -> Callable[[int, int, "float | None"], None]:
-    def progress(tokens: int, total: int, loss: float | None) -> None:  # called from the run's thread
-        exp.update(tokens=tokens, budget=total, loss=loss)
-
-    return progress

@@ -23,12 +23,6 @@ from protocol.schemas import VERDICTS  # one list: protocol/SPEC.md 5.4
 OVER_BUDGET = "over budget"
 
 
-def verdict_counter(verdict: str) -> str:
-    """The node counter of votes cast with ``verdict``: a valid Prometheus name part
-    (``votes_over_budget``), since a verdict may hold a space."""
-    return "votes_" + verdict.replace(" ", "_")
-
-
 @dataclass(frozen=True)
 class SchedulerSettings:
     verify_share: float = 0.3  # most of the node's compute spent on reproduction while its own loop has work
@@ -231,5 +225,5 @@ def verdict_from_budget(wall_s: object, baseline_wall_s: object, compute_cap: ob
 
 
 __all__ = ["Candidate", "OVER_BUDGET", "QueueItem", "Scheduler", "SchedulerSettings", "VERDICTS", "author_runs",
-           "expected_gain", "may_reproduce", "verdict_counter", "verdict_from_budget", "verdict_from_full",
+           "expected_gain", "may_reproduce", "verdict_from_budget", "verdict_from_full",
            "verdict_from_spot"]

@@ -91,6 +91,7 @@ class RalphLoop:
         self.memory, self.publish, self.run_experiment = memory, publish, run_experiment
         self.rng = rng or random.Random()
         self.threshold = settings.effective_keep_threshold(task.tolerance)
+        self.busy = False  # a step is under way (run())
 
     async def _measure(self, source: str, scale: float) -> float | None:
         """This node's own val_bpb for a seed source at a budget scale, cached in memory."""
@@ -263,17 +264,26 @@ class RalphLoop:
         m.set_strategy(summarize(m.records[-s.memory_depth * s.coordinator_frequency:], m.strategy, s.memory_depth))
         return Usage()
 
-    async def run(self, stop: asyncio.Event, max_steps: int | None = None, pause_s: float = 5.0) -> list[StepReport]:
-        """Step until ``stop`` is set (checked between steps) or ``max_steps`` are done. After a step that
-        ran nothing (skipped, failed proposal, spend cap) wait ``pause_s``, doubling up to 5 minutes,
-        so an exhausted proposer or a reached cap does not spin."""
+    async def run(self, stop: asyncio.Event, max_steps: int | None = None, pause_s: float = 5.0,
+                  on_step: Callable[[StepReport], None] | None = None) -> list[StepReport]:
+        """Step until ``stop`` is set (checked between steps) or ``max_steps`` are done; ``on_step`` sees
+        each report (the node shows its line and counts its usage). After a step that ran nothing
+        (skipped, failed proposal, spend cap) wait ``pause_s``, doubling up to 5 minutes, so an
+        exhausted proposer or a reached cap does not spin. ``busy`` is true while a step runs."""
         reports: list[StepReport] = []
         wait = pause_s
         while not stop.is_set() and (max_steps is None or len(reports) < max_steps):
-            report = await self.step()
+            self.busy = True
+            try:
+                report = await self.step()
+            finally:
+                self.busy = False
             reports.append(report)
+            if on_step is not None:
+                on_step(report)
             if report.status == "published":
                 wait = pause_s
+                await asyncio.sleep(0)  # let other work (the reproduction scheduler) take a turn at the slot
                 continue
             try:
                 await asyncio.wait_for(stop.wait(), timeout=wait)

@@ -277,6 +277,8 @@ async def test_each_node_has_its_own_registry_and_reports_the_loops(tmp_path):
 
     from node.daemon import Node
     from node.settings import NetworkSettings, NodeSettings
+    from node.telemetry import Counter
+    from ralph.proposers.base import Usage
 
     nodes = []
     try:
@@ -286,15 +288,14 @@ async def test_each_node_has_its_own_registry_and_reports_the_loops(tmp_path):
             nodes.append(Node(settings, Identity.generate(), echo=lambda _: None))
             await nodes[-1].start()
         a, b = nodes
-        a.count("experiments_run", 3)
-        a.count("experiments_kept")
-        a.count("votes_mismatch", 2)
-        a.count("votes_over_budget")
-        a.count("proposer_input_tokens", 1200)
-        a.count("proposer_cost_usd", 0.25)
-        a.activity["experiment"] = {"kind": "ralph", "claim": None, "tokens": 2048, "budget": 8192,
-                                    "loss": 2.5, "started_at": 1_700_000_000}
-        a.note_activity("kept claim 1234 (val_bpb 1.40)")
+        a.telemetry.count(Counter.EXPERIMENTS_RUN, 3)
+        a.telemetry.count(Counter.EXPERIMENTS_KEPT)
+        a.telemetry.count(Counter.VOTES_MISMATCH, 2)
+        a.telemetry.count(Counter.VOTES_OVER_BUDGET)
+        a.telemetry.count_usage(Usage(input_tokens=1200, cost_usd=0.25))
+        a.telemetry.set_experiment("cpu", {"kind": "ralph", "claim": None, "tokens": 2048, "budget": 8192,
+                                           "loss": 2.5, "started_at": 1_700_000_000, "device": "cpu"})
+        a.telemetry.note("kept claim 1234 (val_bpb 1.40)")
         async with aiohttp.ClientSession() as session:
             async def scrape(n):
                 async with session.get(n.address + "/metrics") as resp:
@@ -316,6 +317,7 @@ async def test_each_node_has_its_own_registry_and_reports_the_loops(tmp_path):
             async with session.get(a.address + "/api/activity") as resp:
                 act = await resp.json()
             assert act["experiment"]["tokens"] == 2048 and act["recent"][0]["text"].startswith("kept claim")
+            assert act["experiments"]["cpu"]["tokens"] == 2048
             assert act["counters"]["experiments_run"] == 3
     finally:
         for n in nodes:

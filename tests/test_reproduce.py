@@ -159,14 +159,20 @@ async def test_falsified_curve_is_caught_by_the_spot_check_alone(tmp_path, cache
 
 
 class BusyLoop:
-    """Stands in for the node's own Ralph loop: only its ``idle`` flag matters to the scheduler."""
+    """Stands in for the node's own Ralph loop: only its ``busy`` flag matters to the scheduler."""
 
-    idle = False
+    busy = True
 
     async def start(self, node) -> None:
         pass
 
     async def stop(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return "busy loop"
+
+    def on_accepted(self, envelopes) -> None:
         pass
 
 
@@ -187,7 +193,7 @@ async def test_never_policy_refuses_once_and_waits_for_the_share(tmp_path, cache
         assert item["claim"] == env.id and item["task"] == TINY.id and "pending" in item["reason"]
         await asyncio.sleep(1.0)  # several worker polls
         assert await own_votes(node, env.id) == []
-        loop.idle = True
+        loop.busy = False
         vote = await wait_vote(node, env.id, timeout=10)
         assert vote.body["verdict"] == "refused" and vote.body["result"] is None
         assert "never" in vote.body["reason"]

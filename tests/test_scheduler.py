@@ -9,8 +9,8 @@ import random
 import pytest
 
 from node.scheduler import (VERDICTS, Candidate, Scheduler, SchedulerSettings, author_runs, expected_gain,
-                            may_reproduce, verdict_counter, verdict_from_budget, verdict_from_full,
-                            verdict_from_spot)
+                            may_reproduce, verdict_from_budget, verdict_from_full, verdict_from_spot)
+from node.telemetry import vote_counter
 
 ME = "e" * 64
 T = "t" * 64
@@ -196,5 +196,5 @@ def test_verdicts_are_the_protocol_list_and_counters_are_metric_names():
     from protocol.schemas import VERDICTS as PROTOCOL_VERDICTS
 
     assert VERDICTS == PROTOCOL_VERDICTS and "over budget" in VERDICTS
-    assert verdict_counter("over budget") == "votes_over_budget" and verdict_counter("mismatch") == "votes_mismatch"
-    assert all(re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", verdict_counter(v)) for v in VERDICTS)
+    assert vote_counter("over budget") == "votes_over_budget" and vote_counter("mismatch") == "votes_mismatch"
+    assert all(re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", vote_counter(v)) for v in VERDICTS)

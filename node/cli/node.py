@@ -16,6 +16,7 @@ from protocol import is_hex
 from node.cli.client import ask, running_address, runtime_path
 from node.cli.common import get_home, home_option
 from node.errors import UserError
+from node.extension import Extension
 from node.home import Home
 from node.settings import NetworkSettings, NodeSettings, parse_hostport, to_address
 
@@ -44,7 +45,7 @@ def build_settings(home: Home, *, listen: str | None, bootstrap: tuple[str, ...]
                         ralph=ralph, reproduce=reproduce, task=task or config.get("task", "tiny"))
 
 
-async def run_node(settings: NodeSettings, home: Home, extensions: list[Any] | None = None) -> None:
+async def run_node(settings: NodeSettings, home: Home, extensions: list[Extension] | None = None) -> None:
     from node.daemon import Node
 
     node = Node(settings, home.identity())
@@ -97,11 +98,11 @@ def ralph_options(fn):
 
 
 def make_extensions(settings: NodeSettings, config: dict, ralph_flags: dict,
-                    ralph_steps: int | None = None) -> list[Any]:
+                    ralph_steps: int | None = None) -> list[Extension]:
     """The loops a node runs besides gossip: its own Ralph loop(s) and the reproduction scheduler."""
     from ralph.settings import RalphSettings, SettingsError
 
-    extensions: list[Any] = []
+    extensions: list[Extension] = []
     if settings.ralph:
         from node.ralph_runner import RalphRunner
 

@@ -159,15 +159,18 @@ async def lineage(request: web.Request) -> web.Response:
 
 
 async def activity(request: web.Request) -> web.Response:
-    """What the node is doing now: its experiment, the reproduction queue, recent events."""
+    """What the node is doing now: its experiments (one per busy device; "experiment" is the most
+    recently started), the reproduction queue, recent events."""
     node = request.app[NODE]
     slots = node.slots
+    activity = node.telemetry.activity
     return web.json_response({
         "node": {**await node.status(), "uptime_s": int(time.time() - node.started_at)},
-        "experiment": node.activity.get("experiment"),
-        "queue": list(node.activity.get("queue", []))[:50],
-        "recent": list(node.activity.get("recent", []))[:50],
-        "counters": dict(node.counters),
+        "experiments": {device: dict(entry) for device, entry in activity["experiments"].items()},
+        "experiment": activity["experiment"],
+        "queue": list(activity["queue"])[:50],
+        "recent": list(activity["recent"])[:50],
+        "counters": dict(node.telemetry.counters),
         "slots": None if slots is None else {
             "devices": list(slots.devices), "free": slots.free,
             "busy": [{"device": u.device, "purpose": u.purpose, "label": u.label} for u in slots.in_use.values()],

@@ -16,14 +16,17 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from protocol import VERDICTS
+
 from node import VERSION
 from node.net.api import NODE
-from node.scheduler import VERDICTS, verdict_counter
+from node.telemetry import Counter, vote_counter
 
 PREFIX = "ralphswarm"
 REGISTRY: web.AppKey["NodeCollector"] = web.AppKey("metrics", object)
-# node.counters names the loops fill -> (metric, labels); absent counters read as 0.
-EXPERIMENT_COUNTERS = {"run": "experiments_run", "kept": "experiments_kept", "crashed": "experiments_crashed"}
+# result label -> the counter the own loops fill (node/telemetry.py); absent counters read as 0.
+EXPERIMENT_COUNTERS = {"run": Counter.EXPERIMENTS_RUN, "kept": Counter.EXPERIMENTS_KEPT,
+                       "crashed": Counter.EXPERIMENTS_CRASHED}
 
 
 class NodeCollector(Collector):
@@ -44,7 +47,7 @@ class NodeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         node = self.node
-        counters = node.counters
+        counters = node.telemetry.counters
         yield _info(node)
 
         messages = GaugeMetricFamily(f"{PREFIX}_messages", "Messages in the replica, by kind", labels=["kind"])
@@ -79,7 +82,7 @@ class NodeCollector(Collector):
         yield CounterMetricFamily(f"{PREFIX}_gossip_sent_bytes", "Bytes sent in requests to peers",
                                   value=traffic["bytes_sent"])
         events = CounterMetricFamily(f"{PREFIX}_http_events", "HTTP events (rate limited, ...)", labels=["event"])
-        for event, n in sorted(node.events.items()):
+        for event, n in sorted(node.telemetry.events.items()):
             events.add_metric([event], n)
         yield events
 
@@ -96,22 +99,24 @@ class NodeCollector(Collector):
             experiments.add_metric([label], counters.get(name, 0))
         yield experiments
         yield CounterMetricFamily(f"{PREFIX}_reproductions", "Reproductions of others' claims run",
-                                  value=counters.get("reproductions_run", 0))
+                                  value=counters.get(Counter.REPRODUCTIONS_RUN, 0))
         cast = CounterMetricFamily(f"{PREFIX}_votes_cast", "Votes this node published, by verdict",
                                    labels=["verdict"])
         for verdict in VERDICTS:
-            cast.add_metric([verdict], counters.get(verdict_counter(verdict), 0))
+            cast.add_metric([verdict], counters.get(vote_counter(verdict), 0))
         yield cast
         share = node.slots.share("reproduce") if node.slots is not None else 0.0
         yield GaugeMetricFamily(f"{PREFIX}_reproduction_share", "Share of busy device time spent reproducing",
                                 value=share)
 
         tokens = CounterMetricFamily(f"{PREFIX}_proposer_tokens", "LLM proposer tokens", labels=["direction"])
-        tokens.add_metric(["input"], counters.get("proposer_input_tokens", 0))
-        tokens.add_metric(["output"], counters.get("proposer_output_tokens", 0))
+        for direction, counter in (("input", Counter.PROPOSER_INPUT_TOKENS), ("output", Counter.PROPOSER_OUTPUT_TOKENS),
+                                   ("cache_read", Counter.PROPOSER_CACHE_READ_TOKENS),
+                                   ("cache_write", Counter.PROPOSER_CACHE_WRITE_TOKENS)):
+            tokens.add_metric([direction], counters.get(counter, 0))
         yield tokens
         yield CounterMetricFamily(f"{PREFIX}_proposer_cost_usd", "LLM proposer spend in US dollars",
-                                  value=counters.get("proposer_cost_usd", 0))
+                                  value=counters.get(Counter.PROPOSER_COST_USD, 0))
 
 
 def _info(node: Any) -> Metric:

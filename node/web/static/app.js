@@ -136,7 +136,7 @@ function renderHeader(node) {
     el("span", {}, `swarm ${node.swarm}`),
     el("span", {}, `${node.peers} active peer${node.peers === 1 ? "" : "s"}`),
     el("span", {}, `${c.claim || 0} claims · ${c.vote || 0} votes`),
-    el("span", {}, `v${node.version}`));
+    el("span", {}, `v${node.software}`));
 }
 
 function renderTasks(data) {
@@ -204,14 +204,15 @@ function renderPeers(data) {
 
 function renderActivity(a) {
   renderHeader(a.node);
-  const exp = a.experiment;
-  const now = exp
-    ? el("div", { class: "experiment" },
+  const running = Object.values(a.experiments || {}).sort((x, y) => (x.device < y.device ? -1 : 1));
+  const now = running.length
+    ? el("div", {}, running.map((exp) => el("div", { class: "experiment" },
       el("div", {}, el("strong", { text: exp.kind === "reproduce" ? "Reproducing" : "Own experiment" }), " ",
-        exp.claim ? claimLink(exp.claim) : null, el("span", { class: "muted", text: ` started ${ago(exp.started_at)}` })),
+        exp.claim ? claimLink(exp.claim) : null,
+        el("span", { class: "muted", text: ` on ${exp.device}` + (exp.phase ? ` (${exp.phase})` : "") + ` started ${ago(exp.started_at)}` })),
       el("progress", { max: exp.budget || 1, value: exp.tokens || 0 }),
       el("div", { class: "muted small", text: `${exp.tokens || 0} / ${exp.budget || "?"} tokens` +
-        (exp.loss !== null && exp.loss !== undefined ? ` · loss ${Number(exp.loss).toFixed(4)}` : "") }))
+        (exp.loss !== null && exp.loss !== undefined ? ` · loss ${Number(exp.loss).toFixed(4)}` : "") }))))
     : el("p", { class: "muted empty", text: "Idle: no experiment running." });
   const s = a.slots;
   const loops = `own loop ${a.settings.ralph ? "on" : "off"} · reproduction ${a.settings.reproduce ? "on" : "off"}`;
