@@ -2,7 +2,7 @@
 
 A claim carries a patch against its parent's source; its full source is rebuilt by applying the
 patches along its lineage from the task baseline, and checked against the claim's source_sha256
-(DESIGN.md, "Bodies"). Sources are cached by claim id (they never change: messages are immutable).
+(protocol/SPEC.md 5.3). Sources are cached by claim id (they never change: messages are immutable).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from ralph.corpus import CorpusEntry
 from trainer.patches import PatchError, apply_patch, source_sha256
-from trainer.tasks import Task, TaskError, builtin_tasks
+from trainer.tasks import Task, TaskRegistry
 
 
 class SourceError(Exception):
@@ -18,21 +18,31 @@ class SourceError(Exception):
 
 
 class TaskBook:
-    """Tasks this node can run: the built-ins plus task messages from the corpus, by task id."""
+    """Tasks this node can run: trainer.tasks.TaskRegistry (the built-ins) plus the task messages of
+    the corpus, read from the replica when a lookup misses."""
 
     def __init__(self, replica: Any):
         self.replica = replica
-        self._tasks: dict[str, Task] = {t.id: t for t in builtin_tasks().values()}
+        self.registry = TaskRegistry()
+
+    async def refresh(self) -> None:
+        for env in await self.replica.tasks():
+            self.registry.add_body(env.body)
 
     async def get(self, task_id: str) -> Task | None:
-        if task_id not in self._tasks:
-            for env in await self.replica.tasks():
-                try:
-                    task = Task.from_body(dict(env.body))
-                except (TaskError, KeyError, ValueError):
-                    continue
-                self._tasks.setdefault(task.id, task)
-        return self._tasks.get(task_id)
+        if self.registry.get(task_id) is None:
+            await self.refresh()
+        return self.registry.get(task_id)
+
+    async def ids(self) -> set[str]:
+        """Every task known: built-in or in the corpus."""
+        await self.refresh()
+        return self.registry.ids()
+
+    async def find(self, name_or_id: str) -> Task | None:
+        """By name, full id or unique id prefix (trainer.tasks.TaskRegistry.find), corpus tasks included."""
+        await self.refresh()
+        return self.registry.find(name_or_id)
 
 
 class ReplicaCorpus:

@@ -1,5 +1,5 @@
 """The reproduction scheduler as a node extension: re-run other nodes' claims and vote on them
-(DESIGN.md, "Reproduction and voting" and "Running other people's code").
+(docs/design.md, "Reproduction and voting" and "Running other people's code").
 
 Two tasks owned by the extension: the planner rebuilds the queue (debounced) whenever claims or
 votes arrive and shows it in ``node.activity["queue"]``; the worker takes the top claim when the
@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-
-from protocol import task_id as protocol_task_id
 
 from node.baseline_time import BaselineTime, BaselineTimes
 from node.corpus import SourceError
@@ -127,16 +125,9 @@ class Reproducer:
         self._ready.set()
         return self.queue
 
-    async def _task_ids(self) -> set[str]:
-        from trainer.tasks import builtin_tasks
-
-        ids = {t.id for t in builtin_tasks().values()}
-        ids.update(protocol_task_id(dict(env.body)) for env in await self.node.replica.tasks())
-        return ids
-
     async def _candidates(self) -> tuple[list[Candidate], dict[str, int]]:
         replica, rows, budgets = self.node.replica, [], {}
-        for tid in sorted(await self._task_ids()):
+        for tid in sorted(await self.node.tasks.ids()):
             task = await self.node.tasks.get(tid)
             if task is None:
                 continue

@@ -1,4 +1,4 @@
-"""Tasks: the arena a claim competes in (DESIGN.md, "Words": task).
+"""Tasks: the arena a claim competes in (docs/design.md, "Words": task).
 
 A task body is the protocol ``task`` body; its id is sha256(canon(body)), so every node shipping the
 same built-in task agrees on its id. The ``harness`` field names the harness version and the
@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from . import datasets
 from .canon import canon, sha256_hex
@@ -281,19 +281,62 @@ def builtin_tasks() -> dict[str, Task]:
     return {task.name: task for task in (_tiny(), _shakespeare())}
 
 
+class TaskRegistry:
+    """The one place tasks are looked up: by name, full id, or a unique id prefix of 8+ hex digits.
+
+    It holds the built-in tasks and whatever is added (a node adds the task messages of its corpus:
+    node/corpus.py, TaskBook). A name held by several tasks means the built-in one, else the first added.
+    """
+
+    def __init__(self, extra: Iterable[Task] = ()) -> None:
+        self._by_id: dict[str, Task] = {}
+        for task in [*builtin_tasks().values(), *extra]:
+            self.add(task)
+
+    def add(self, task: Task) -> Task:
+        """Add ``task`` (a task already known by its id stays as it was); returns the one kept."""
+        return self._by_id.setdefault(task.id, task)
+
+    def add_body(self, body: dict) -> Task | None:
+        """Add a task from a protocol task body; None when the body is no usable task."""
+        try:
+            return self.add(Task.from_body(dict(body)))
+        except (TaskError, KeyError, ValueError):
+            return None
+
+    def get(self, task_id: str) -> Task | None:
+        return self._by_id.get(task_id)
+
+    def ids(self) -> set[str]:
+        return set(self._by_id)
+
+    def all(self) -> list[Task]:
+        return list(self._by_id.values())
+
+    def find(self, name_or_id: str) -> Task | None:
+        key = name_or_id.strip()
+        if key in self._by_id:
+            return self._by_id[key]
+        named = [t for t in self._by_id.values() if t.name == key]
+        if named:
+            return named[0]  # the built-ins come first
+        if len(key) >= 8 and re.fullmatch(r"[0-9a-f]+", key):
+            hits = [t for t in self._by_id.values() if t.id.startswith(key)]
+            if len(hits) == 1:
+                return hits[0]
+        return None
+
+    def resolve(self, name_or_id: str) -> Task:
+        task = self.find(name_or_id)
+        if task is None:
+            names = ", ".join(sorted({t.name for t in self._by_id.values()}))
+            raise TaskError(f"unknown task {name_or_id!r} (known: {names})")
+        return task
+
+
 def resolve_task(name_or_id: str, extra: Sequence[Task] = ()) -> Task:
     """A built-in task (or one of ``extra``) by name, full id, or an id prefix of 8+ hex digits."""
-    tasks = list(builtin_tasks().values()) + list(extra)
-    key = name_or_id.strip()
-    for task in tasks:
-        if key == task.name or key == task.id:
-            return task
-    if len(key) >= 8 and re.fullmatch(r"[0-9a-f]+", key):
-        hits = [t for t in tasks if t.id.startswith(key)]
-        if len(hits) == 1:
-            return hits[0]
-    names = ", ".join(sorted(t.name for t in tasks))
-    raise TaskError(f"unknown task {name_or_id!r} (known: {names})")
+    return TaskRegistry(extra).resolve(name_or_id)
 
 
 # --- data -------------------------------------------------------------------------------------

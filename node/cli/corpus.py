@@ -39,20 +39,15 @@ async def open_replica(home: Home) -> AsyncIterator[Any]:
 
 async def resolve_task_id(replica: Any, home: Home, task: str | None) -> str:
     """A task given by id, by name of a task in the corpus, or by built-in name (default: config)."""
+    from node.corpus import TaskBook
+
     task = task or home.config().get("task", "tiny")
     if is_hex(task, 64):
         return task
-    for env in await replica.tasks():
-        if env.body["name"] == task:
-            from protocol import task_id
-
-            return task_id(env.body)
-    from trainer.tasks import TaskError, resolve_task
-
-    try:
-        return resolve_task(task).id
-    except (TaskError, KeyError):
-        raise UserError(f"unknown task {task!r} (give a built-in name, a task name from the corpus, or a 64-hex id)") from None
+    found = await TaskBook(replica).find(task)
+    if found is None:
+        raise UserError(f"unknown task {task!r} (give a built-in name, a task name from the corpus, or a 64-hex id)")
+    return found.id
 
 
 def _echo_json(obj: Any) -> None:

@@ -9,7 +9,7 @@ import click
 from trainer.datasets import DataError
 from trainer.experiment import ExperimentResult, RunSettings, run_experiment
 from trainer.patches import PatchError, apply_patch, source_sha256
-from trainer.tasks import Task, TaskError, builtin_tasks, resolve_task
+from trainer.tasks import Task, TaskError, TaskRegistry, resolve_task
 
 from node.cli.common import get_home, home_option
 from node.errors import UserError
@@ -108,7 +108,7 @@ def register(group: click.Group) -> None:
     def task_list(home: Path | None, as_json: bool) -> None:
         """List the tasks this node knows."""
         get_home(home)
-        tasks = list(builtin_tasks().values())
+        tasks = TaskRegistry().all()
         if as_json:
             click.echo(json.dumps([_summary(t) for t in tasks]))
         else:
