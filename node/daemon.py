@@ -1,6 +1,6 @@
 """The node: composes replica, HTTP API, gossip, discovery (and the loops) into one daemon.
 
-Every background task is created here, held in a set and cancelled on stop (STYLE.md principle 5);
+Every background task is created here, held in a set and cancelled on stop (docs/design.md, "Conventions");
 stop() closes the database last, so every accepted message is on disk when the process exits.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The node's own Ralph loops (DESIGN.md, "The outer loop"), as a node extension.
+"""The node's own Ralph loops (docs/design.md, "The node's loops"), as a node extension.
 
 ``agent_count`` loops share the node's device slots with the reproduction scheduler; each has its
 own memory file and proposer seed. Claims are signed, stored and gossiped by the node; negative

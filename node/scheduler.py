@@ -1,4 +1,4 @@
-"""The reproduction queue and the verdicts (DESIGN.md, "Reproduction and voting").
+"""The reproduction queue and the verdicts (docs/design.md, "Reproduction and voting").
 
 Pure logic over plain data, no I/O: ``node/reproduce.py`` loads the node's view of the corpus into
 ``Candidate`` rows, and this module decides which claims are worth this node's compute and in what
@@ -174,7 +174,7 @@ class Scheduler:
 
 def may_reproduce(share: float, verify_share: float, own_loop_busy: bool) -> bool:
     """Reproduction takes at most ``verify_share`` of the compute while the own loop has work
-    (DESIGN.md, "Reproduction and voting"); with the loop off or idle it may take all of it."""
+    (docs/design.md, "Reproduction and voting"); with the loop off or idle it may take all of it."""
     return not own_loop_busy or share < verify_share
 
 

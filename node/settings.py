@@ -1,4 +1,4 @@
-"""The node's settings, grouped in small dataclasses (STYLE.md: no constructor with dozens of kwargs)."""
+"""The node's settings, grouped in small dataclasses (docs/design.md, "Conventions")."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -33,7 +33,7 @@ class NodeSettings:
     ralph: bool = True
     reproduce: bool = True
     task: str = "tiny"
-    run_untrusted: str = "sandbox"  # sandbox | trusted | never (DESIGN.md, "Running other people's code")
+    run_untrusted: str = "sandbox"  # sandbox | trusted | never (docs/design.md, "Sandbox modes")
     verify_share: float = 0.3  # at most this share of compute on reproduction while the own loop has work
     budget_scale: float = 1.0  # fraction of the task's token budget for own experiments (tests, demos)
     device: str = "auto"

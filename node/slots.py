@@ -1,4 +1,4 @@
-"""Device slots: one experiment per GPU, one for a CPU-only node (DESIGN.md, "Reproduction and voting").
+"""Device slots: one experiment per GPU, one for a CPU-only node (docs/design.md, "Reproduction and voting").
 
 Both loops draw from the same slots. The account of busy seconds by purpose lets the scheduler keep
 reproduction under ``verify_share`` of the node's compute while its own loop has work.

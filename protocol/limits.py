@@ -1,4 +1,4 @@
-"""Protocol v1 limits (DESIGN.md, "The wire"). Receivers enforce all of them before storing."""
+"""Protocol v1 limits (protocol/SPEC.md section 6). Receivers enforce all of them before storing."""
 from __future__ import annotations
 
 MAX_ENVELOPE_BYTES = 256 * 1024  # canonical bytes of the whole envelope

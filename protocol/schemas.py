@@ -1,4 +1,4 @@
-"""Body schemas of protocol v1 (DESIGN.md, "Bodies"): small pure validators.
+"""Body schemas of protocol v1 (protocol/SPEC.md section 5): small pure validators.
 
 Each validator takes the decoded body and returns it unchanged or raises ProtocolError with
 ``invalid: schema: <field>``. Unknown fields are rejected so that every implementation
@@ -231,7 +231,7 @@ def validate_vote(body: Any) -> dict:
     _hex64(body["claim"], "body.claim")
     _enum(body["verdict"], "body.verdict", VERDICTS)
     if body["result"] is None:
-        # A reproduction reports what it measured (DESIGN.md, "vote"); only a vote that did not
+        # A reproduction reports what it measured (protocol/SPEC.md 5.4); only a vote that did not
         # finish a run (mismatch at a spot check, failed, refused) may carry no result.
         if body["verdict"] in MEASURED_VERDICTS:
             raise schema_error("body.result", f"required for a vote {body['verdict']!r}")

@@ -77,7 +77,7 @@ def baseline_seed(task: Any, val_bpb: float | None) -> Seed:
 
 async def pick_seed(task: Any, corpus: CorpusView, top: list[CorpusEntry], rng: random.Random,
                     exploration: float, baseline_bpb: float | None) -> Seed:
-    """Epsilon-greedy over top-K verified entries, own best and the baseline (DESIGN.md, "The outer loop").
+    """Epsilon-greedy over top-K verified entries, own best and the baseline (docs/design.md, "The loop").
 
     Greedy picks the lowest known val_bpb; with probability ``exploration`` any candidate, uniformly,
     so a swarm does not collapse on one lineage."""

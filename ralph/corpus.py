@@ -1,4 +1,4 @@
-"""How the loop reads the corpus (docs/INTERNALS.md, ``ralph.corpus.CorpusView``).
+"""How the loop reads the corpus (docs/internals.md, ``ralph.corpus.CorpusView``).
 
 ralph never imports the store: the node implements ``CorpusView`` over its replica (verified
 leaderboard, lineage-reconstructed sources, own claims). ``InMemoryCorpus`` is the same contract over

@@ -1,8 +1,9 @@
 """The train script's hyperparameter block: top-level ``NAME = number  # comment`` lines.
 
-The autoresearch convention (STYLE.md) puts every knob as an UPPER_CASE constant at the top of the
-one file the agent edits, each with a one-line comment. Reading and rewriting those lines is all the
-offline proposer and the deterministic memory summary need, so it lives in one small module.
+The autoresearch convention (docs/design.md, "The train script") puts every knob as an UPPER_CASE constant
+at the top of the one file the agent edits, each with a one-line comment. Reading and rewriting
+those lines is all the offline proposer and the deterministic memory summary need, so it lives in
+one small module.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """One Ralph loop: seed, context, propose, dedupe, run, keep or discard, publish, remember.
 
-DESIGN.md, "The outer loop". Everything with side effects is injected: the corpus view and
+docs/design.md, "The loop". Everything with side effects is injected: the corpus view and
 ``publish`` (the node's), the proposer, and ``run_experiment`` (an async wrapper around
 ``trainer.experiment.run_experiment``, see ``threaded_runner``), so a step is testable without a
 network, and without training when a test wants that.

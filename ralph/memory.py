@@ -1,4 +1,4 @@
-"""The loop's memory across steps and restarts (DESIGN.md, "The outer loop": memory_type, memory_depth).
+"""The loop's memory across steps and restarts (docs/design.md, "Memory": memory_type, memory_depth).
 
 ``full`` shows the proposer the last ``memory_depth`` experiments (what changed, val_bpb, kept?).
 ``strategy`` shows a compressed strategy note instead, rewritten every ``coordinator_frequency``

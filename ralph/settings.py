@@ -1,4 +1,4 @@
-"""The outer loop's meta-parameters (DESIGN.md, "The outer loop").
+"""The outer loop's meta-parameters (docs/design.md, "The outer loop").
 
 These are the seeds' knobs made first-class: a node reads them from the ``"ralph"`` section of its
 config file, then lets CLI flags override single values. Validation raises ``SettingsError`` with one

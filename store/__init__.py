@@ -1,6 +1,6 @@
 """The local replica of the corpus: SQLite storage, idempotent ingest, queries, ranking and trust.
 
-See docs/INTERNALS.md for the interface and DESIGN.md "Ranking" for the model.
+See docs/internals.md for the interface and docs/design.md, "Ranking and trust" for the model.
 """
 from .errors import StoreError
 from .ingest import IngestReport

@@ -1,4 +1,4 @@
-"""Named errors of the store; the CLI edge turns them into one line (DESIGN.md, "Layout")."""
+"""Named errors of the store; the CLI edge turns them into one line (docs/design.md, "Conventions")."""
 from __future__ import annotations
 
 

@@ -17,7 +17,7 @@ INSERT_OR_IGNORE_SQL = INSERT_SQL.replace("INSERT", "INSERT OR IGNORE", 1)
 
 def canonical_bytes(env: Envelope) -> bytes:
     """The bytes stored and served: decode() keeps the canonical encoding it checked, so this is
-    free for decoded envelopes (DESIGN.md, "The wire": messages are stored as canonical bytes)."""
+    free for decoded envelopes (docs/design.md, "The wire": messages are stored as canonical bytes)."""
     return env.canonical()
 
 

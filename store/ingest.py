@@ -1,5 +1,5 @@
 """The CPU half of ingest: run protocol.decode on each item and sort the batch into
-accepted / duplicate-within-batch / rejected, before any database work (DESIGN.md, "The wire":
+accepted / duplicate-within-batch / rejected, before any database work (docs/design.md, "The wire":
 a receiver checks everything, and only then stores).
 
 Pure apart from the signature check, so it can run in a worker thread while the event loop

@@ -1,4 +1,4 @@
-"""Claim status, leaderboard and seed entries from this node's point of view (DESIGN.md, "Ranking").
+"""Claim status, leaderboard and seed entries from this node's point of view (docs/design.md, "Ranking and trust").
 
 Pure functions over envelopes, vote facts and a TrustView; the Replica only loads and calls.
 """
@@ -149,7 +149,7 @@ def leaderboard(
     results, shared so nobody runs them again, but a change that did not beat its own seed is not
     put forward as a recipe (and nobody reproduces it). Among claims with the same source_sha256
     only the earliest (created_at, id) counts, negative results included; later copies go to
-    ``duplicates``, so copying a source earns nothing (DESIGN.md, "Ranking").
+    ``duplicates``, so copying a source earns nothing (docs/design.md, "Ranking and trust").
     """
     ranked = sorted((c for c in claims if c.body.get("outcome") != "crashed"), key=lambda c: (c.created_at, c.id))
     first_by_source: dict[str, str] = {}

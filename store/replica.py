@@ -1,4 +1,4 @@
-"""The local replica (DESIGN.md, "Layout": store/): one SQLite file in WAL mode, one writer.
+"""The local replica (docs/design.md, "Layout": store/): one SQLite file in WAL mode, one writer.
 
 Writes go through one connection, serialized by an asyncio lock, each call in one transaction
 (sqlite-utils' "one writer" rule). Reads use a second connection, which in WAL mode sees only

@@ -1,4 +1,4 @@
-"""Schema of the replica and its versioned migrations (DESIGN.md, "Layout": store/).
+"""Schema of the replica and its versioned migrations (docs/design.md, "Layout": store/).
 
 Each migration runs in its own transaction together with the row that records it in
 ``schema_migrations`` (the sqlite-utils pattern): a crash leaves either both or neither.
@@ -35,7 +35,7 @@ MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
                 vote_bpb TEXT,                -- vote: body.result.val_bpb
                 expires_at INTEGER            -- peer
             )""",
-            # Range-based set reconciliation walks (created_at, id) (DESIGN.md, "Gossip and sync").
+            # Range-based set reconciliation walks (created_at, id) (docs/design.md, "Gossip and sync").
             "CREATE INDEX messages_by_time ON messages(created_at, id)",
             # The rest are partial, one kind each: a row enters only the indexes its kind's queries
             # use (store/replica.py; each query names its kind, which lets SQLite use them), and
@@ -45,7 +45,7 @@ MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
             "CREATE INDEX claims_by_parent ON messages(parent) WHERE kind = 'claim' AND parent IS NOT NULL",
             "CREATE INDEX votes_by_claim ON messages(claim) WHERE kind = 'vote'",
             "CREATE INDEX peers_by_author ON messages(author) WHERE kind = 'peer'",
-            # Operator-trusted keys persisted by set_trusted (pre-trusted set of DESIGN.md, "Ranking").
+            # Operator-trusted keys persisted by set_trusted (the pre-trusted set: docs/design.md, "Ranking and trust").
             "CREATE TABLE trusted_keys (key TEXT PRIMARY KEY, added_at INTEGER NOT NULL)",
         ),
     ),

@@ -1,5 +1,5 @@
 """Personalized trust: EigenTrust with the node's own key and operator-trusted keys as the
-pre-trusted set (DESIGN.md, "Ranking"; Kamvar, Schlosser, Garcia-Molina, "The EigenTrust
+pre-trusted set (docs/design.md, "Ranking and trust"; Kamvar, Schlosser, Garcia-Molina, "The EigenTrust
 Algorithm for Reputation Management in P2P Networks", WWW 2003, section 4.5 "pre-trusted peers").
 
 Pure functions over plain data, no SQLite. The evidence graph:
@@ -40,7 +40,7 @@ class VoteFact:
 
 @dataclass(frozen=True)
 class TrustSettings:
-    restart: float = 0.2  # EigenTrust's a / PageRank's teleport probability (DESIGN.md: ~0.2)
+    restart: float = 0.2  # EigenTrust's a / PageRank's teleport probability (docs/design.md, "Ranking and trust")
     max_iterations: int = 200
     tolerance: float = 1e-10  # L1 change between iterations at which the walk has converged
 
@@ -182,7 +182,7 @@ def compute_trust(
     """This node's trust in every key it has evidence about.
 
     Normalized by the node's own stationary weight so that a weight means "worth this many of
-    my own votes": the quorum of DESIGN.md "Ranking" is then a number of own-vote equivalents.
+    my own votes": the quorum of docs/design.md, "Ranking and trust" is then a number of own-vote equivalents.
     Weights are capped at 1 (no key outweighs the node itself) and pre-trusted keys sit at 1.
     A distrusted operator-trusted key drops to 0: the node's own run outweighs configuration.
     """

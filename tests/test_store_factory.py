@@ -18,7 +18,7 @@ def key(n: int) -> Identity:
 
 
 def tid(task_env) -> str:
-    """A task's id is the sha256 of its body, not its envelope id (DESIGN.md, "Words")."""
+    """A task's id is the sha256 of its body, not its envelope id (docs/design.md, "Words")."""
     return task_id(task_env.body)
 
 

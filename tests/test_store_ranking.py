@@ -1,4 +1,4 @@
-"""Claim status and leaderboard, through a real replica file (DESIGN.md, "Ranking").
+"""Claim status and leaderboard, through a real replica file (docs/design.md, "Ranking and trust").
 
 Run: .venv/bin/python -m pytest tests/test_store_ranking.py
 """

@@ -1,4 +1,4 @@
-"""Canonical JSON and hashes, byte-for-byte the output of ``protocol.canon`` (DESIGN.md, "The wire").
+"""Canonical JSON and hashes, byte-for-byte the output of ``protocol.canon`` (protocol/SPEC.md section 2).
 
 trainer imports nothing of ours, so it carries this two-line copy; tests/test_trainer_tasks.py checks
 that both agree, so a task id computed here is the id every node computes.

@@ -1,4 +1,4 @@
-"""Patches: a claim's change to its parent's source, as a unified diff (DESIGN.md, "Bodies": claim).
+"""Patches: a claim's change to its parent's source, as a unified diff (protocol/SPEC.md 5.3).
 
 The applier is strict: every hunk must match its context and removed lines exactly at the stated
 position (no fuzz, no offset search), because a patch that means something different on another

@@ -1,5 +1,5 @@
-"""Whether this node runs a claim's code: the `--run-untrusted=sandbox|trusted|never` flag (DESIGN.md,
-"Running other people's code").
+"""Whether this node runs a claim's code: the `--run-untrusted=sandbox|trusted|never` flag (docs/design.md,
+"Sandbox modes").
 
 The flag governs code from keys the operator does not trust (code from trusted keys always runs, and is
 still sandboxed whenever a sandbox works):

@@ -1,4 +1,4 @@
-"""Resource limits of one sandboxed run (DESIGN.md, "Running other people's code")."""
+"""Resource limits of one sandboxed run (docs/design.md, "Limits per run")."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""Run a stranger's program contained (DESIGN.md, "Running other people's code").
+"""Run a stranger's program contained (docs/design.md, "Running other people's code").
 
 Three modes, best first:
 - "bwrap": bubblewrap builds a fresh root that shows only system directories, the Python installation

@@ -3,7 +3,7 @@
 A harness process (trainer/harness/child.py) imports torch (seconds of CPU) before it is given its
 job, so the runner keeps the next run's processes started ahead (the warm pool), and a loop of
 experiments pays neither process start nor import on its critical path. Each process still serves
-exactly one run, in a scratch directory of its own (DESIGN.md, "Running other people's code").
+exactly one run, in a scratch directory of its own (docs/design.md, "The warm pool").
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The gossip core: push (announce -> want -> send), pull (Negentropy v1 reconciliation), fetch.
 
 Transport-agnostic: it talks to peers only through ``Transport`` and to the replica only through
-``MessageStore`` (node/transport.py). DESIGN.md "Gossip and sync":
+``MessageStore`` (node/net/transport.py). docs/design.md, "Gossip and sync":
 - Push: a newly stored message goes, in batches, to about ``fanout`` random peers (the node's own
   messages to all peers). To keep bytes per message near 1x we announce ids first and send bodies
   only to peers that want them (the inv/getdata pattern), and never announce back to a peer known

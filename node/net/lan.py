@@ -1,11 +1,11 @@
 """LAN discovery: find nodes of the same swarm with mDNS/DNS-SD, no bootstrap needed.
 
-DESIGN.md, "Discovery and swarms": service `_ralphswarm._tcp.local.` with TXT `swarm`, `pk`, `v`;
+docs/design.md, "Discovery and swarms": service `_ralphswarm._tcp.local.` with TXT `swarm`, `pk`, `v`;
 join only nodes of the same swarm; bind mDNS to the chosen interface, not all.
 
 The TXT checks are a pure function (`check_txt`) so they are tested without a network. Browse
 callbacks run inside zeroconf's record-update path and must not block it, so they only schedule
-a resolve task; every task is held in a set and cancelled by `stop()` (STYLE.md, principle 5).
+a resolve task; every task is held in a set and cancelled by `stop()` (docs/design.md, "Conventions").
 
 Zeroconf announcements are unauthenticated: a TXT `pk` is only a hint of who answers at an address.
 The caller must still check the peer's signed records before trusting it; this module only says

@@ -5,7 +5,7 @@ Spec: hoytech/negentropy ``docs/negentropy-protocol-v1.md``; section names in th
 frame-size handling follow the reference implementation (``cpp/negentropy.h``).
 
 Pure: bytes in, bytes out; no I/O, no clock. In ralphswarm an item is ``(created_at, id)`` with
-``id = bytes.fromhex(envelope.id)`` (DESIGN.md, "Gossip and sync").
+``id = bytes.fromhex(envelope.id)`` (docs/design.md, "Gossip and sync").
 
     client = Negentropy(Storage(mine), frame_size_limit=FRAME)   server = Negentropy(Storage(theirs))
     msg = client.initiate()

@@ -1,6 +1,6 @@
 """The peer table: who we know, how they have behaved, and who is cooling off.
 
-Pure and synchronous (no sockets, no clock reads): callers pass ``now``. DESIGN.md "Gossip and sync":
+Pure and synchronous (no sockets, no clock reads): callers pass ``now``. docs/design.md, "Gossip and sync":
 peers are scored (invalid messages, broken promises, timeouts); a peer under the threshold is
 ignored for a cooling period.
 """

@@ -1,6 +1,6 @@
 """Private swarms: a shared swarm key seals every HTTP request and answer between nodes.
 
-DESIGN.md, "Discovery and swarms": without the swarm key a node can neither read nor inject.
+docs/design.md, "Discovery and swarms": without the swarm key a node can neither read nor inject.
 Signed envelopes already stop forgery and cross-swarm replay of *messages*; this layer keeps a
 private swarm's corpus, peer lists and sync traffic away from anyone who lacks the key.
 

@@ -2,7 +2,7 @@
 
 The gossip core (node/gossip.py) is written against these two protocols only, so the same code
 runs over HTTP (node/transport_http.py) and over an in-memory transport (node/transport_mem.py)
-that lets a simulation drive a thousand nodes (DESIGN.md, "Gossip and sync").
+that lets a simulation drive a thousand nodes (docs/design.md, "Gossip and sync").
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The dashboard (DESIGN.md, "What a user sees"): one page at `/`, its JS and CSS from node/web/static/,
+"""The dashboard (docs/design.md, "What a user sees"): one page at `/`, its JS and CSS from node/web/static/,
 and the read-only JSON it polls under /api/.
 
 The page is static and draws everything from the JSON, so what the browser shows is exactly what
@@ -38,7 +38,7 @@ def local_view(request: web.Request) -> bool:
 
     Only GETs from loopback to the dashboard's paths that carry no swarm-key header: peers (and
     the CLI, which speaks sealed) still go through the swarm key, and nobody off this machine can
-    read the corpus without it (DESIGN.md, "Discovery and swarms").
+    read the corpus without it (docs/design.md, "Discovery and swarms").
     """
     if request.method != "GET" or AUTH_HEADER in request.headers:
         return False

@@ -1,4 +1,4 @@
-"""Prometheus metrics at /metrics (DESIGN.md, "What a user sees").
+"""Prometheus metrics at /metrics (docs/design.md, "What a user sees").
 
 One CollectorRegistry per node, never the process-global one: tests and simulations run several
 nodes in one process, and each must report only itself. A custom collector reads the node's live

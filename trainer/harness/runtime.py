@@ -57,7 +57,7 @@ def _deterministic(torch, *, warn_only: bool) -> None:
 
 
 def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA (DESIGN.md, "GPU"); full precision elsewhere."""
+    """bf16 autocast on CUDA (docs/design.md, "GPU"); full precision elsewhere."""
     if device.type == "cuda":
         return partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
     return nullcontext
