@@ -1,4 +1,4 @@
-"""Negentropy protocol v1 (node/negentropy.py): wire format, fingerprints, reconciliation, fuzzing.
+"""Negentropy protocol v1 (node/net/negentropy.py): wire format, fingerprints, reconciliation, fuzzing.
 
 Run: .venv/bin/python -m pytest tests/test_negentropy.py -q
 

@@ -1,7 +1,7 @@
 """What gossip needs from a network, and what it needs from a replica.
 
-The gossip core (node/gossip.py) is written against these two protocols only, so the same code
-runs over HTTP (node/transport_http.py) and over an in-memory transport (node/transport_mem.py)
+The gossip core (node/net/gossip.py) is written against these two protocols only, so the same code
+runs over HTTP (node/net/http.py) and over an in-memory transport (node/net/memory.py)
 that lets a simulation drive a thousand nodes (docs/design.md, "Gossip and sync").
 """
 from __future__ import annotations
