@@ -10,18 +10,8 @@ from typing import Any
 from protocol import Identity, KeyFileError
 
 from node.errors import UserError
+from node.settings import default_config
 
-DEFAULT_SWARM = "public"
-DEFAULT_CONFIG: dict[str, Any] = {
-    "swarm": DEFAULT_SWARM,
-    "listen": "127.0.0.1:7447",
-    "bootstrap": [],
-    "trusted": [],
-    "lan": True,
-    "run_untrusted": "sandbox",
-    "verify_share": 0.3,
-    "task": "tiny",
-}
 
 
 def default_home() -> Path:
@@ -63,7 +53,7 @@ class Home:
             identity = Identity.generate()
             identity.save(self.key_path)
             created = True
-        config = self.config() if self.config_path.exists() else dict(DEFAULT_CONFIG)
+        config = self.config() if self.config_path.exists() else default_config()
         if swarm:
             config["swarm"] = swarm
         self.save_config(config)
@@ -80,14 +70,14 @@ class Home:
 
     def config(self) -> dict[str, Any]:
         if not self.config_path.exists():
-            return dict(DEFAULT_CONFIG)
+            return default_config()
         try:
             loaded = json.loads(self.config_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise UserError(f"config file {self.config_path} is not valid JSON: {exc}") from None
         if not isinstance(loaded, dict):
             raise UserError(f"config file {self.config_path} must hold a JSON object")
-        return {**DEFAULT_CONFIG, **loaded}
+        return {**default_config(), **loaded}
 
     def save_config(self, config: dict[str, Any]) -> None:
         tmp = self.config_path.with_name("config.json.tmp")

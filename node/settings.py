@@ -1,8 +1,12 @@
 """The node's settings, grouped in small dataclasses (docs/design.md, "Conventions")."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
+
+from protocol import is_hex
 
 from node.errors import UserError
 from node.net.gossip import GossipSettings
@@ -57,3 +61,43 @@ def to_address(value: str, *, what: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}"
+
+
+def default_config() -> dict[str, Any]:
+    """The config file a new home gets, and what a missing key reads as: the dataclasses' defaults."""
+    node, network = NodeSettings(home=Path(".")), NetworkSettings()
+    return {"swarm": node.swarm, "listen": f"{network.host}:{network.port}", "bootstrap": [], "trusted": [],
+            "lan": network.lan, "run_untrusted": node.run_untrusted, "verify_share": node.verify_share,
+            "task": node.task}
+
+
+def settings_from(home: Path, config: Mapping[str, Any], flags: Mapping[str, Any]) -> NodeSettings:
+    """The node's settings: flags (None or empty: not given) override the config file, which overrides
+    the defaults (default_config, the dataclasses). Trusted keys are the config's plus the flags'."""
+    conf = {**default_config(), **config}
+
+    def pick(name: str, default: Any = None) -> Any:
+        value = flags.get(name)
+        return value if value not in (None, ()) else conf.get(name, default)
+
+    host, port = parse_hostport(pick("listen"), what="--listen")
+    boots = tuple(to_address(b, what="--bootstrap") for b in (flags.get("bootstrap") or tuple(conf["bootstrap"])))
+    keys = tuple(dict.fromkeys([*conf["trusted"], *(flags.get("trusted") or ())]))
+    for key in keys:
+        if not is_hex(key, 64):
+            raise UserError(f"trusted key {key!r} is not 64 lower-case hex")
+    key_file = flags.get("swarm_key_file") or (Path(conf["swarm_key_file"]) if conf.get("swarm_key_file") else None)
+    if key_file is not None and not key_file.exists():
+        raise UserError(f"swarm key file {key_file} does not exist")
+    network = NetworkSettings(
+        host=host, port=port, advertise=tuple(to_address(a, what="--advertise") for a in flags.get("advertise") or ()),
+        bootstrap=boots, lan=pick("lan"), lan_interface=pick("lan_interface"), swarm_key_file=key_file)
+    base = NodeSettings(home=Path(home))
+    gossip = base.gossip
+    if flags.get("sync_interval") is not None:
+        gossip = dataclasses.replace(gossip, sync_interval_s=flags["sync_interval"])
+    return NodeSettings(
+        home=Path(home), swarm=pick("swarm"), network=network, gossip=gossip, trusted=keys,
+        ralph=flags.get("ralph", base.ralph), reproduce=flags.get("reproduce", base.reproduce), task=pick("task"),
+        run_untrusted=pick("run_untrusted"), verify_share=float(pick("verify_share")),
+        budget_scale=float(pick("budget_scale", base.budget_scale)), device=pick("device", base.device))

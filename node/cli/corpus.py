@@ -41,7 +41,7 @@ async def resolve_task_id(replica: Any, home: Home, task: str | None) -> str:
     """A task given by id, by name of a task in the corpus, or by built-in name (default: config)."""
     from node.corpus import TaskBook
 
-    task = task or home.config().get("task", "tiny")
+    task = task or home.config()["task"]
     if is_hex(task, 64):
         return task
     found = await TaskBook(replica).find(task)

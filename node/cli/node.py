@@ -2,47 +2,19 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 import click
-
-from protocol import is_hex
 
 from node.cli.client import ask, running_address, runtime_path
 from node.cli.common import get_home, home_option
 from node.errors import UserError
 from node.extension import Extension
 from node.home import Home
-from node.settings import NetworkSettings, NodeSettings, parse_hostport, to_address
-
-
-def build_settings(home: Home, *, listen: str | None, bootstrap: tuple[str, ...], swarm: str | None,
-                   swarm_key_file: Path | None, lan: bool | None, lan_interface: str | None, ralph: bool,
-                   reproduce: bool, trusted: tuple[str, ...], advertise: tuple[str, ...],
-                   task: str | None = None) -> NodeSettings:
-    """Flags override the config file, which overrides the embedded defaults."""
-    config = home.config()
-    host, port = parse_hostport(listen or config["listen"], what="--listen")
-    boots = tuple(to_address(b, what="--bootstrap") for b in (bootstrap or tuple(config.get("bootstrap", []))))
-    keys = tuple(dict.fromkeys([*config.get("trusted", []), *trusted]))
-    for key in keys:
-        if not is_hex(key, 64):
-            raise UserError(f"trusted key {key!r} is not 64 lower-case hex")
-    key_file = swarm_key_file or (Path(config["swarm_key_file"]) if config.get("swarm_key_file") else None)
-    if key_file is not None and not key_file.exists():
-        raise UserError(f"swarm key file {key_file} does not exist")
-    network = NetworkSettings(
-        host=host, port=port, advertise=tuple(to_address(a, what="--advertise") for a in advertise),
-        bootstrap=boots, lan=config.get("lan", True) if lan is None else lan,
-        lan_interface=lan_interface or config.get("lan_interface"), swarm_key_file=key_file,
-    )
-    return NodeSettings(home=home.path, swarm=swarm or config["swarm"], network=network, trusted=keys,
-                        ralph=ralph, reproduce=reproduce, task=task or config.get("task", "tiny"))
+from node.settings import NodeSettings, settings_from
 
 
 async def run_node(settings: NodeSettings, home: Home, extensions: list[Extension] | None = None) -> None:
@@ -158,16 +130,12 @@ def register(cli: click.Group) -> None:
         if not h.exists:
             identity, _ = h.init(swarm=swarm)
             click.echo(f"initialised {h.path} (pubkey {identity.pubkey})")
-        settings = build_settings(h, listen=listen, bootstrap=bootstrap, swarm=swarm, swarm_key_file=swarm_key_file,
-                                  lan=lan, lan_interface=lan_interface, ralph=ralph, reproduce=reproduce,
-                                  trusted=trusted, advertise=advertise)
         config = h.config()
-        settings = dataclasses.replace(
-            settings, gossip=dataclasses.replace(settings.gossip, sync_interval_s=sync_interval),
-            task=task or settings.task, device=device or config.get("device", "auto"),
-            budget_scale=budget_scale or float(config.get("budget_scale", 1.0)),
-            run_untrusted=run_untrusted or config.get("run_untrusted", "sandbox"),
-            verify_share=float(config.get("verify_share", 0.3)) if verify_share is None else verify_share)
+        settings = settings_from(h.path, config, dict(
+            listen=listen, bootstrap=bootstrap, swarm=swarm, swarm_key_file=swarm_key_file, lan=lan,
+            lan_interface=lan_interface, advertise=advertise, ralph=ralph, reproduce=reproduce, trusted=trusted,
+            sync_interval=sync_interval, task=task, device=device, budget_scale=budget_scale,
+            run_untrusted=run_untrusted, verify_share=verify_share))
         asyncio.run(run_node(settings, h, make_extensions(settings, config, ralph_flags, ralph_steps)))
 
     @cli.command("swarm-key")

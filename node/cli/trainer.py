@@ -148,7 +148,7 @@ def register(group: click.Group) -> None:
                    seed: int, budget_scale: float, device: str, timeout_s: float | None, as_json: bool) -> None:
         """Train the task's script (optionally patched) in the sandbox and measure val_bpb."""
         h = get_home(home)
-        task = _task(task_name or str(h.config().get("task", "tiny")))
+        task = _task(task_name or str(h.config()["task"]))
         if not (budget_scale > 0 and budget_scale <= 100):
             raise UserError(f"--budget-scale must be in (0, 100], got {budget_scale}")
         if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
