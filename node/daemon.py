@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from protocol import Envelope, Identity, build
+from protocol import PROTOCOL_VERSION, Envelope, Identity, build
 from store import Replica
 
 from node import VERSION
@@ -298,7 +298,8 @@ class Node:
         return {
             "pubkey": self.identity.pubkey,
             "swarm": self.swarm,
-            "version": VERSION,
+            "version": PROTOCOL_VERSION,  # the protocol's integer (SPEC.md 10.2); the software's is beside it
+            "software": VERSION,
             "address": self.address,
             "peers": len(self.peers.active(time.time())),
             "counts": await self.replica.counts(),

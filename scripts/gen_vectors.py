@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Write protocol v1 test vectors to tests/vectors/*.json (SPEC.md section 9).
+"""Write protocol v1 test vectors to tests/vectors/*.json (SPEC.md sections 9 and 10.7).
 
     .venv/bin/python scripts/gen_vectors.py            # (re)write the files
     .venv/bin/python scripts/gen_vectors.py --check    # exit 1 if the files differ from a fresh run
 
 Deterministic: fixed seeds, fixed created_at, and Ed25519 signatures are deterministic (RFC 8032),
-so a second run writes the same bytes. tests/test_vectors.py checks the files with our code and
-independently (hashlib + cryptography + a hand-written canonical encoder).
+so a second run writes the same bytes; the private-swarm sealing vectors take a fixed key, nonces
+and time. tests/test_vectors.py checks the files with our code and independently (hashlib, hmac,
+cryptography and a hand-written canonical encoder); tests/test_spec_http.py replays the recorded
+HTTP exchange against a real node.
 """
 from __future__ import annotations
 
@@ -18,8 +20,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from protocol import Identity, build, canon, decode, task_id  # noqa: E402
+from protocol import PROTOCOL_VERSION, Identity, build, canon, decode, task_id  # noqa: E402
 from protocol.limits import MAX_ENVELOPE_BYTES  # noqa: E402
+from node import VERSION as SOFTWARE  # noqa: E402
+from node.net.swarmkey import (  # noqa: E402
+    AUTH_HEADER, SALT, ReplayCache, SwarmAuthError, SwarmKey, open_request, open_response, seal_request,
+    seal_response,
+)
 
 OUT = ROOT / "tests" / "vectors"
 CREATED_AT = 1700000000  # 2023-11-14T22:13:20Z
@@ -229,6 +236,207 @@ def invalid_vectors() -> list[dict]:
             for name, raw, reason, swarm, now in cases]
 
 
+# -- SPEC.md 10.3: private-swarm sealing ---------------------------------------------------------
+
+SWARM_SECRET = bytes(range(32))  # the key file holds its hex and a newline
+SEAL_TS = CREATED_AT + 100  # the sender's clock for every sealed request
+
+
+def _hexes(raw: bytes) -> dict:
+    return {"text": text(raw), "hex": raw.hex()}
+
+
+def _ad_request(swarm: str, method: str, target: str, ts: int) -> bytes:
+    return canon(["ralphswarm-request", "v1", swarm, method, target, ts])
+
+
+def _ad_response(swarm: str, request_nonce: bytes, status: int) -> bytes:
+    return canon(["ralphswarm-response", "v1", swarm, request_nonce.hex(), status])
+
+
+def _seal_case(name: str, swarm: str, method: str, target: str, body: bytes, status: int, answer: bytes,
+               request_nonce: bytes, answer_nonce: bytes) -> dict:
+    key = SwarmKey.from_secret(SWARM_SECRET, swarm)
+    headers, sealed = seal_request(key, method, target, body, SEAL_TS, nonce=request_nonce)
+    assert open_request(key, method, target, headers, sealed, SEAL_TS, ReplayCache()) == body
+    sealed_answer = seal_response(key, request_nonce, status, answer, nonce=answer_nonce)
+    assert open_response(key, request_nonce, status, sealed_answer) == answer
+    return {
+        "name": name,
+        "swarm": swarm,
+        "keys": {"info_request": _hexes(b"ralphswarm v1 request|" + swarm.encode()),
+                 "info_response": _hexes(b"ralphswarm v1 response|" + swarm.encode()),
+                 "request_key": key.request_key.hex(), "response_key": key.response_key.hex()},
+        "request": {"method": method, "target": target, "ts": SEAL_TS, "nonce": request_nonce.hex(),
+                    "header": {"name": AUTH_HEADER, "value": headers[AUTH_HEADER]},
+                    "plaintext": _hexes(body), "ad": _hexes(_ad_request(swarm, method, target, SEAL_TS)),
+                    "sealed": sealed.hex()},
+        "answer": {"status": status, "nonce": answer_nonce.hex(), "plaintext": _hexes(answer),
+                   "ad": _hexes(_ad_response(swarm, request_nonce, status)), "sealed": sealed_answer.hex()},
+    }
+
+
+def sealing_vectors() -> dict:
+    claim = next(e for e in envelope_vectors()["envelopes"] if e["kind"] == "claim")
+    claim_raw = claim["canonical"].encode()
+    tid = task_id(TASK_BODY)
+    cases = [
+        _seal_case("push one envelope", "lab", "POST", "/v1/messages", b'{"messages":[' + claim_raw + b"]}", 200,
+                   json.dumps({"accepted": [claim["envelope"]["id"]], "duplicate": [], "rejected": []}).encode(),
+                   bytes(range(12)), bytes(range(12, 24))),
+        _seal_case("GET with a query, empty body", "lab", "GET", f"/v1/leaderboard?task={tid}", b"", 200,
+                   json.dumps({"task": tid, "verified": [], "pending": [], "disputed": [], "over_budget": [],
+                               "duplicates": []}).encode(),
+                   bytes.fromhex("a0" * 12), bytes.fromhex("b0" * 12)),
+        _seal_case("non-ASCII swarm name, an error answer", "caf\u00e9-lab", "POST", "/v1/sync", b'{"msg": "61"}', 429,
+                   b'{"error": "rate limited"}', bytes.fromhex("ff" * 12), bytes(12)),
+    ]
+    first = cases[0]
+    req = first["request"]
+    sealed = bytes.fromhex(req["sealed"])
+    header = req["header"]["value"]
+    ts, nonce = req["ts"], req["nonce"]
+    refusals: list[dict] = []
+
+    def refuse(name: str, reason: str, *, now: int = SEAL_TS, method: str = "POST", target: str = "/v1/messages",
+               value: str | None = header, body: bytes = sealed, swarm: str = "lab", replayed: bool = False) -> None:
+        refusals.append({"name": name, "swarm": swarm, "now": now, "method": method, "target": target,
+                         "header": value, "sealed": body.hex(), "opened_before": replayed, "reason_prefix": reason})
+
+    # every refusal is of case 0's request with one thing changed; the boundaries are accepted
+    refuse("no auth header", "missing swarm auth header", value=None)
+    refuse("upper-case nonce", "garbled swarm auth header", value=f"v1 {ts} {nonce.upper()}")
+    refuse("version v2", "garbled swarm auth header", value=f"v2 {ts} {nonce}")
+    refuse("two spaces", "garbled swarm auth header", value=f"v1  {ts} {nonce}")
+    refuse("13-digit timestamp", "garbled swarm auth header", value=f"v1 0{ts:012d} {nonce}")
+    refuse("121 s stale", "stale request timestamp", now=ts + 121)
+    refuse("121 s in the future", "request timestamp in the future", now=ts - 121)
+    refuse("timestamp moved by one second", "bad request tag", value=f"v1 {ts + 1} {nonce}", now=ts + 1)
+    refuse("other method", "bad request tag", method="PUT")
+    refuse("other target", "bad request tag", target="/v1/messages?x=1")
+    refuse("other swarm name, same key file", "bad request tag", swarm="lab2")
+    refuse("one ciphertext bit flipped", "bad request tag", body=bytes([sealed[0] ^ 1]) + sealed[1:])
+    refuse("tag cut off", "bad request tag", body=sealed[:-16])
+    refuse("replayed", "replayed request", replayed=True)
+    accepted = [{"name": "stale by exactly 120 s", "now": ts + 120}, {"name": "120 s in the future", "now": ts - 120}]
+    key = SwarmKey.from_secret(SWARM_SECRET, "lab")
+    for case in accepted:
+        open_request(key, "POST", "/v1/messages", {AUTH_HEADER: header}, sealed, case["now"], ReplayCache())
+    for case in refusals:
+        cache = ReplayCache()
+        k = SwarmKey.from_secret(SWARM_SECRET, case["swarm"])
+        headers = {} if case["header"] is None else {AUTH_HEADER: case["header"]}
+        if case["opened_before"]:
+            open_request(k, case["method"], case["target"], headers, bytes.fromhex(case["sealed"]), case["now"], cache)
+        try:
+            open_request(k, case["method"], case["target"], headers, bytes.fromhex(case["sealed"]), case["now"], cache)
+        except SwarmAuthError as exc:
+            assert exc.reason.startswith(case["reason_prefix"]), (case["name"], exc.reason)
+        else:
+            raise AssertionError(f"sealing refusal {case['name']!r} opened")
+    answer = first["answer"]
+    sealed_answer = bytes.fromhex(answer["sealed"])
+    answer_refusals = [
+        {"name": "status changed to 404", "request_nonce": nonce, "status": 404, "sealed": answer["sealed"]},
+        {"name": "answer to another request", "request_nonce": cases[1]["request"]["nonce"], "status": 200,
+         "sealed": answer["sealed"]},
+        {"name": "shorter than nonce and tag (not sealed)", "request_nonce": nonce, "status": 200,
+         "sealed": sealed_answer[:27].hex()},
+        {"name": "an unsealed JSON answer", "request_nonce": nonce, "status": 200,
+         "sealed": b'{"accepted": [], "duplicate": [], "rejected": []}'.hex()},
+    ]
+    for case in answer_refusals:
+        try:
+            open_response(key, bytes.fromhex(case["request_nonce"]), case["status"], bytes.fromhex(case["sealed"]))
+        except SwarmAuthError:
+            pass
+        else:
+            raise AssertionError(f"answer refusal {case['name']!r} opened")
+    return {
+        "description": "Private-swarm sealing (SPEC.md 10.3): the key file's secret and a swarm name -> HKDF "
+                       "keys; a request (method, target, ts, nonce, plaintext) -> auth header, associated data "
+                       "and sealed body; its answer (status, nonce, plaintext) -> associated data and sealed "
+                       "body (nonce || ciphertext || tag). refusals: case 0's request with one change, opened "
+                       "at `now` with a fresh replay cache (after one successful opening when opened_before), "
+                       "and the reason the 401 names; accepted: case 0's request opened at these clocks.",
+        "key_file": SWARM_SECRET.hex() + "\n",
+        "secret": SWARM_SECRET.hex(),
+        "salt": _hexes(SALT),
+        "cases": cases,
+        "accepted": accepted,
+        "refusals": refusals,
+        "answer_refusals": answer_refusals,
+    }
+
+
+# -- SPEC.md 10: one recorded HTTP exchange ---------------------------------------------------------
+
+NODE_SEED = "02" * 32
+NODE_ADDRESS = "http://192.0.2.1:7447"  # what the node advertises (its peer record, its status)
+CLIENT_ADDRESS = "http://127.0.0.1:9"  # the X-Ralphswarm-Peer the requests carry (nothing listens there)
+JSON_UTF8 = "application/json; charset=utf-8"  # JSON answers (Python json.dumps with default arguments)
+JSON_RAW = "application/json"  # answers spliced from canonical envelope bytes
+TEXT = "text/plain; charset=utf-8"  # the HTTP layer's own 404/405
+
+
+def http_exchange_vectors() -> dict:
+    envelopes = envelope_vectors()["envelopes"]
+    claim = next(e for e in envelopes if e["kind"] == "claim")
+    cid, craw = claim["envelope"]["id"], claim["canonical"]
+    bad = invalid_vectors()[0]  # signed by another key
+    assert bad["name"] == "signed by another key"
+    bad_id = json.loads(bad["raw"])["id"]
+    unknown = "ff" * 32
+    node = Identity.from_seed(bytes.fromhex(NODE_SEED))
+    exchanges: list[dict] = []
+
+    def add(name: str, method: str, target: str, body: str | None, status: int, content_type: str, answer: str,
+            **answer_headers: str) -> None:
+        headers = {"X-Ralphswarm-Peer": CLIENT_ADDRESS}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        exchanges.append({"name": name,
+                          "request": {"method": method, "target": target, "headers": headers, "body": body},
+                          "answer": {"status": status, "headers": {"Content-Type": content_type, **answer_headers},
+                                     "body": answer}})
+
+    status = {"pubkey": node.pubkey, "swarm": SWARM, "version": PROTOCOL_VERSION, "software": SOFTWARE,
+              "address": NODE_ADDRESS, "peers": 0, "counts": {"task": 1, "claim": 0, "vote": 0, "peer": 1}}
+    add("status of a fresh node (its task and its peer record stored)", "GET", "/v1/status", None, 200,
+        JSON_UTF8, json.dumps(status))
+    add("push one envelope", "POST", "/v1/messages", '{"messages":[' + craw + "]}", 200, JSON_UTF8,
+        json.dumps({"accepted": [cid], "duplicate": [], "rejected": []}))
+    add("push it again, a forged envelope and a null", "POST", "/v1/messages",
+        '{"messages":[' + craw + "," + bad["raw"] + ",null]}", 200, JSON_UTF8,
+        json.dumps({"accepted": [], "duplicate": [cid], "rejected": [
+            {"id": bad_id, "reason": "invalid: bad signature"},
+            {"id": None, "reason": "invalid: schema: envelope (not an object)"}]}))
+    add("announce: the node wants only what it lacks", "POST", "/v1/announce", json.dumps({"ids": [cid, unknown]}),
+        200, JSON_UTF8, json.dumps({"want": [unknown]}))
+    add("fetch: the stored ones, canonical bytes spliced", "POST", "/v1/fetch", json.dumps({"ids": [unknown, cid]}),
+        200, JSON_RAW, '{"messages":[' + craw + "]}")
+    add("one message", "GET", f"/v1/messages/{cid}", None, 200, JSON_RAW, craw)
+    add("unknown message", "GET", f"/v1/messages/{unknown}", None, 404, JSON_UTF8,
+        json.dumps({"error": "unknown message"}))
+    add("sync in Negentropy version 2: answered with version 1 (0x61)", "POST", "/v1/sync", '{"msg": "62"}', 200,
+        JSON_UTF8, json.dumps({"msg": "61"}))
+    add("malformed request", "POST", "/v1/fetch", '{"ids": "nope"}', 400, JSON_UTF8,
+        json.dumps({"error": "invalid: schema: ids"}))
+    add("unknown path", "GET", "/v1/nope", None, 404, TEXT, "404: Not Found")
+    add("known path, wrong method", "PUT", "/v1/status", None, 405, TEXT, "405: Method Not Allowed", Allow="GET,HEAD")
+    return {
+        "description": "One conversation with a fresh node (SPEC.md 10): start it with the identity seed, swarm, "
+                       "advertised address and task below, no peers, then send the requests in order. "
+                       "Bodies are text (UTF-8). Answers of Content-Type application/json; charset=utf-8 are "
+                       "this implementation's JSON (Python json.dumps spacing): another implementation must "
+                       "match their parsed value; every other answer body byte for byte. Each answer also "
+                       "carries Content-Length, Date and Server, not recorded.",
+        "node": {"identity_seed": NODE_SEED, "pubkey": node.pubkey, "swarm": SWARM, "advertise": NODE_ADDRESS,
+                 "task": "tiny", "software": SOFTWARE},
+        "exchanges": exchanges,
+    }
+
+
 def generate() -> dict[str, str]:
     """File name -> file text."""
     files = {
@@ -238,6 +446,8 @@ def generate() -> dict[str, str]:
         "invalid.json": {"description": "Envelopes a receiver must refuse: raw text, receiver's swarm and now, "
                                         "and the reason its error must start with.",
                          "cases": invalid_vectors()},
+        "sealing.json": sealing_vectors(),
+        "http_exchange.json": http_exchange_vectors(),
     }
     # ensure_ascii keeps the vector files themselves plain ASCII, whatever the data holds.
     return {name: json.dumps(data, indent=1, ensure_ascii=True) + "\n" for name, data in files.items()}

@@ -45,8 +45,9 @@ def node(tmp_path_factory):
 def test_status_shape(node):
     code, st, _ = request(node, "GET", "/v1/status")
     assert code == 200
-    assert set(st) >= {"pubkey", "swarm", "version", "peers", "counts"}
+    assert set(st) >= {"pubkey", "swarm", "version", "software", "peers", "counts"}
     assert set(st["counts"]) == {"task", "claim", "vote", "peer"} and st["swarm"] == "public"
+    assert st["version"] == 1 and isinstance(st["software"], str)  # protocol integer; software text (SPEC 10.2.1)
 
 
 def test_push_fetch_get_round_trip(node):
@@ -86,6 +87,14 @@ def test_malformed_requests_get_4xx(node, method, path, body, status):
         assert code in (200, 400)  # NIP-77: a server may answer an unknown version with its own
         return
     assert code == status, payload
+
+
+def test_elements_that_are_not_envelopes_are_refused_per_item(node):
+    # never a 500: each element that is not an object is refused by SPEC 4.3, the batch answered 200
+    code, report, _ = request(node, "POST", "/v1/messages", b'{"messages": [null, 5, [1000], ["a"], true, -1]}')
+    assert code == 200, report
+    assert report["accepted"] == [] and report["duplicate"] == []
+    assert report["rejected"] == [{"id": None, "reason": "invalid: schema: envelope (not an object)"}] * 6
 
 
 def test_oversized_body_is_413(node):

@@ -120,6 +120,32 @@ def _open(key=KEY, method="POST", path="/v1/messages", headers=None, body=None, 
     return open_request(key, method, path, headers, body, now, cache if cache is not None else ReplayCache())
 
 
+def test_associated_data_is_canonical_json():
+    # SPEC.md 10.3: canon (no spaces, raw UTF-8), not json.dumps' default spacing and ASCII escapes
+    from node.net.swarmkey import _request_ad, _response_ad
+
+    key = SwarmKey.from_secret(SECRET, "caf\u00e9")
+    request_ad = '["ralphswarm-request","v1","caf\u00e9","POST","/v1/x?a=1",17]'.encode()
+    assert _request_ad(key, "post", "/v1/x?a=1", 17) == request_ad
+    response_ad = '["ralphswarm-response","v1","caf\u00e9","' + "00" * 12 + '",404]'
+    assert _response_ad(key, bytes(12), 404) == response_ad.encode()
+
+
+def test_a_target_that_cannot_be_encoded_is_refused_not_a_crash():
+    headers, sealed = seal_request(KEY, "GET", "/ok", b"", NOW)
+    with pytest.raises(SwarmAuthError, match="cannot be encoded"):
+        _open(method="GET", path="/\udcff", headers=headers, body=sealed)
+
+
+def test_fixed_nonces_are_for_vectors_and_must_be_12_bytes():
+    a = seal_request(KEY, "GET", "/p", b"", NOW, nonce=bytes(12))
+    assert a == seal_request(KEY, "GET", "/p", b"", NOW, nonce=bytes(12)) and a[0][AUTH_HEADER].endswith("00" * 12)
+    with pytest.raises(ValueError):
+        seal_request(KEY, "GET", "/p", b"", NOW, nonce=bytes(11))
+    with pytest.raises(ValueError):
+        seal_response(KEY, bytes(12), 200, b"", nonce=bytes(13))
+
+
 def test_request_round_trip_hides_plaintext():
     headers, sealed = seal_request(KEY, "post", "/v1/messages?x=1", b'{"secret": "corpus"}', NOW)
     assert headers["Content-Type"] == "application/octet-stream"

@@ -1,8 +1,8 @@
-"""Gossip over HTTP: the client side of API v1 (node/api.py is the server side).
+"""Gossip over HTTP: the client side of API v1 (node/net/api.py is the server side; protocol/SPEC.md 10).
 
 Envelopes travel as their canonical bytes spliced into a JSON array, so a relay never
 re-encodes what it stores. In a private swarm every exchange is sealed with the swarm key
-(node/swarmkey.py); without the key a peer can neither read nor inject.
+(node/net/swarmkey.py); without the key a peer can neither read nor inject.
 """
 from __future__ import annotations
 
@@ -14,12 +14,26 @@ import aiohttp
 
 from node.net.transport import PeerMisbehaved, PeerUnavailable
 
-MAX_ANSWER_BYTES = 16 * 1024 * 1024
+MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a bigger answer is a misbehaving peer (SPEC.md 10.5)
+PEER_HEADER = "X-Ralphswarm-Peer"  # our own address, sent with every request (SPEC.md 10)
+TIMEOUT_S = 10.0  # one whole exchange, request and answer (SPEC.md 10.5)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The whole answer body, or its first ``max_bytes`` when longer (``content.read(n)`` alone
+    returns only what has arrived so far, which cut every answer bigger than a socket read)."""
+    chunks, total = [], 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total >= max_bytes:
+            break
+    return b"".join(chunks)[:max_bytes]
 
 
 class HttpTransport:
     def __init__(self, session: aiohttp.ClientSession, *, self_address: str | None = None,
-                 swarm_key: Any = None, timeout_s: float = 10.0):
+                 swarm_key: Any = None, timeout_s: float = TIMEOUT_S):
         self.session = session
         self.self_address = self_address
         self.swarm_key = swarm_key
@@ -32,7 +46,7 @@ class HttpTransport:
         url = peer.rstrip("/") + path
         headers = {"Content-Type": "application/json"}
         if self.self_address:
-            headers["X-Ralphswarm-Peer"] = self.self_address
+            headers[PEER_HEADER] = self.self_address
         payload = body if body is not None else b""
         nonce = None
         if self.swarm_key is not None:
@@ -46,7 +60,7 @@ class HttpTransport:
         try:
             async with self.session.request(method, url, data=payload if (payload or method != "GET") else None,
                                             headers=headers, timeout=self.timeout) as resp:
-                raw = await resp.content.read(MAX_ANSWER_BYTES + 1)
+                raw = await _read_capped(resp, MAX_ANSWER_BYTES + 1)
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -4,7 +4,8 @@ docs/design.md, "Discovery and swarms": without the swarm key a node can neither
 Signed envelopes already stop forgery and cross-swarm replay of *messages*; this layer keeps a
 private swarm's corpus, peer lists and sync traffic away from anyone who lacks the key.
 
-Wire (v1), pinned so other implementations can speak it:
+The wire is specified byte for byte in protocol/SPEC.md 10.3, with vectors in
+tests/vectors/sealing.json (scripts/gen_vectors.py). In short:
 
 - key file: at least 32 random bytes as hex (``generate_swarm_key`` writes 32), mode 0600.
 - keys: HKDF-SHA256(ikm=file bytes, salt=SALT, info=b"ralphswarm v1 request|" + swarm) and
@@ -13,15 +14,18 @@ Wire (v1), pinned so other implementations can speak it:
   names gives two unrelated swarms.
 - request: header ``X-Ralphswarm-Auth: v1 <ts> <nonce>`` (ts = integer Unix seconds, nonce = 24
   hex, random); body = ChaCha20-Poly1305(request key, nonce, plaintext,
-  ad = json ["ralphswarm-request", "v1", swarm, METHOD, raw path+query, ts]).
+  ad = canon(["ralphswarm-request", "v1", swarm, METHOD, raw path+query, ts])).
 - answer: status in clear; body = nonce' (12 random bytes) || ChaCha20-Poly1305(response key,
-  nonce', plaintext, ad = json ["ralphswarm-response", "v1", swarm, request nonce hex, status]),
+  nonce', plaintext, ad = canon(["ralphswarm-response", "v1", swarm, request nonce hex, status])),
   which binds the answer to its request and its status, so answers cannot be replayed, swapped
   between requests, or turned from a 404 into a 200.
 - a receiver accepts a request only within ``SKEW_S`` of its own clock and only once per nonce.
 
-The seal/open functions are pure (clock and replay cache passed in); the aiohttp middleware and the
-client helper at the bottom are the only I/O.
+``canon`` is protocol canonical JSON (SPEC.md 2), so the associated data has one spelling that
+another implementation can write without imitating Python's ``json.dumps`` spacing.
+
+The seal/open functions are pure (clock and replay cache passed in; a nonce may be passed in for
+test vectors); the aiohttp middleware and the client helper at the bottom are the only I/O.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from yarl import URL
 
+from protocol import ProtocolError, canon
 from protocol.keys import read_private_file
 
 from node.errors import UserError
@@ -173,19 +178,38 @@ class ReplayCache:
 
 # -- pure seal / open -------------------------------------------------------------------------
 
+def _ad(fields: list) -> bytes:
+    """Associated data: canonical JSON of a list, unambiguous field boundaries whatever the path holds."""
+    try:
+        return canon(fields)
+    except ProtocolError:  # a lone surrogate in a path or swarm name: nothing can open or be sealed
+        raise SwarmAuthError("request target or swarm name cannot be encoded") from None
+
+
 def _request_ad(key: SwarmKey, method: str, path_qs: str, ts: int) -> bytes:
-    # JSON list: unambiguous field boundaries whatever the path contains
-    return json.dumps(["ralphswarm-request", VERSION, key.swarm, method.upper(), path_qs, ts]).encode()
+    return _ad(["ralphswarm-request", VERSION, key.swarm, method.upper(), path_qs, ts])
 
 
 def _response_ad(key: SwarmKey, request_nonce: bytes, status: int) -> bytes:
-    return json.dumps(["ralphswarm-response", VERSION, key.swarm, request_nonce.hex(), int(status)]).encode()
+    return _ad(["ralphswarm-response", VERSION, key.swarm, request_nonce.hex(), int(status)])
 
 
-def seal_request(key: SwarmKey, method: str, path_qs: str, body: bytes, now: float) -> tuple[dict[str, str], bytes]:
-    """Headers and sealed body for one request; ``path_qs`` is the raw (percent-encoded) target."""
+def _nonce(nonce: bytes | None) -> bytes:
+    if nonce is None:
+        return os.urandom(NONCE_BYTES)
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError(f"a nonce is {NONCE_BYTES} bytes, got {len(nonce)}")
+    return bytes(nonce)
+
+
+def seal_request(key: SwarmKey, method: str, path_qs: str, body: bytes, now: float,
+                 nonce: bytes | None = None) -> tuple[dict[str, str], bytes]:
+    """Headers and sealed body for one request; ``path_qs`` is the raw (percent-encoded) target.
+
+    ``nonce`` is for test vectors only: a real request takes a fresh random one (the default).
+    """
     ts = int(now)
-    nonce = os.urandom(NONCE_BYTES)
+    nonce = _nonce(nonce)
     sealed = ChaCha20Poly1305(key.request_key).encrypt(nonce, bytes(body), _request_ad(key, method, path_qs, ts))
     return {AUTH_HEADER: f"{VERSION} {ts} {nonce.hex()}", "Content-Type": CONTENT_TYPE}, sealed
 
@@ -222,9 +246,12 @@ def open_request(
     return plain
 
 
-def seal_response(key: SwarmKey, request_nonce: bytes, status: int, body: bytes) -> bytes:
-    nonce = os.urandom(NONCE_BYTES)
-    return nonce + ChaCha20Poly1305(key.response_key).encrypt(nonce, bytes(body), _response_ad(key, request_nonce, status))
+def seal_response(key: SwarmKey, request_nonce: bytes, status: int, body: bytes,
+                  nonce: bytes | None = None) -> bytes:
+    """The sealed answer body: a fresh nonce then the ciphertext (``nonce`` for test vectors only)."""
+    nonce = _nonce(nonce)
+    ad = _response_ad(key, request_nonce, status)
+    return nonce + ChaCha20Poly1305(key.response_key).encrypt(nonce, bytes(body), ad)
 
 
 def open_response(key: SwarmKey, request_nonce: bytes, status: int, sealed: bytes) -> bytes:
