@@ -359,12 +359,21 @@ OVER_BUDGET = "over budget"
 SCORED = {"mismatch": ("vs claimed",), OVER_BUDGET: ("compute cap",)}
 NODE_CASES = [
     ("frame inspection", hostile.frames, {"failed": READS, **SCORED}),
+    ("gc scanning", hostile.gc_scan, {"failed": READS, **SCORED}),
+    ("proc and file reads", hostile.proc_and_files, {"failed": READS, **SCORED}),
     ("result file", hostile.result_file, SCORED),
+    ("harness monkeypatched", hostile.channel_patch, SCORED),
+    ("generator import", hostile.generator_import, SCORED),
+    ("loader rewound", lambda: hostile.past_budget_loader(PASSES), SCORED),
+    ("many steps per batch", lambda: hostile.many_steps(PASSES), SCORED),
     ("probe-aware lookahead", hostile.probe_aware, {"failed": (FUTURE, MIXING)}),
     ("FIFO for the weights", lambda: hostile.planted_weights("fifo"), {"failed": ("not a regular file",)}),
+    ("symlink for the weights", lambda: hostile.planted_weights("symlink"), {"failed": (WEIGHTS,)}),
+    ("planted in the model scratch", hostile.planted_in_model_scratch, {"failed": (HANDOVER,), **SCORED}),
 ]
-if OVER_BUDGET in VERDICTS:  # the node's compute-cap verdict
-    NODE_CASES.append(("many steps per batch", lambda: hostile.many_steps(PASSES), SCORED))
+if _run_memory_cap() is None:  # the run's children together over its memory cap
+    NODE_CASES.append(("children over the memory cap",
+                       lambda: hostile.memory_hog(children=3, gib=1.5), {"failed": ("out of memory",)}))
 
 
 def _reproducer(home: Path, honest: Honest):
@@ -404,8 +413,11 @@ async def test_a_node_does_not_reproduce_a_hostile_claim(tmp_path, cache, honest
     # agrees with it), and a made-up great score.
     spot = await asyncio.to_thread(spot_check, TINY, source, seed=SEED, fraction=1.0, reference_curve=[[1, "0"]],
                                    budget_tokens=BUDGET, device="cpu", cache_dir=cache)
-    assert spot.curve, spot.reason
-    result = dict(honest.result, val_bpb="1.0", curve=spot.curve, seed=SEED, tokens=BUDGET)
+    # A script that crashes its own training (over the memory cap) has no curve of its own: it claims
+    # the honest one, and the reproducer's spot check must fail it for what it does.
+    assert spot.curve or "out of memory" in spot.reason, spot.reason
+    result = dict(honest.result, val_bpb="1.0", curve=spot.curve or honest.result["curve"], seed=SEED,
+                  tokens=BUDGET)
     body = {"task": TINY.id, "parent": None, "patch": make_patch(TINY.source, source),
             "source_sha256": source_sha256(source), "note": f"hostile: {name}", "outcome": "improved",
             "result": result}
