@@ -298,6 +298,17 @@ def test_a_claim_a_trusted_key_found_over_budget_is_listed_apart_never_ranked(tm
     assert "status  over budget" in text and "vote over budget" in text
 
 
+def test_trust_list_shows_every_key_ranking_uses(ranked_home):
+    home, (reproduced, _, _) = ranked_home
+    config = json.loads((home / "config.json").read_text())
+    (home / "config.json").write_text(json.dumps({**config, "trusted": [VOTER.pubkey]}))  # by hand
+    assert out(cli("trust", "list", home=home)).split() == [VOTER.pubkey]
+    assert [e["claim"] for e in board(home)["verified"]] == [reproduced.id]
+    assert cli("trust", "remove", VOTER.pubkey, home=home).returncode == 0
+    assert out(cli("trust", "list", home=home)) == "" and board(home)["verified"] == []
+    assert json.loads((home / "config.json").read_text())["trusted"] == []
+
+
 def test_show_and_trust_refuse_bad_input(ranked_home):
     home, claims = ranked_home
     assert_error(cli("show", "f" * 64, home=home), "no message")

@@ -146,10 +146,7 @@ def register(cli: click.Group) -> None:
     @home_option
     def trust_list(home: Path | None) -> None:
         """List the operator-trusted keys."""
-        h = get_home(home)
-        if not h.exists:
-            raise UserError(f"no node in {h.path}; run: ralphswarm init --home {h.path}")
-        for key in h.config().get("trusted", []):
+        for key in asyncio.run(_trusted_keys(get_home(home))):
             click.echo(key)
 
 
@@ -327,13 +324,18 @@ async def _show(home: Home, message_id: str, as_json: bool) -> None:
 
 
 async def _trust(home: Home, key: str, on: bool) -> None:
+    """Trust a key (the replica keeps it) or stop trusting it (in the replica and in the config file's
+    "trusted", which a node also starts with): what ``trust list`` shows is what ranking uses."""
     if not is_hex(key, 64):
         raise UserError("a key is 64 lower-case hex characters (see: ralphswarm id)")
-    config = home.config()
-    trusted = [k for k in config.get("trusted", []) if k != key]
-    if on:
-        trusted.append(key)
-    config["trusted"] = trusted
     async with open_replica(home) as replica:
         await replica.set_trusted(key, on)
-    home.save_config(config)
+    config = home.config()
+    if not on and key in config["trusted"]:
+        config["trusted"] = [k for k in config["trusted"] if k != key]
+        home.save_config(config)
+
+
+async def _trusted_keys(home: Home) -> list[str]:
+    async with open_replica(home) as replica:
+        return await replica.trusted_keys()
