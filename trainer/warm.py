@@ -381,7 +381,7 @@ class WarmPool:
 
 POOL = WarmPool()
 
-_SCRATCH_RE = re.compile(r"ralphswarm-[a-z]+-([0-9]+)-")
+_SCRATCH_RE = re.compile(r"ralphswarm-[a-z]+(?:-[a-z]+)*-([0-9]+)-")  # kinds may hold a dash (model-a)
 _swept = threading.Lock()
 _sweep_done = False
 
