@@ -48,11 +48,9 @@ def test_scratch_dirs_carry_their_owner_pid():
 
 def test_a_kind_with_a_dash_is_swept_too(tmp_path):
     # The model processes' kinds are "model-a" and "model-b": their directories carry the owner too.
-    dead = _dead_pid() if "_dead_pid" in globals() else None
-    if dead is None:
-        proc = subprocess.Popen([sys.executable, "-c", "pass"])
-        proc.wait()
-        dead = proc.pid
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = proc.pid
     gone = tmp_path / f"ralphswarm-model-a-{dead}-x1"
     gone.mkdir()
     assert sweep_orphans(tmp_path) == [gone]
