@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol import Identity, KeyFileError
+from protocol.fileio import write_atomic
 
 from node.errors import UserError
 from node.settings import default_config
@@ -80,6 +81,5 @@ class Home:
         return {**default_config(), **loaded}
 
     def save_config(self, config: dict[str, Any]) -> None:
-        tmp = self.config_path.with_name("config.json.tmp")
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, self.config_path)
+        write_atomic(self.config_path, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+                     mode=0o644)
