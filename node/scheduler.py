@@ -19,8 +19,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Iterable, Mapping
 
 from protocol.schemas import VERDICTS  # one list: protocol/SPEC.md 5.4
-
-OVER_BUDGET = "over budget"
+from store.ranking import OVER_BUDGET  # the verdict, and the claim status of the same name
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator, Iterable, Sequence
 
 import aiosqlite
 
-from protocol import Envelope, is_hex
+from protocol import KINDS, Envelope, is_hex
 
 from . import ranking
 from .errors import StoreError
@@ -27,7 +27,6 @@ from .ranking import ClaimStatus, Entry, Leaderboard, RankingSettings
 from .schema import migrate
 from .trust import TrustSettings, TrustView, VoteFact, compute_trust
 
-KINDS = ("task", "claim", "vote", "peer")
 SQL_CHUNK = 500  # ids per IN (...) query, well under SQLite's bound-parameter limit
 VOTE_COLUMNS = "id, author, claim, verdict, vote_bpb, created_at"
 
