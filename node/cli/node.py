@@ -105,8 +105,8 @@ def register(cli: click.Group) -> None:
     @click.option("--ralph/--no-ralph", default=True, help="Run this node's own Ralph loop.")
     @click.option("--reproduce/--no-reproduce", default=True, help="Reproduce other nodes' claims and vote.")
     @click.option("--trusted", multiple=True, metavar="KEY", help="A key this operator trusts (repeatable).")
-    @click.option("--sync-interval", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-                  help="Seconds between reconciliations with a random peer.")
+    @click.option("--sync-interval", type=click.FloatRange(min=0.1), default=None,
+                  help="Seconds between reconciliations with a random peer (default 30).")
     @click.option("--task", default=None, help="Task the own loop works on (default from config: tiny).")
     @click.option("--device", default=None, help="auto | cpu | cuda | mps (default auto).")
     @click.option("--budget-scale", type=click.FloatRange(min=0.0001, max=1.0), default=None,
