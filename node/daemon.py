@@ -61,9 +61,8 @@ class Node:
         self.tasks: TaskBook | None = None
         self.corpus: ReplicaCorpus | None = None
         self.telemetry = Telemetry(echo=lambda line: self.echo(line))
-        self.counters = self.telemetry.counters  # read by /metrics, /api/activity and the tests
+        self.counters = self.telemetry.counters  # the telemetry's, by a short name (tests read them)
         self.activity = self.telemetry.activity
-        self.events = self.telemetry.events
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -283,8 +282,8 @@ class Node:
             "bytes_received": self.bytes_in + self.transport.bytes_in,  # request bodies served + answers read
             "bytes_sent": self.transport.bytes_out,
             "gossip": {k: v for k, v in vars(g).items()},
-            "events": dict(self.events),
-            "counters": {**self.counters, **{f"busy_s_{k}": v for k, v in self.slots.busy_s.items()}},
+            "events": dict(self.telemetry.events),
+            "counters": {**self.telemetry.counters, **{f"busy_s_{k}": v for k, v in self.slots.busy_s.items()}},
         }
 
     def peers_json(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 (docs/design.md, "Reproduction and voting" and "Running other people's code").
 
 Two tasks owned by the extension: the planner rebuilds the queue (debounced) whenever claims or
-votes arrive and shows it in ``node.activity["queue"]``; the worker takes the top claim when the
+votes arrive and shows it in the node's activity (``telemetry.set_queue``); the worker takes the top claim when the
 compute share allows, applies the ``--run-untrusted`` policy, rebuilds the claim's source, runs
 the spot check (same seed, first part of the budget, curves compared) and only then the full run,
 and publishes one vote. Nothing here may crash the node: a failing claim is logged and skipped.
