@@ -63,8 +63,17 @@ def scratch():
     shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_warm_processes():
+    """Warm harness processes an earlier test module left waiting (trainer.warm.POOL) each hold a run
+    cgroup of this process: end them first, so that what is left after a test here is its own."""
+    from trainer.experiment import close_warm_pool
+
+    close_warm_pool()
+
+
 @pytest.fixture(autouse=True)
-def no_cgroup_left():
+def no_cgroup_left(no_warm_processes):
     """Every test leaves no run cgroup of this process behind."""
     yield
     assert cgroups.leftovers() == []
