@@ -61,8 +61,6 @@ class Node:
         self.tasks: TaskBook | None = None
         self.corpus: ReplicaCorpus | None = None
         self.telemetry = Telemetry(echo=lambda line: self.echo(line))
-        self.counters = self.telemetry.counters  # the telemetry's, by a short name (tests read them)
-        self.activity = self.telemetry.activity
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:

@@ -399,7 +399,7 @@ async def _wait_vote(node, claim_id: str, timeout: float):
         if votes:
             return votes[0]
         await asyncio.sleep(0.2)
-    raise AssertionError(f"no vote on {claim_id[:12]} within {timeout} s; activity {node.activity}")
+    raise AssertionError(f"no vote on {claim_id[:12]} within {timeout} s; activity {node.telemetry.activity}")
 
 
 @pytest.mark.timeout(600)
@@ -443,7 +443,7 @@ async def test_a_node_does_not_reproduce_a_hostile_claim(tmp_path, cache, honest
         assert status.own_vote == verdict and status.status != "verified"
         board = await node.replica.leaderboard(TINY.id)
         assert env.id not in [e.claim.id for e in board.verified]
-        assert node.activity["experiment"] is None and not node.slots.in_use
+        assert node.telemetry.activity["experiment"] is None and not node.slots.in_use
     finally:
         await node.stop()
 

@@ -89,7 +89,7 @@ async def wait_vote(node: Node, claim_id: str, timeout: float = 150.0):
         if votes:
             return votes[0]
         await asyncio.sleep(0.1)
-    raise AssertionError(f"no vote on {claim_id[:12]} within {timeout} s; activity {node.activity}")
+    raise AssertionError(f"no vote on {claim_id[:12]} within {timeout} s; activity {node.telemetry.activity}")
 
 
 async def offer(node: Node, env) -> None:
@@ -113,11 +113,11 @@ async def test_honest_claim_is_reproduced(tmp_path, cache, honest):
         status = await node.replica.claim_status(env.id)
         assert status.status == "verified" and status.reproduced_bpb == result["val_bpb"]
         assert (await node.replica.trust()).get(AUTHOR.pubkey, 0.0) > 0
-        assert node.counters["reproduce_full_runs"] == 1 and node.counters["votes_reproduced"] == 1
-        assert node.activity["experiment"] is None
-        assert any(line.get("verdict") == "reproduced" for line in node.activity["recent"])
+        assert node.telemetry.counters["reproduce_full_runs"] == 1 and node.telemetry.counters["votes_reproduced"] == 1
+        assert node.telemetry.activity["experiment"] is None
+        assert any(line.get("verdict") == "reproduced" for line in node.telemetry.activity["recent"])
         await rep.rebuild()
-        assert node.activity["queue"] == []  # voted on: not queued again
+        assert node.telemetry.activity["queue"] == []  # voted on: not queued again
     finally:
         await node.stop()
 
@@ -133,7 +133,7 @@ async def test_falsified_val_bpb_is_a_full_run_mismatch(tmp_path, cache, honest)
         assert vote.body["verdict"] == "mismatch", vote.body["reason"]
         assert vote.body["result"]["val_bpb"] == result["val_bpb"]  # what was really measured
         assert "spot check passed" in vote.body["reason"] and "tolerance" in vote.body["reason"]
-        assert node.counters["reproduce_full_runs"] == 1
+        assert node.telemetry.counters["reproduce_full_runs"] == 1
         status = await node.replica.claim_status(env.id)
         assert status.status != "verified" and status.own_vote == "mismatch"
         assert (await node.replica.trust()).get(AUTHOR.pubkey, 0.0) == 0.0
@@ -152,8 +152,8 @@ async def test_falsified_curve_is_caught_by_the_spot_check_alone(tmp_path, cache
         vote = await wait_vote(node, env.id)
         assert vote.body["verdict"] == "mismatch", vote.body["reason"]
         assert vote.body["result"] is None and "curve diverges" in vote.body["reason"]
-        assert node.counters["reproduce_spot_checks"] == 1
-        assert "reproduce_full_runs" not in node.counters  # the full run never started
+        assert node.telemetry.counters["reproduce_spot_checks"] == 1
+        assert "reproduce_full_runs" not in node.telemetry.counters  # the full run never started
     finally:
         await node.stop()
 
@@ -186,10 +186,10 @@ async def test_never_policy_refuses_once_and_waits_for_the_share(tmp_path, cache
         env = claim_env(source, result)
         await offer(node, env)
         for _ in range(100):
-            if node.activity["queue"]:
+            if node.telemetry.activity["queue"]:
                 break
             await asyncio.sleep(0.05)
-        [item] = node.activity["queue"]
+        [item] = node.telemetry.activity["queue"]
         assert item["claim"] == env.id and item["task"] == TINY.id and "pending" in item["reason"]
         await asyncio.sleep(1.0)  # several worker polls
         assert await own_votes(node, env.id) == []
@@ -197,10 +197,10 @@ async def test_never_policy_refuses_once_and_waits_for_the_share(tmp_path, cache
         vote = await wait_vote(node, env.id, timeout=10)
         assert vote.body["verdict"] == "refused" and vote.body["result"] is None
         assert "never" in vote.body["reason"]
-        assert "reproductions_run" not in node.counters
+        assert "reproductions_run" not in node.telemetry.counters
         await rep.rebuild()
         await asyncio.sleep(1.0)
-        assert len(await own_votes(node, env.id)) == 1 and node.activity["queue"] == []
+        assert len(await own_votes(node, env.id)) == 1 and node.telemetry.activity["queue"] == []
     finally:
         await node.stop()
 
@@ -214,7 +214,7 @@ async def test_unbuildable_source_fails_without_running(tmp_path, cache, honest)
         await offer(node, env)
         vote = await wait_vote(node, env.id, timeout=20)
         assert vote.body["verdict"] == "failed" and "source_sha256" in vote.body["reason"]
-        assert "reproductions_run" not in node.counters
+        assert "reproductions_run" not in node.telemetry.counters
     finally:
         await node.stop()
 
@@ -225,10 +225,10 @@ async def test_stop_during_a_run_returns_within_seconds(tmp_path, cache, honest)
     env = claim_env(source, result)
     await offer(node, env)
     for _ in range(300):
-        if node.activity["experiment"] is not None:
+        if node.telemetry.activity["experiment"] is not None:
             break
         await asyncio.sleep(0.05)
-    assert node.activity["experiment"]["claim"] == env.id
+    assert node.telemetry.activity["experiment"]["claim"] == env.id
     started = time.monotonic()
     await node.stop()
     assert time.monotonic() - started < 5.0

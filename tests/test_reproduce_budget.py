@@ -122,7 +122,7 @@ async def wait_vote(node: Node, claim_id: str, timeout: float = 30.0):
         if votes:
             return votes[0]
         await asyncio.sleep(0.05)
-    raise AssertionError(f"no vote on {claim_id[:12]} within {timeout} s; activity {node.activity}")
+    raise AssertionError(f"no vote on {claim_id[:12]} within {timeout} s; activity {node.telemetry.activity}")
 
 
 # -- the reproducer on a real node -----------------------------------------------------------------
@@ -144,8 +144,8 @@ async def test_a_claim_over_the_cap_is_voted_over_budget_whatever_its_val_bpb(tm
         # budget on the same device, and the claim once more to confirm its time before the verdict
         claim_run, base_run = (source_sha256(slow), BUDGET, "cpu"), (source_sha256(TINY.source), BUDGET, "cpu")
         assert trainer_.runs == [claim_run, base_run, base_run, claim_run]
-        assert node.counters["votes_over_budget"] == 1 and node.counters["baseline_runs"] == 1
-        assert node.counters["reproduce_confirm_runs"] == 1 and "lesser of two runs" in reason
+        assert node.telemetry.counters["votes_over_budget"] == 1 and node.telemetry.counters["baseline_runs"] == 1
+        assert node.telemetry.counters["reproduce_confirm_runs"] == 1 and "lesser of two runs" in reason
 
         status = await node.replica.claim_status(env.id)
         assert status.status == "over budget" and status.own_vote == "over budget"
@@ -156,15 +156,15 @@ async def test_a_claim_over_the_cap_is_voted_over_budget_whatever_its_val_bpb(tm
         assert list(cached.values()) == [{"wall_s": "1.000", "cpu_s": "1.000", "device": "cpu",
                                           "measured_at": cached[f"{TINY.id}|cpu|{BUDGET}"]["measured_at"]}]
         await rep.rebuild()
-        assert node.activity["queue"] == []  # never reproduced again
+        assert node.telemetry.activity["queue"] == []  # never reproduced again
 
         within = claim_env(fair, result("3.000000", "1.900"))  # 1.9 x the baseline: within the cap
         await offer(node, within)
         vote = await wait_vote(node, within.id)
         assert vote.body["verdict"] == "reproduced", vote.body["reason"]
         assert "within the compute cap" in vote.body["reason"]
-        assert node.counters["baseline_runs"] == 1  # the baseline's time came from the cache
-        assert node.counters["reproduce_confirm_runs"] == 1  # within the cap at once: no confirmation
+        assert node.telemetry.counters["baseline_runs"] == 1  # the baseline's time came from the cache
+        assert node.telemetry.counters["reproduce_confirm_runs"] == 1  # within the cap at once: no confirmation
         assert [e.claim.id for e in (await node.replica.leaderboard(TINY.id)).verified] == [within.id]
     finally:
         await node.stop()
@@ -180,7 +180,7 @@ async def test_over_budget_beats_a_val_bpb_mismatch_and_the_cache_survives_a_res
         await offer(node, env)
         vote = await wait_vote(node, env.id)
         assert vote.body["verdict"] == "over budget" and "off by" in vote.body["reason"]
-        assert trainer_.runs == [(source_sha256(slow), BUDGET, "cpu")] * 2 and "baseline_runs" not in node.counters
+        assert trainer_.runs == [(source_sha256(slow), BUDGET, "cpu")] * 2 and "baseline_runs" not in node.telemetry.counters
     finally:
         await node.stop()
 
@@ -320,7 +320,7 @@ async def test_three_optimizer_passes_per_batch_are_over_a_small_cap_end_to_end(
         vote = await wait_vote(node, env.id, timeout=240)
         assert vote.body["verdict"] == "over budget", vote.body["reason"]
         assert "spot check passed" in vote.body["reason"] and "1.2 x the baseline's" in vote.body["reason"]
-        assert node.counters["baseline_runs"] == 1
+        assert node.telemetry.counters["baseline_runs"] == 1
         [entry] = json.loads((home / FILE_NAME).read_text())["entries"].values()
         assert float(vote.body["result"]["wall_s"]) > 1.2 * float(entry["wall_s"])
         assert [e.claim.id for e in (await node.replica.leaderboard(task.id)).over_budget] == [env.id]
