@@ -173,12 +173,8 @@ class Node:
     async def publish_task(self) -> None:
         """Make the node's task known to the swarm (once: the task id is the hash of its body)."""
         from protocol import task_id
-        from trainer.tasks import TaskError, resolve_task
 
-        try:
-            task = resolve_task(self.settings.task)
-        except TaskError as exc:
-            raise UserError(str(exc)) from None
+        task = await self.own_task()
         if not any(task_id(t.body) == task.id for t in await self.replica.tasks()):
             await self.publish("task", dict(task.body))
 
@@ -302,10 +298,19 @@ class Node:
             "counts": await self.replica.counts(),
         }
 
-    async def default_task_id(self) -> str:
-        from trainer.tasks import resolve_task
+    async def own_task(self) -> "Task":
+        """The task the node works on (``--task``): a built-in one or one of the corpus, by name, id
+        or unique id prefix (the node's TaskRegistry, node.corpus.TaskBook)."""
+        from trainer.tasks import TaskError
 
-        return resolve_task(self.settings.task).id
+        await self.tasks.refresh()
+        try:
+            return self.tasks.registry.resolve(self.settings.task)
+        except TaskError as exc:
+            raise UserError(str(exc)) from None
+
+    async def default_task_id(self) -> str:
+        return (await self.own_task()).id
 
     async def leaderboard_json(self, task_id: str) -> dict[str, Any]:
         from node.web.shapes import leaderboard_json

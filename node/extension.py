@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from node.settings import NodeSettings
     from node.slots import DeviceSlots
     from node.telemetry import Telemetry
+    from trainer.tasks import Task
 
 
 class Extension(Protocol):
@@ -43,5 +44,7 @@ class NodeView(Protocol):
     extensions: Sequence[Extension]
 
     async def publish(self, kind: str, body: dict) -> "Envelope": ...
+
+    async def own_task(self) -> "Task": ...  # the task of --task: built-in or from the corpus
 
     def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task: ...

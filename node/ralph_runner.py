@@ -50,10 +50,8 @@ class RalphRunner:
         pass
 
     async def start(self, node: NodeView) -> None:
-        from trainer.tasks import resolve_task
-
         self.node = node
-        task = resolve_task(node.settings.task)
+        task = await node.own_task()
         home = node.settings.home
         for i in range(self.settings.agent_count):
             # Seeded by identity and agent: two nodes must not walk the same mutation sequence.
