@@ -124,8 +124,10 @@ def test_a_model_that_reads_its_targets_is_a_crash_not_a_record(cache, old, new,
 
 def _trained(tmp_path, state: dict) -> "experiment_module._Trained":
     tensorfile.save(state, tmp_path / "w.safetensors")
+    data = (tmp_path / "w.safetensors").read_bytes()
+    params = tensorfile.parameter_count(tensorfile.check(data, max_bytes=len(data)))  # as _read_weights counts
     return experiment_module._Trained(curve=[[1024, "5.000000"]], wall_s=1.0, cpu_s=None, device="cpu",
-                                      torch="x", sandbox="bwrap", weights=(tmp_path / "w.safetensors").read_bytes())
+                                      torch="x", sandbox="bwrap", weights=data, params=params)
 
 
 def test_a_val_bpb_below_the_floor_is_refused(tmp_path):

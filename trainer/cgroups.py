@@ -201,13 +201,14 @@ def flavour() -> str | None:
     return parents()[0]
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Does process ``pid`` exist (ours or someone else's)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:
-        return True
+        return True  # exists, owned by someone else
     return True
 
 
@@ -225,7 +226,7 @@ def sweep_orphans() -> list[Path]:
             continue
         for path in entries:
             match = _NAME_RE.match(path.name)
-            if match is None or int(match[1]) != _pid_namespace() or _alive(int(match[2])):
+            if match is None or int(match[1]) != _pid_namespace() or pid_alive(int(match[2])):
                 continue
             _kill_listed([path])
             if _rmdir(path, REMOVE_WAIT_S):

@@ -156,6 +156,7 @@ class _Trained:
     torch: str
     sandbox: str
     weights: bytes | None
+    params: int = 0  # floating elements of the checked weights (flops_per_token = 6 x params)
 
 
 def _train(task: Task, source: str, ws: Workspace, stream: bytes, *, seed: int, budget: int, device: str,
@@ -197,15 +198,15 @@ def _train(task: Task, source: str, ws: Workspace, stream: bytes, *, seed: int, 
         out, sandbox = harness.wait(point)
     finally:
         ws.refill("train", settings=settings, device=device, limit_s=limit)  # also after a crash
-    weights = None if mode == "spot" else _read_weights(harness, settings.weights_max_bytes, sandbox)
+    weights, params = (None, 0) if mode == "spot" else _read_weights(harness, settings.weights_max_bytes, sandbox)
     return _Trained(_curve(out.get("curve"), budget), harness.wall_s or 0.0, harness.cpu_s,
-                    _label(out.get("device"), device), _label(out.get("torch"), "?"), sandbox, weights)
+                    _label(out.get("device"), device), _label(out.get("torch"), "?"), sandbox, weights, params)
 
 
-def _read_weights(harness, max_bytes: int, sandbox: str) -> bytes:
+def _read_weights(harness, max_bytes: int, sandbox: str) -> tuple[bytes, int]:
     """The trained weights from the training scratch, read as the run could not abuse: never through
     a symlink or a FIFO (O_NOFOLLOW | O_NONBLOCK, then a regular file only), at most ``max_bytes``,
-    and checked as a tensor file before any other process sees them."""
+    and checked as a tensor file before any other process sees them; with their parameter count."""
     try:
         fd = os.open(WEIGHTS_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                      dir_fd=harness.scratch_fd)
@@ -228,10 +229,10 @@ def _read_weights(harness, max_bytes: int, sandbox: str) -> bytes:
     finally:
         os.close(fd)
     try:
-        tensorfile.check(data, max_bytes=max_bytes)
+        tensors = tensorfile.check(data, max_bytes=max_bytes)
     except tensorfile.WeightsError as exc:
         raise _Crash(f"weights: {exc}", sandbox) from None
-    return data
+    return data, tensorfile.parameter_count(tensors)
 
 
 class _ModelProcess:
@@ -414,7 +415,6 @@ def _result(task: Task, trained: _Trained, nats: float, count: int, *, seed: int
         # No honest model beats the best score under the window structure by more than the split's noise.
         raise _Crash(f"val_bpb {bpb:.4f} is below the floor {task.floor_bpb:.4f} an honest model can reach: "
                      "the script reads what it predicts", sandbox)
-    params = tensorfile.parameter_count(tensorfile.check(trained.weights, max_bytes=len(trained.weights)))
     result = {
         "val_bpb": _decimal(bpb, 6),
         "curve": trained.curve,
@@ -423,7 +423,7 @@ def _result(task: Task, trained: _Trained, nats: float, count: int, *, seed: int
         "wall_s": _decimal(trained.wall_s, 3),
         "device": trained.device,
         "torch": trained.torch,
-        "flops_per_token": int(6 * params),
+        "flops_per_token": int(6 * trained.params),
         "sandbox": sandbox,
     }
     if trained.cpu_s is not None:

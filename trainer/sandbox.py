@@ -315,7 +315,8 @@ def gpu_device_paths() -> list[str]:
     return sorted(glob.glob("/dev/nvidia*") + glob.glob("/dev/dri/*"))
 
 
-def _our_packages() -> list[Path]:
+@functools.cache
+def _our_packages() -> tuple[Path, ...]:
     """Where this project's packages live (an editable checkout, or site-packages): never shown to
     a run, which gets a copy of the harness modules it may use and nothing else of ours (task
     definitions, data generators, the scorer)."""
@@ -331,7 +332,7 @@ def _our_packages() -> list[Path]:
             path = Path(location).resolve()
             if path.is_dir():
                 found.append(path)
-    return found
+    return tuple(found)
 
 
 def _hidden_dirs(hidden: Sequence[Path]) -> list[Path]:

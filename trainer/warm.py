@@ -20,13 +20,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import sandbox as _sandbox
+from .cgroups import pid_alive
 from .harness import channel
 from .settings import RunSettings, device_kind
 from .sandbox import (MODES, SandboxRun, SandboxUnavailable, cap_scratch, detect_sandbox, gpu_device_paths,
-                      mode_works, release_scratch, run_sandboxed)
+                      mode_works, release_scratch, run_sandboxed, RunMeter)
 
-RunMeter = getattr(_sandbox, "RunMeter", None)  # the run's CPU meter, where the sandbox offers one
 
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -89,7 +88,7 @@ class Harness:
         self._cancel = threading.Event()
         self.sock, child_end = channel.pair()
         self.sock.settimeout(POLL_S)
-        self._meter = RunMeter() if RunMeter is not None else None
+        self._meter = RunMeter()  # the whole run's CPU seconds, from any thread
         mode = _probe_sandbox(settings.sandbox_mode)
         start = {"kind": kind, "channel": child_end.fileno(), "idle_s": idle_s,
                  "nice": settings.warm_up_nice if beside else 0,
@@ -99,7 +98,6 @@ class Harness:
         argv = [sys.executable, "-P", "-m", "trainer.harness.child", "config.json"]
         env = {"PYTHONPATH": str(root)}
         self._holder: dict = {}
-        extra = {"meter": self._meter} if self._meter is not None else {}
 
         def target() -> None:
             try:
@@ -107,7 +105,8 @@ class Harness:
                 self._holder["run"] = run_sandboxed(argv, scratch=scratch, ro_paths=[root], limits=limits,
                                                     env=env, timeout_s=self._backstop_s, mode=settings.sandbox_mode,
                                                     devices=devices, cancel=self._cancel,
-                                                    pass_fds=[child_end.fileno()], hidden=hidden, **extra)
+                                                    pass_fds=[child_end.fileno()], hidden=hidden,
+                                                    meter=self._meter)
             except (SandboxUnavailable, OSError, ValueError) as exc:
                 self._holder["error"] = f"sandbox: {exc}"
             finally:
@@ -142,7 +141,7 @@ class Harness:
 
     def _start_clock(self) -> None:
         self.went = time.monotonic()
-        self._cpu_at_go = self._meter.cpu_s() if self._meter is not None else None
+        self._cpu_at_go = self._meter.cpu_s()
 
     def send(self, message: dict) -> None:
         try:
@@ -242,7 +241,7 @@ class Harness:
             self.join()
         self._finish_clock()
         run = self._holder.get("run")
-        if self._meter is not None and self._cpu_at_go is not None:
+        if self._cpu_at_go is not None:
             total = self._meter.cpu_s()
             if total is not None:
                 self.cpu_s = max(0.0, total - self._cpu_at_go)
@@ -407,7 +406,7 @@ def sweep_orphans(root: Path) -> list[Path]:
         return removed
     for path in entries:
         match = _SCRATCH_RE.match(path.name)
-        if match is None or not path.is_dir() or path.is_symlink() or _alive(int(match[1])):
+        if match is None or not path.is_dir() or path.is_symlink() or pid_alive(int(match[1])):
             continue
         release_scratch(path)
         shutil.rmtree(path, ignore_errors=True)
@@ -415,14 +414,6 @@ def sweep_orphans(root: Path) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def _killed_text(reason: str) -> str:

@@ -40,7 +40,8 @@ def send(sock: socket.socket, obj: dict, fds: tuple[int, ...] = ()) -> None:
 def recv(sock: socket.socket) -> tuple[dict | None, list[int]]:
     """One message and the descriptors it carried; (None, []) at end of stream. Blocks as the
     socket's timeout says (socket.timeout propagates). Raises ChannelError for a truncated (too
-    long), non-JSON or non-object message; descriptors beyond MAX_FDS are closed."""
+    long, or carrying more than MAX_FDS descriptors), non-JSON or non-object message; the
+    descriptors of a refused message are closed."""
     data, ancdata, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, socket.CMSG_SPACE(MAX_FDS * 4))
     fds: list[int] = []
     for level, kind, payload in ancdata:
