@@ -187,7 +187,7 @@ def parse(data: bytes | str) -> Any:
 #   (also for such text inside a string, a harmless false alarm).
 # - Strings: orjson escapes exactly as json.dumps(ensure_ascii=False) (", \, \b \f \n \r \t,
 #   other C0 controls as lower-case \u00XX; "/", DEL, U+2028/2029 raw: checked for every scalar
-#   value in tests/test_protocol_accel.py), and it sorts keys by UTF-8 bytes, which for valid
+#   value in tests/protocol/test_protocol_accel.py), and it sorts keys by UTF-8 bytes, which for valid
 #   strings is code-point order. So the match makes raw == canon(v), and the bytes that parse to v
 #   under both parsers (no whitespace, no escapes beyond the canonical ones) give equal values.
 try:  # pragma: no branch

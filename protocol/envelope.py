@@ -63,7 +63,7 @@ def compute_id(swarm: str, author: str, created_at: int, kind: str, body: Any) -
 
 def _id_from_parts(swarm_json: bytes, author: str, created_at: int, kind: str, body_json: bytes) -> str:
     # canon([1, swarm, author, created_at, kind, body]) written out; author is 64 hex and kind
-    # a known kind name, so neither needs escaping. tests/test_protocol_envelope.py checks this
+    # a known kind name, so neither needs escaping. tests/protocol/test_protocol_envelope.py checks this
     # equals compute_id for generated envelopes.
     preimage = b"".join((
         b"[%d," % PROTOCOL_VERSION, swarm_json, b',"', author.encode(), b'",%d,"' % created_at,

@@ -6,8 +6,8 @@
 
 Deterministic: fixed seeds, fixed created_at, and Ed25519 signatures are deterministic (RFC 8032),
 so a second run writes the same bytes; the private-swarm sealing vectors take a fixed key, nonces
-and time. tests/test_vectors.py checks the files with our code and independently (hashlib, hmac,
-cryptography and a hand-written canonical encoder); tests/test_spec_http.py replays the recorded
+and time. tests/protocol/test_vectors.py checks the files with our code and independently (hashlib, hmac,
+cryptography and a hand-written canonical encoder); tests/node/test_spec_http.py replays the recorded
 HTTP exchange against a real node.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Run one LanDiscovery and print what it sees as JSON lines; used by tests/test_discovery_lan.py.
+"""Run one LanDiscovery and print what it sees as JSON lines; used by tests/node/test_discovery_lan.py.
 
     ip netns exec NS .venv/bin/python scripts/lan_probe.py --swarm lab --pubkey HEX64 \
         --port 8001 --interface-addr 10.201.1.1 --seconds 20

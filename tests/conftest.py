@@ -1,5 +1,5 @@
-"""Shared pytest fixtures. Keep small: area-specific helpers live beside their tests
-(e.g. tests/protocol_samples.py)."""
+"""Shared pytest fixtures. Keep small: helpers shared by several packages' tests live in tests/
+(tests/nodeproc.py, tests/protocol_samples.py, ...) and are imported one way, `from tests.X import`."""
 from __future__ import annotations
 
 import sys
@@ -10,9 +10,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the packages live at the repository root
     sys.path.insert(0, str(ROOT))
-TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:  # helper modules beside the tests (protocol_samples, ...)
-    sys.path.insert(0, str(TESTS))
 
 from protocol import Identity  # noqa: E402
 

@@ -1,5 +1,5 @@
 """Hostile train scripts: the tiny task's baseline plus one trick each, written as an adversary would
-write it, trying hard to win (tests/test_hostile.py runs each through run_experiment and through a
+write it, trying hard to win (tests/trainer/test_hostile.py runs each through run_experiment and through a
 node's reproduction).
 
 Every function returns the source text of one script. A script is the baseline with a block appended

@@ -1,6 +1,6 @@
 """Canonical JSON and hashes, byte-for-byte the output of ``protocol.canon`` (protocol/SPEC.md section 2).
 
-trainer imports nothing of ours, so it carries this two-line copy; tests/test_trainer_tasks.py checks
+trainer imports nothing of ours, so it carries this two-line copy; tests/trainer/test_trainer_tasks.py checks
 that both agree, so a task id computed here is the id every node computes.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ class Limits:
     """Sized for a small training run; a GPU run passes bigger values.
 
     memory_bytes caps the address space (RLIMIT_AS): torch 2.x imports and trains a small model well
-    under 4 GiB of address space on CPU (checked by tests/test_sandbox.py). CUDA maps far more virtual
+    under 4 GiB of address space on CPU (checked by tests/trainer/test_sandbox.py). CUDA maps far more virtual
     memory than it uses, so a GPU caller must raise it.
 
     Where the machine offers a writable cgroup (trainer/cgroups.py), memory_bytes and processes also

@@ -1,7 +1,7 @@
 """HTTP API v1 (aiohttp): thin handlers over the node's replica and gossip core.
 
 protocol/SPEC.md section 10 specifies every route, answer, header and limit here (and
-tests/test_spec_http.py fails when a route registered in the app is missing from its tables).
+tests/node/test_spec_http.py fails when a route registered in the app is missing from its tables).
 
 Every handler turns bad input into a 4xx with a reason (400 malformed, 401 private swarm, 404,
 413 oversized, 429 past a peer's rate); a bug never becomes a 500 that stops the node serving
