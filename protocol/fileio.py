@@ -1,7 +1,7 @@
 """Atomic file writes: a crash leaves the old file or the new one, never half of either.
 
-The one helper for every package above ``protocol`` (store, ralph, node); ``trainer`` stands alone
-and keeps its own.
+The one helper for protocol (key files) and every package above it (store, ralph, node); ``trainer``
+stands alone and keeps its own copy (``trainer/fileio.py``).
 """
 from __future__ import annotations
 

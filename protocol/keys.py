@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import ProtocolError
+from .fileio import write_atomic
 
 _MAX_KEY_FILE_BYTES = 256  # 64 hex + newline; anything far bigger is not our key file
 
@@ -63,23 +64,9 @@ class Identity:
     def save(self, path: str | os.PathLike) -> None:
         """Write the 32-byte seed as hex, created with mode 0600 (never group- or world-readable).
 
-        Written to a temporary file first and renamed, so a crash never leaves half a key.
+        Written to a temporary file first and renamed (``write_atomic``), so a crash never leaves half a key.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            tmp.unlink()  # a stale tmp (or a symlink planted there) must not be reused
-        except FileNotFoundError:
-            pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # umask cannot widen 0600, but be explicit
-            os.write(fd, (self.seed().hex() + "\n").encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_atomic(path, (self.seed().hex() + "\n").encode("ascii"), mode=0o600)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Identity":

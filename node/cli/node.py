@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from protocol.fileio import write_atomic
+
 from node.cli.client import ask, running_address, runtime_path
 from node.cli.common import get_home, home_option
 from node.errors import UserError
@@ -33,8 +35,9 @@ async def run_node(settings: NodeSettings, home: Home, extensions: list[Extensio
         raise UserError(f"cannot listen on {settings.network.host}:{settings.network.port}: {exc.strerror}") from None
     runtime = runtime_path(home)
     key_file = settings.network.swarm_key_file
-    runtime.write_text(json.dumps({"address": node.address, "pid": os.getpid(), "swarm": node.swarm,
-                                   "swarm_key_file": str(key_file.resolve()) if key_file else None}))
+    write_atomic(runtime, json.dumps({"address": node.address, "pid": os.getpid(), "swarm": node.swarm,
+                                      "swarm_key_file": str(key_file.resolve()) if key_file else None}).encode(),
+                 mode=0o644)  # atomic: a CLI call racing the start never reads half of it
     click.echo(f"listening: {node.address}")
     click.echo(f"pubkey: {node.identity.pubkey}")
     click.echo(f"swarm: {node.swarm}", nl=True)

@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from yarl import URL
 
 from protocol import ProtocolError, canon
+from protocol.fileio import write_atomic
 from protocol.keys import read_private_file
 
 from node.errors import UserError
@@ -91,17 +92,7 @@ def generate_swarm_key(path: str | os.PathLike, *, overwrite: bool = False) -> P
     path = Path(path)
     if path.exists() and not overwrite:
         raise SwarmKeyError(f"swarm key file {path} already exists; refusing to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode is masked by umask and ignored for an existing tmp
-        os.write(fd, (os.urandom(32).hex() + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, (os.urandom(32).hex() + "\n").encode("ascii"), mode=0o600)
 
 
 def _derive(secret: bytes, label: bytes, swarm: str) -> bytes:
