@@ -14,8 +14,9 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from protocol import PROTOCOL_VERSION, Envelope, Identity, build
+from protocol import PROTOCOL_VERSION, Envelope, Identity, build, task_id
 from store import Replica
+from trainer.tasks import Task, TaskError
 
 from node import VERSION
 from node.net import api
@@ -26,10 +27,13 @@ from node.net.ratelimit import RateLimiter
 from node.corpus import ReplicaCorpus, TaskBook
 from node.extension import Extension
 from node.settings import NodeSettings, to_address
-from node.slots import DeviceSlots
+from node.slots import DeviceSlots, detect_devices
 from node.telemetry import Telemetry
 from node.net.transport import PeerUnavailable
 from node.net.http import HttpTransport
+from node.net.swarmkey import SwarmKey, install_swarm_key
+from node.web import dashboard, metrics
+from node.web.shapes import leaderboard_json
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +71,9 @@ class Node:
         s = self.settings
         s.home.mkdir(parents=True, exist_ok=True)
         if s.network.swarm_key_file is not None:
-            from node.net.swarmkey import SwarmKey
-
             self.swarm_key = SwarmKey.load(s.network.swarm_key_file, self.swarm)
         self.replica = await Replica.open(s.home / "replica.sqlite3", swarm=self.swarm,
                                           self_key=self.identity.pubkey, trusted=list(s.trusted))
-        from node.slots import detect_devices
-
         self.slots = DeviceSlots(devices=["cpu"] if s.device == "cpu" else detect_devices())
         self.tasks = TaskBook(self.replica)
         self.corpus = ReplicaCorpus(self.replica, self.tasks, self.identity.pubkey)
@@ -106,12 +106,8 @@ class Node:
             await ext.start(self)
 
     def make_app(self) -> web.Application:
-        from node.web import dashboard, metrics
-
         app = web.Application(client_max_size=api.MAX_BODY_BYTES)
         if self.swarm_key is not None:
-            from node.net.swarmkey import install_swarm_key
-
             # outermost: nothing unsealed reaches a handler, except the dashboard read from loopback
             install_swarm_key(app, self.swarm_key, exempt=dashboard.local_view)
         app.middlewares.append(api.guard)
@@ -172,8 +168,6 @@ class Node:
 
     async def publish_task(self) -> None:
         """Make the node's task known to the swarm (once: the task id is the hash of its body)."""
-        from protocol import task_id
-
         task = await self.own_task()
         if not any(task_id(t.body) == task.id for t in await self.replica.tasks()):
             await self.publish("task", dict(task.body))
@@ -241,7 +235,7 @@ class Node:
 
     async def _start_lan(self, port: int) -> None:
         try:
-            from node.net.lan import LanDiscovery
+            from node.net.lan import LanDiscovery  # optional: zeroconf may be missing
         except ImportError:
             self.echo("warning: LAN discovery unavailable")
             return
@@ -298,11 +292,9 @@ class Node:
             "counts": await self.replica.counts(),
         }
 
-    async def own_task(self) -> "Task":
+    async def own_task(self) -> Task:
         """The task the node works on (``--task``): a built-in one or one of the corpus, by name, id
         or unique id prefix (the node's TaskRegistry, node.corpus.TaskBook)."""
-        from trainer.tasks import TaskError
-
         await self.tasks.refresh()
         try:
             return self.tasks.registry.resolve(self.settings.task)
@@ -313,8 +305,6 @@ class Node:
         return (await self.own_task()).id
 
     async def leaderboard_json(self, task_id: str) -> dict[str, Any]:
-        from node.web.shapes import leaderboard_json
-
         return await leaderboard_json(self.replica, task_id)
 
 

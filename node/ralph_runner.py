@@ -17,6 +17,7 @@ from ralph.loop import RalphLoop, StepReport, memory_path
 from ralph.memory import Memory
 from ralph.proposers import select_proposer
 from ralph.settings import RalphSettings
+from trainer import experiment
 
 from node.device_run import on_device
 from node.extension import NodeView
@@ -83,14 +84,12 @@ class RalphRunner:
         return env.id
 
     async def _run(self, task: Any, source: str, *, seed: int, budget_scale: float) -> Any:
-        from trainer.experiment import run_experiment
-
         node = self.node
         scale = budget_scale * node.settings.budget_scale
         budget = max(1, int(task.budget_tokens * scale))
         async with on_device(node.slots, node.telemetry, "ralph", kind="ralph", budget=budget,
                              label="own experiment") as slot:
-            return await slot.run(run_experiment, task, source, seed=seed, budget_scale=scale,
+            return await slot.run(experiment.run_experiment, task, source, seed=seed, budget_scale=scale,
                                   cache_dir=node.settings.home / "cache")
 
     async def stop(self) -> None:

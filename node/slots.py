@@ -14,7 +14,7 @@ from typing import AsyncIterator
 
 def detect_devices() -> list[str]:
     try:
-        import torch
+        import torch  # heavy: torch (seconds); only device detection needs it
 
         if torch.cuda.is_available():
             return [f"cuda:{i}" for i in range(torch.cuda.device_count())]

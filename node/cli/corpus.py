@@ -9,11 +9,17 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import click
+from rich.console import Console
+from rich.table import Table
 
-from protocol import is_hex
+from protocol import ProtocolError, decode, is_hex
+from protocol import task_id as compute_task_id
+from store import Replica
+from store.ingest import claimed_id
 
 from node.cli.client import ask, running_address
 from node.cli.common import get_home, home_option
+from node.corpus import TaskBook
 from node.errors import UserError
 from node.home import Home
 from node.web.shapes import leaderboard_json, message_json
@@ -23,8 +29,6 @@ IMPORT_BATCH = 500  # messages per transaction: a crash keeps whole batches only
 
 @contextlib.asynccontextmanager
 async def open_replica(home: Home) -> AsyncIterator[Any]:
-    from store import Replica
-
     if not home.exists:
         raise UserError(f"no node in {home.path}; run: ralphswarm init --home {home.path}")
     identity = home.identity()
@@ -39,8 +43,6 @@ async def open_replica(home: Home) -> AsyncIterator[Any]:
 
 async def resolve_task_id(replica: Any, home: Home, task: str | None) -> str:
     """A task given by id, by name of a task in the corpus, or by built-in name (default: config)."""
-    from node.corpus import TaskBook
-
     task = task or home.config()["task"]
     if is_hex(task, 64):
         return task
@@ -202,9 +204,6 @@ def _rejected_lines(batch: list[tuple[int, bytes]], rejected: list[tuple[str | N
     with the id its item claims (None for garbage): each goes to the first unused line claiming that
     id, or, where several lines claim it (a forged copy beside the real message), to the first of
     them that decode refuses for the same reason."""
-    from protocol import ProtocolError, decode
-    from store.ingest import claimed_id
-
     def refusal(item: bytes) -> str | None:
         try:
             decode(item, swarm=swarm)
@@ -244,8 +243,6 @@ async def _export(home: Home, fmt: str, task: str | None) -> None:
                 out.write(raw + b"\n")
             out.flush()
             return
-        from protocol import task_id as compute_task_id
-
         if tid:
             task_ids = [tid]
         else:
@@ -279,9 +276,6 @@ async def _leaderboard(home: Home, task: str | None, as_json: bool) -> None:
     if as_json:
         _echo_json(board)
         return
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     console.print(f"task {tid}")
     for section in ("verified", "pending", "disputed", "over_budget"):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 from pathlib import Path
@@ -10,18 +11,20 @@ from pathlib import Path
 import click
 
 from protocol.fileio import write_atomic
+from ralph.settings import RalphSettings, SettingsError
 
 from node.cli.client import ask, running_address, runtime_path
 from node.cli.common import get_home, home_option
+from node.daemon import Node
 from node.errors import UserError
 from node.extension import Extension
 from node.home import Home
+from node.net.swarmkey import generate_swarm_key
+from node.reproduce import Reproducer
 from node.settings import NodeSettings, settings_from
 
 
 async def run_node(settings: NodeSettings, home: Home, extensions: list[Extension] | None = None) -> None:
-    from node.daemon import Node
-
     node = Node(settings, home.identity())
     node.extensions.extend(extensions or [])
     stop = asyncio.Event()
@@ -75,11 +78,9 @@ def ralph_options(fn):
 def make_extensions(settings: NodeSettings, config: dict, ralph_flags: dict,
                     ralph_steps: int | None = None) -> list[Extension]:
     """The loops a node runs besides gossip: its own Ralph loop(s) and the reproduction scheduler."""
-    from ralph.settings import RalphSettings, SettingsError
-
     extensions: list[Extension] = []
     if settings.ralph:
-        from node.ralph_runner import RalphRunner
+        from node.ralph_runner import RalphRunner  # heavy: ralph.proposers imports anthropic (~1-2 s)
 
         try:
             ralph = RalphSettings.from_sources(config.get("ralph"), ralph_flags)
@@ -87,8 +88,6 @@ def make_extensions(settings: NodeSettings, config: dict, ralph_flags: dict,
             raise UserError(str(exc)) from None
         extensions.append(RalphRunner(ralph, max_steps=ralph_steps))
     if settings.reproduce:
-        from node.reproduce import Reproducer
-
         extensions.append(Reproducer())
     return extensions
 
@@ -125,8 +124,6 @@ def register(cli: click.Group) -> None:
              reproduce, trusted, sync_interval, task, device, budget_scale, run_untrusted, verify_share,
              ralph_steps, **ralph_flags) -> None:
         """Run a node until SIGINT or SIGTERM."""
-        import logging
-
         logging.basicConfig(level=logging.INFO if os.environ.get("RALPHSWARM_DEBUG") else logging.WARNING,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         h = get_home(home)
@@ -145,8 +142,6 @@ def register(cli: click.Group) -> None:
     @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
     def swarm_key(file: Path) -> None:
         """Create a new private-swarm key FILE (mode 0600); share it only with the swarm's nodes."""
-        from node.net.swarmkey import generate_swarm_key
-
         generate_swarm_key(file)
         click.echo(f"wrote {file}; start nodes with: ralphswarm node --swarm NAME --swarm-key-file {file}")
 

@@ -5,6 +5,9 @@ import json
 from pathlib import Path
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from trainer.datasets import DataError
 from trainer.experiment import ExperimentResult, RunSettings, run_experiment
@@ -45,9 +48,6 @@ def resolve_parent_source(home: Home, parent_id: str, *, task: Task) -> str:
 
 
 def _echo_task_table(tasks: list[Task]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table("name", "id", "budget", "tolerance", "data bytes", "floor bpb")
     for column in table.columns[:2]:
         column.no_wrap = True
@@ -60,9 +60,6 @@ def _echo_task_table(tasks: list[Task]) -> None:
 
 def _progress_runner(enabled: bool):
     """A rich progress bar on stderr (tokens, loss, ETA) when it is a terminal; else nothing."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     console = Console(stderr=True)
     if not enabled or not console.is_terminal:
         return None, None

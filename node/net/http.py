@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import aiohttp
 
+from node.net.swarmkey import SwarmAuthError, open_response, parse_auth_header, seal_request
 from node.net.transport import PeerMisbehaved, PeerUnavailable
 
 MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a bigger answer is a misbehaving peer (SPEC.md 10.5)
@@ -50,8 +51,6 @@ class HttpTransport:
         payload = body if body is not None else b""
         nonce = None
         if self.swarm_key is not None:
-            from node.net.swarmkey import parse_auth_header, seal_request
-
             sealed_headers, payload = seal_request(self.swarm_key, method, path, payload, time.time())
             headers.update(sealed_headers)
             headers["Content-Type"] = "application/octet-stream"
@@ -69,8 +68,6 @@ class HttpTransport:
         if len(raw) > MAX_ANSWER_BYTES:
             raise PeerMisbehaved("answer too large")
         if self.swarm_key is not None and status != 401:
-            from node.net.swarmkey import SwarmAuthError, open_response
-
             try:
                 raw = open_response(self.swarm_key, nonce, status, raw)
             except SwarmAuthError as exc:

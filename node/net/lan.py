@@ -236,7 +236,7 @@ class LanDiscovery:
 
 def _local_ipv4_addresses() -> list[str]:
     """Every non-loopback IPv4 address, for announcing when no interface was chosen."""
-    import ifaddr  # a zeroconf dependency; imported here because only this path needs it
+    import ifaddr  # optional: a dependency of zeroconf (itself optional), needed only on this path
 
     found = {ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips if ip.is_IPv4}
     return sorted(a for a in found if not ipaddress.ip_address(a).is_loopback)
