@@ -21,6 +21,7 @@ from node.reproduce import Reproducer, WorkerSettings
 from node.scheduler import SchedulerSettings
 from node.settings import NetworkSettings, NodeSettings
 from protocol import Identity, build
+from tests.timing import SLACK_S
 from trainer.experiment import run_experiment
 from trainer.patches import make_patch, source_sha256
 from trainer.sandbox import detect_sandbox
@@ -231,5 +232,7 @@ async def test_stop_during_a_run_returns_within_seconds(tmp_path, cache, honest)
     assert node.telemetry.activity["experiment"]["claim"] == env.id
     started = time.monotonic()
     await node.stop()
-    assert time.monotonic() - started < 5.0
+    # stop() waits at most stop_timeout_s for the reproducer (the training thread is abandoned, not
+    # joined); the rest of stop (loops cancelled, server and database closed) is in-process work
+    assert time.monotonic() - started < FAST.stop_timeout_s + SLACK_S
     assert not node.slots.in_use  # the slot was handed back

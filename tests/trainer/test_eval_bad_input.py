@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 
 from tests.procs import processes_in
+from tests.timing import PROCESS_SLACK_S
+from trainer import sandbox, warm
 from trainer.experiment import RunSettings, run_experiment
 from trainer.patches import apply_patch, make_patch
 from trainer.tasks import builtin_tasks, load_data
@@ -54,11 +56,13 @@ def test_a_bad_answer_is_a_one_line_crash(cache, tmp_path, case):
 
 def test_a_model_that_never_answers_times_out_and_leaves_nothing(cache, tmp_path):
     # Its limit counts from its job (given at training's first point): training's limit plus the
-    # evaluation's, here 20 + 10 s; the run ends within that plus the sandbox's kill grace.
+    # evaluation's, here 20 + 10 s; the run ends within that plus the kill: the harness gets
+    # EXIT_GRACE_S at most to be gone, its pipes PIPE_LINGER_S.
+    train_s, eval_s = 20, 10
     source = _eval_returns("logits", before="        if not self.training:\n            import time\n"
                                              "            time.sleep(10**6)\n")
-    run = run_experiment(TINY, source, seed=0, budget_scale=SCALE, device="cpu", cache_dir=cache, timeout_s=20,
-                         work_dir=tmp_path / "work", settings=RunSettings(warm_pool=False, eval_timeout_s=10))
+    run = run_experiment(TINY, source, seed=0, budget_scale=SCALE, device="cpu", cache_dir=cache, timeout_s=train_s,
+                         work_dir=tmp_path / "work", settings=RunSettings(warm_pool=False, eval_timeout_s=eval_s))
     assert not run.outcome_ok and run.reason.startswith("timeout after"), run.reason
-    assert run.wall_s < 20 + 10 + 30
+    assert run.wall_s < train_s + eval_s + warm.EXIT_GRACE_S + sandbox.PIPE_LINGER_S + PROCESS_SLACK_S
     assert processes_in(tmp_path) == []

@@ -110,10 +110,11 @@ print("all done", flush=True)
 def test_three_children_over_the_run_memory_limit_are_killed(scratch):
     # 3 x 1.5 GiB against 4 GiB: each process stays well under RLIMIT_AS (4 GiB), the run does not.
     marker = "memhog-" + secrets.token_hex(8)
+    hold_s = 60  # how long each child holds its memory: a run not killed lasts that long at least
     start = time.monotonic()
-    result = run_sandboxed([sys.executable, "-c", THREE_CHILDREN, "1536", "60", marker], scratch=scratch,
+    result = run_sandboxed([sys.executable, "-c", THREE_CHILDREN, "1536", str(hold_s), marker], scratch=scratch,
                            limits=Limits(memory_bytes=4 * GiB), timeout_s=90)
-    assert time.monotonic() - start < 60
+    assert time.monotonic() - start < hold_s  # killed while the children held their memory
     assert result.cgroup == FLAVOUR
     assert not result.timed_out
     assert result.killed_reason == "memory", (result.returncode, result.stderr[-2000:])
@@ -147,20 +148,21 @@ def test_gpu_sized_memory_is_not_a_cgroup_cap():
 
 # --- tasks -----------------------------------------------------------------------------------------
 
+FORK_PAST_SLEEP_S = 30  # each child sleeps this long: a run that waited for them would last as long
 FORK_PAST = r"""
 import os, sys, time
 n = 0
 try:
     while True:
         if os.fork() == 0:
-            time.sleep(30)
+            time.sleep(SLEEP_S)
             os._exit(0)
         n += 1
 except OSError as e:
     print("refused after", n, e.errno, flush=True)
     if sys.argv[1] == "raise":
         raise
-"""
+""".replace("SLEEP_S", str(FORK_PAST_SLEEP_S))
 
 
 @needs_pids_cgroup
@@ -169,7 +171,7 @@ def test_forking_past_the_task_cap_fails_cleanly(mode, scratch):
     marker = "forks-" + secrets.token_hex(8)
     start = time.monotonic()
     result = run(FORK_PAST, scratch, "raise", marker, mode=mode, limits=Limits(processes=16))
-    assert time.monotonic() - start < 30
+    assert time.monotonic() - start < FORK_PAST_SLEEP_S  # the sleeping children were not waited for
     assert not result.timed_out
     assert result.returncode == 1 and "BlockingIOError" in result.stderr, result.stderr[-2000:]
     assert result.killed_reason == "processes"

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.procs import processes
+from tests.timing import PROCESS_SLACK_S
 from trainer import sandbox
 from trainer.bounded_output import BoundedBuffer
 from trainer.policy import may_run
@@ -202,9 +203,11 @@ while True:
 @pytest.mark.parametrize("mode", MODES)
 def test_fork_bomb_ends_and_leaves_nothing(mode, scratch, canary):
     marker = "forkbomb-" + secrets.token_hex(8)
+    timeout_s = 3.0
     start = time.monotonic()
-    result = run(mode, FORK_BOMB, scratch, timeout_s=3, limits=Limits(processes=32), marker=marker)
-    assert time.monotonic() - start < 3 + sandbox.TERM_GRACE_S + sandbox.PIPE_LINGER_S + 5
+    result = run(mode, FORK_BOMB, scratch, timeout_s=timeout_s, limits=Limits(processes=32), marker=marker)
+    # run_sandboxed's own bound: the timeout, SIGTERM's grace before SIGKILL, the pipes' linger
+    assert time.monotonic() - start < timeout_s + sandbox.TERM_GRACE_S + sandbox.PIPE_LINGER_S + PROCESS_SLACK_S
     assert result.timed_out and result.killed_reason == "timeout" and result.returncode is None
     assert processes_with(marker) == []
     assert_nowhere(canary, result, scratch)
@@ -237,12 +240,13 @@ def test_infinite_loop_is_killed_at_timeout(mode, scratch, ignore_term):
     marker = "loop-" + secrets.token_hex(8)
     code = "import signal\n" + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if ignore_term else "") + \
         "print('spinning', flush=True)\nwhile True: pass\n"
+    timeout_s = 1.5
     start = time.monotonic()
-    result = run(mode, code, scratch, timeout_s=1.5, marker=marker)
+    result = run(mode, code, scratch, timeout_s=timeout_s, marker=marker)
     elapsed = time.monotonic() - start
     assert result.timed_out and result.returncode is None and result.killed_reason == "timeout"
     assert "spinning" in result.stdout
-    assert 1.5 <= elapsed < 1.5 + sandbox.TERM_GRACE_S + 4
+    assert timeout_s <= elapsed < timeout_s + sandbox.TERM_GRACE_S + sandbox.PIPE_LINGER_S + PROCESS_SLACK_S
     assert processes_with(marker) == []  # neither running nor a zombie
 
 
@@ -254,13 +258,15 @@ def test_cancel_ends_the_whole_run_at_once(mode, scratch):
     marker = "cancel-" + secrets.token_hex(8)
     code = DAEMON.replace('print("parent done")', 'print("parent done", flush=True)\n'
                           "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: pass")
+    cancel_at_s, timeout_s = 1.0, 60.0
     event = threading.Event()
-    threading.Timer(1.0, event.set).start()
+    threading.Timer(cancel_at_s, event.set).start()
     start = time.monotonic()
-    result = run_sandboxed([python_for(mode), "-c", code, marker], scratch=scratch, timeout_s=60, mode=mode,
+    result = run_sandboxed([python_for(mode), "-c", code, marker], scratch=scratch, timeout_s=timeout_s, mode=mode,
                            cancel=event)
     elapsed = time.monotonic() - start
-    assert 1.0 <= elapsed < 5, elapsed
+    # cancel kills at once (no SIGTERM grace); then the pipes' linger at most
+    assert cancel_at_s <= elapsed < cancel_at_s + sandbox.PIPE_LINGER_S + PROCESS_SLACK_S < timeout_s, elapsed
     assert not result.timed_out and result.killed_reason == "signal 9"
     assert "parent done" in result.stdout
     assert processes_with(marker) == []
@@ -271,7 +277,8 @@ def test_unbounded_allocation_is_stopped_by_the_memory_limit(mode, scratch):
     code = "x = []\nwhile True: x.append(bytearray(16 << 20))\n"
     start = time.monotonic()
     result = run(mode, code, scratch, timeout_s=30, limits=Limits(memory_bytes=512 << 20))
-    assert time.monotonic() - start < 15
+    # the limit is met within a second's allocation; then an OOM poll and the pipes' linger at most
+    assert time.monotonic() - start < sandbox.OOM_POLL_S + sandbox.PIPE_LINGER_S + PROCESS_SLACK_S
     assert not result.timed_out
     assert result.killed_reason == "memory", result.stderr
     assert "MemoryError" in result.stderr
