@@ -8,9 +8,10 @@ from .errors import ProtocolError
 from .keys import Identity, KeyFileError, is_hex, verify
 from .limits import PROTOCOL_VERSION
 from .schemas import KINDS, OUTCOMES, VERDICTS, validate_result
+from .seeds import check_seed_proof, fresh_seed, seed_from_proof
 
 __all__ = [
     "canon", "parse", "BAD_SIGNATURE", "Envelope", "build", "compute_id", "decode", "task_id", "verify_sig",
     "ProtocolError", "Identity", "KeyFileError", "is_hex", "verify", "PROTOCOL_VERSION",
-    "KINDS", "OUTCOMES", "VERDICTS", "validate_result",
+    "KINDS", "OUTCOMES", "VERDICTS", "validate_result", "check_seed_proof", "fresh_seed", "seed_from_proof",
 ]

@@ -19,6 +19,7 @@ from .errors import ProtocolError, schema_error
 from .keys import Identity, is_hex, verify
 from .limits import MAX_ENVELOPE_BYTES, MAX_FUTURE_SECONDS, MAX_SAFE_INT, MAX_SWARM_BYTES, PROTOCOL_VERSION
 from .schemas import VALIDATORS
+from .seeds import check_seed_proof
 
 ENVELOPE_FIELDS = frozenset({"id", "author", "created_at", "swarm", "kind", "body", "sig"})
 # The reason for the last check of SPEC.md 4, also given by callers that verify in bulk (store/ingest.py).
@@ -223,8 +224,19 @@ def _decode(data: Any, swarm: str, now: int | None, check_sig: bool, accelerate:
         raise ProtocolError("invalid: bad id")
     if check_sig and not verify(author, bytes.fromhex(sig), bytes.fromhex(env_id)):
         raise ProtocolError(BAD_SIGNATURE)
+    if check_sig and not _seed_proof_ok(author, kind, body):
+        raise ProtocolError(BAD_SIGNATURE)
     return Envelope(env_id, author, created_at, env_swarm, kind, body, sig, expected)
 
 
+def _seed_proof_ok(author: str, kind: str, body: Any) -> bool:
+    """A vote's seed_proof is the voter's own signature over the claim id's seed message (SPEC.md 5.4.1):
+    part of checking the signature, so a vote with a forged proof fails exactly as a forged vote does."""
+    if kind != "vote" or "seed_proof" not in body:
+        return True
+    return check_seed_proof(author, body["claim"], body["seed_proof"])
+
+
 def verify_sig(env: Envelope) -> bool:
-    return verify(env.author, bytes.fromhex(env.sig), bytes.fromhex(env.id))
+    return (verify(env.author, bytes.fromhex(env.sig), bytes.fromhex(env.id))
+            and _seed_proof_ok(env.author, env.kind, env.body))

@@ -21,6 +21,7 @@ from .limits import (
     MAX_SHORT_TEXT_BYTES,
     MAX_SOURCE_BYTES,
 )
+from .seeds import seed_from_proof
 
 # SPEC.md 5.1. fullmatch, never ``$``: ``$`` also matches before a trailing newline.
 DECIMAL_RE = re.compile(r"-?(0|[1-9][0-9]{0,15})(\.[0-9]{1,12})?")
@@ -185,6 +186,7 @@ _DATA_FIELDS = frozenset({"name", "sha256", "bytes"})
 _BUDGET_FIELDS = frozenset({"tokens"})
 _CLAIM_FIELDS = frozenset({"task", "parent", "patch", "source_sha256", "note", "outcome", "result"})
 _VOTE_FIELDS = frozenset({"claim", "verdict", "result", "reason"})
+_VOTE_OPTIONAL = frozenset({"seed_proof"})  # a fresh-seed full run (SPEC.md 5.4.1)
 _PEER_FIELDS = frozenset({"addresses", "expires_at"})
 
 
@@ -227,7 +229,7 @@ def validate_claim(body: Any) -> dict:
 
 
 def validate_vote(body: Any) -> dict:
-    _obj(body, "body", _VOTE_FIELDS)
+    _obj(body, "body", _VOTE_FIELDS, _VOTE_OPTIONAL)
     _hex64(body["claim"], "body.claim")
     _enum(body["verdict"], "body.verdict", VERDICTS)
     if body["result"] is None:
@@ -238,6 +240,15 @@ def validate_vote(body: Any) -> dict:
     else:
         validate_result(body["result"])
     _text(body["reason"], "body.reason", MAX_NOTE_BYTES)
+    if "seed_proof" in body:
+        # The run's seed is the proof's (SPEC.md 5.4.1); that the proof is the voter's signature is
+        # checked with the signature (envelope.py), which knows the voter.
+        if not is_hex(body["seed_proof"], 128):
+            raise schema_error("body.seed_proof", "not 128 lower-case hex")
+        if body["result"] is None:
+            raise schema_error("body.result", "required with a seed_proof")
+        if body["result"]["seed"] != seed_from_proof(body["seed_proof"]):
+            raise schema_error("body.result.seed", "not the seed of seed_proof")
     return body
 
 

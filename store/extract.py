@@ -9,7 +9,7 @@ from protocol import Envelope, task_id
 
 COLUMNS = (
     "id", "kind", "author", "created_at", "raw", "task", "parent", "source_sha256",
-    "outcome", "claimed_bpb", "claim", "verdict", "vote_bpb", "expires_at",
+    "outcome", "claimed_bpb", "claim", "verdict", "vote_bpb", "expires_at", "device", "fresh",
 )
 INSERT_SQL = f"INSERT INTO messages({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 INSERT_OR_IGNORE_SQL = INSERT_SQL.replace("INSERT", "INSERT OR IGNORE", 1)
@@ -25,18 +25,23 @@ def _bpb(result) -> str | None:
     return result.get("val_bpb") if isinstance(result, dict) else None
 
 
+def _device(result) -> str | None:
+    return result.get("device") if isinstance(result, dict) else None
+
+
 def row(env: Envelope, raw: bytes) -> tuple:
     body = env.body
-    task = parent = source = outcome = claimed = claim = verdict = vote_bpb = expires = None
+    task = parent = source = outcome = claimed = claim = verdict = vote_bpb = expires = device = fresh = None
     kind = env.kind
     if kind == "claim":
         task, parent, source = body["task"], body["parent"], body["source_sha256"]
-        outcome, claimed = body["outcome"], _bpb(body["result"])
+        outcome, claimed, device = body["outcome"], _bpb(body["result"]), _device(body["result"])
     elif kind == "vote":
         claim, verdict, vote_bpb = body["claim"], body["verdict"], _bpb(body["result"])
+        device, fresh = _device(body["result"]), (1 if "seed_proof" in body else None)
     elif kind == "task":
         task = task_id(body)
     elif kind == "peer":
         expires = body["expires_at"]
     return (env.id, kind, env.author, env.created_at, raw, task, parent, source,
-            outcome, claimed, claim, verdict, vote_bpb, expires)
+            outcome, claimed, claim, verdict, vote_bpb, expires, device, fresh)

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from protocol import Envelope
 
+from .stats import BASELINE, SIGNIFICANT, Estimate, Significance, estimate, significance
 from .trust import TrustView, VoteFact, latest_votes
+
+# The seed noise of a sample's device class (result.device) for the claim's task: store/stats.py NoiseTable.
+SigmaOf = Callable[[str | None], float]
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,8 @@ class ClaimStatus:
     votes: int = 0  # distinct voters
     own_run: bool = False  # this node measured the claim itself (its own claim or reproduction)
     over: float = 0.0  # trusted weight of over budget votes (trained longer than the task's compute cap)
+    # The claim's mean val_bpb from trusted fresh-seed reproductions (store/stats.py); None without any.
+    estimate: Estimate | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,19 @@ class Entry:
     improvement: float | None = None  # top_entries: reference bpb - val_bpb
     duplicate_of: str | None = None  # a later copy of an earlier claim's source
     over: float = 0.0  # trusted weight of over budget votes
+    estimate: Estimate | None = None  # from fresh-seed reproductions: what the board ranks by
+    significance: Significance | None = None  # against the parent, or the task's baseline claim
+
+    @property
+    def rank_value(self) -> float:
+        """What the board sorts by: the estimated mean, else the reproduced (or claimed) value."""
+        if self.estimate is not None:
+            return self.estimate.mean
+        return float(self.val_bpb) if self.val_bpb is not None else float("inf")
+
+    @property
+    def significant(self) -> bool:
+        return self.significance is not None and self.significance.state == SIGNIFICANT
 
 
 @dataclass(frozen=True)
@@ -84,9 +103,19 @@ def weighted_median(values: Sequence[tuple[str, float]]) -> str | None:
     return ordered[-1][0]  # pragma: no cover - float rounding guard
 
 
+def fresh_samples(current: Iterable[VoteFact], trust: TrustView, sigma_of: SigmaOf) -> list[tuple[float, float]]:
+    """(value, sigma) of the trusted full runs at fresh seeds among a claim's current votes: the
+    ``reproduced`` and ``mismatch`` votes that carry a seed_proof and a value, from voters this node
+    trusts at all (protocol/SPEC.md 5.9). Unweighted: trust decides who is heard, not how loud."""
+    return [(float(v.val_bpb), sigma_of(v.device)) for v in current
+            if v.fresh and v.val_bpb is not None and v.verdict in ("reproduced", "mismatch") and trust.of(v.voter) > 0]
+
+
 def claim_status(
-    claim: Envelope, votes: Iterable[VoteFact], trust: TrustView, self_key: str, settings: RankingSettings
+    claim: Envelope, votes: Iterable[VoteFact], trust: TrustView, self_key: str, settings: RankingSettings,
+    sigma_of: SigmaOf | None = None,
 ) -> ClaimStatus:
+    """``sigma_of``: the seed noise of a device class for the claim's task; None: no estimate."""
     current = [v for v in latest_votes(votes).values() if v.claim == claim.id and v.voter != claim.author]
     own = next((v for v in current if v.voter == self_key), None)
     own_verdict = own.verdict if own else None
@@ -123,27 +152,59 @@ def claim_status(
     else:
         reproduced = weighted_median(measured)
     own_run = own_verdict == "reproduced" or (claim.author == self_key and author_run)
+    est = estimate(fresh_samples(current, trust, sigma_of)) if sigma_of is not None else None
     return ClaimStatus(status, support, against, own_verdict, reproduced, votes=len(current), own_run=own_run,
-                       over=over)
+                       over=over, estimate=est)
 
 
-def _entry(claim: Envelope, st: ClaimStatus, duplicate_of: str | None = None) -> Entry:
+def _entry(claim: Envelope, st: ClaimStatus, duplicate_of: str | None = None,
+           sig: Significance | None = None) -> Entry:
     claimed = _claimed(claim)
     value = st.reproduced_bpb if st.status == "verified" and st.reproduced_bpb else claimed
     return Entry(claim, st.status, value, claimed, st.support, st.votes, st.against, duplicate_of=duplicate_of,
-                 over=st.over)
+                 over=st.over, estimate=st.estimate, significance=sig)
 
 
 def _sort_key(entry: Entry) -> tuple:
-    value = float(entry.val_bpb) if entry.val_bpb is not None else float("inf")
-    return (value, entry.claim.created_at, entry.claim.id)
+    return (entry.rank_value, entry.claim.created_at, entry.claim.id)
+
+
+def is_baseline_claim(claim: Envelope) -> bool:
+    """A run of the task's own source: a root claim (no parent) with an empty patch."""
+    return claim.body.get("parent") is None and not claim.body.get("patch") and claim.body.get("outcome") != "crashed"
+
+
+def baseline_claim(claims: Iterable[Envelope]) -> Envelope | None:
+    """The task's baseline claim: the earliest (created_at, id) baseline run in the corpus. Every
+    claim without a parent is tested against its estimate."""
+    runs = [c for c in claims if is_baseline_claim(c)]
+    return min(runs, key=lambda c: (c.created_at, c.id)) if runs else None
+
+
+def significances(claims: Iterable[Envelope], statuses: Mapping[str, ClaimStatus]) -> dict[str, Significance]:
+    """Each claim's test against its reference: its parent's estimate, or for a root claim the
+    task's baseline claim's (store/stats.py). The baseline claim itself is the ``baseline``."""
+    claims = list(claims)
+    base = baseline_claim(claims)
+    out: dict[str, Significance] = {}
+    for claim in claims:
+        if base is not None and claim.id == base.id:
+            out[claim.id] = Significance(BASELINE, None)
+            continue
+        ref_id = claim.body.get("parent") or (base.id if base is not None else None)
+        ref = statuses.get(ref_id) if ref_id is not None else None
+        out[claim.id] = significance(statuses[claim.id].estimate, ref.estimate if ref else None, ref_id)
+    return out
 
 
 def leaderboard(
     claims: Iterable[Envelope], statuses: Mapping[str, ClaimStatus]
 ) -> Leaderboard:
-    """Verified claims ranked by reproduced val_bpb (lower is better); pending, disputed and over
-    budget ones apart (an over budget claim trained longer than its task allows: never ranked).
+    """Verified claims ranked by their estimated mean val_bpb from fresh-seed reproductions (lower is
+    better; the reproduced value while there is no estimate); pending, disputed and over budget ones
+    apart (an over budget claim trained longer than its task allows: never ranked). Each entry carries
+    its significance against its parent or the task's baseline claim, which is listed with the
+    improvements (it is the reference they are tested against).
 
     Only ``improved`` claims are contributions to rank: ``worse`` and ``crashed`` ones are negative
     results, shared so nobody runs them again, but a change that did not beat its own seed is not
@@ -151,6 +212,8 @@ def leaderboard(
     only the earliest (created_at, id) counts, negative results included; later copies go to
     ``duplicates``, so copying a source earns nothing (docs/design.md, "Ranking and trust").
     """
+    claims = list(claims)
+    tests = significances(claims, statuses)
     ranked = sorted((c for c in claims if c.body.get("outcome") != "crashed"), key=lambda c: (c.created_at, c.id))
     first_by_source: dict[str, str] = {}
     board = Leaderboard([], [], [], [], [])
@@ -158,10 +221,10 @@ def leaderboard(
         st = statuses[claim.id]
         first = first_by_source.setdefault(claim.body["source_sha256"], claim.id)
         if first != claim.id:
-            board.duplicates.append(_entry(claim, st, duplicate_of=first))
+            board.duplicates.append(_entry(claim, st, duplicate_of=first, sig=tests.get(claim.id)))
             continue
-        if claim.body.get("outcome") == "improved":
-            board.of_status(st.status).append(_entry(claim, st))
+        if claim.body.get("outcome") == "improved" or is_baseline_claim(claim):
+            board.of_status(st.status).append(_entry(claim, st, sig=tests.get(claim.id)))
     for entries in (board.verified, board.pending, board.disputed, board.over_budget):
         entries.sort(key=_sort_key)
     return board
@@ -183,35 +246,28 @@ def confidence(st: ClaimStatus, settings: RankingSettings) -> float:
 
 def top_entries(board: Leaderboard, statuses: Mapping[str, ClaimStatus], k: int,
                 settings: RankingSettings) -> list[Entry]:
-    """Seeds for the loop: verified claims with the largest reproduced improvement, times confidence.
-
-    Improvement is measured against the task baseline when the corpus holds a verified run of it
-    (a root claim with an empty patch), else against the claim's parent, else against the worst
-    verified value of the task. Claims that improve nothing are not seeds, nor are claims that are
-    not verified (pending, disputed, over budget).
+    """Seeds for the loop: verified claims that are significantly better than their reference
+    (store/stats.py), by estimated improvement times confidence. A claim that is merely verified
+    (honestly computed) but not yet shown better than its parent is not a seed: that may be luck.
     """
-    if k <= 0 or not board.verified:
+    if k <= 0:
         return []
-    value_of = {e.claim.id: float(e.val_bpb) for e in board.verified + board.pending + board.disputed
-                if e.val_bpb is not None}
-    baselines = [float(e.val_bpb) for e in board.verified
-                 if e.claim.body.get("parent") is None and not e.claim.body.get("patch") and e.val_bpb]
-    baseline = min(baselines) if baselines else None
-    worst = max(float(e.val_bpb) for e in board.verified if e.val_bpb is not None)
+    means = {e.claim.id: e.estimate.mean for e in board.verified + board.pending + board.disputed
+             if e.estimate is not None}
     scored: list[tuple[float, Entry]] = []
     for e in board.verified:
-        parent = e.claim.body.get("parent")
-        if baseline is not None:
-            ref = baseline
-        else:
-            ref = value_of.get(parent, worst) if parent else worst
-        improvement = ref - float(e.val_bpb)
+        if not e.significant or e.estimate is None:
+            continue
+        ref = means.get(e.significance.reference)
+        if ref is None:
+            continue
+        improvement = ref - e.estimate.mean
         if improvement <= 0:
             continue
         score = improvement * confidence(statuses[e.claim.id], settings)
         scored.append((score, Entry(e.claim, e.status, e.val_bpb, e.claimed_bpb, e.support, e.votes,
-                                    e.against, improvement)))
-    scored.sort(key=lambda se: (-se[0], float(se[1].val_bpb), se[1].claim.created_at, se[1].claim.id))
+                                    e.against, improvement, estimate=e.estimate, significance=e.significance)))
+    scored.sort(key=lambda se: (-se[0], se[1].rank_value, se[1].claim.created_at, se[1].claim.id))
     return [entry for _, entry in scored[:k]]
 
 

@@ -25,16 +25,18 @@ from .extract import INSERT_OR_IGNORE_SQL, INSERT_SQL
 from .ingest import IngestReport, prepare, quick_id
 from .ranking import ClaimStatus, Entry, Leaderboard, RankingSettings
 from .schema import migrate
+from .stats import NoiseTable, Significance
 from .trust import TrustSettings, TrustView, VoteFact, compute_trust
 
 SQL_CHUNK = 500  # ids per IN (...) query, well under SQLite's bound-parameter limit
-VOTE_COLUMNS = "id, author, claim, verdict, vote_bpb, created_at"
+VOTE_COLUMNS = "id, author, claim, verdict, vote_bpb, created_at, fresh, device"
 
 
 @dataclass(frozen=True)
 class StoreSettings:
     trust: TrustSettings = field(default_factory=TrustSettings)
     ranking: RankingSettings = field(default_factory=RankingSettings)
+    noise: NoiseTable = field(default_factory=NoiseTable)  # seed noise per task and device class (store/stats.py)
     busy_timeout_ms: int = 10_000  # another process (a CLI import) may hold the write lock briefly
     # WAL + NORMAL: a committed batch survives a crash of this process (not necessarily a power cut).
     synchronous: str = "NORMAL"
@@ -57,7 +59,8 @@ def _envelope(raw: bytes) -> Envelope:
 
 
 def _vote(row: Sequence) -> VoteFact:
-    return VoteFact(id=row[0], voter=row[1], claim=row[2], verdict=row[3], val_bpb=row[4], created_at=row[5])
+    return VoteFact(id=row[0], voter=row[1], claim=row[2], verdict=row[3], val_bpb=row[4], created_at=row[5],
+                    fresh=bool(row[6]), device=row[7])
 
 
 def _check_key(key: Any, what: str) -> str:
@@ -405,17 +408,35 @@ class Replica:
         view = await self._trust_view()
         rows = await self._fetchall(f"SELECT {VOTE_COLUMNS} FROM messages WHERE claim = ? AND kind = 'vote'",
                                     (claim_id,))
-        return ranking.claim_status(claim, [_vote(r) for r in rows], view, self.self_key, self.settings.ranking)
+        return ranking.claim_status(claim, [_vote(r) for r in rows], view, self.self_key, self.settings.ranking,
+                                    await self._sigma_of(claim.body["task"]))
+
+    async def significance(self, claim_id: str) -> Significance | None:
+        """The claim's test against its parent or its task's baseline claim (store/stats.py)."""
+        claim = await self.get(claim_id)
+        if claim is None or claim.kind != "claim":
+            return None
+        claims, statuses = await self._statuses(claim.body["task"])
+        return ranking.significances(claims, statuses).get(claim_id)
+
+    async def _sigma_of(self, task_id: str) -> ranking.SigmaOf | None:
+        """Seed noise by device class for a task this replica holds (None: no task, no estimate)."""
+        rows = await self._fetchall("SELECT raw FROM messages WHERE kind = 'task' AND task = ? LIMIT 1", (task_id,))
+        if not rows:
+            return None
+        tolerance, noise = float(_envelope(rows[0][0]).body["tolerance"]), self.settings.noise
+        return lambda device: noise.sigma(task_id, device, tolerance)
 
     async def _statuses(self, task_id: str) -> tuple[list[Envelope], dict[str, ClaimStatus]]:
         claims = await self.claims(task_id)
         view = await self._trust_view()
+        sigma_of = await self._sigma_of(task_id)
         rows = await self._fetchall(
             f"SELECT {VOTE_COLUMNS} FROM messages WHERE kind = 'vote' AND claim IN "
             "(SELECT id FROM messages WHERE task = ? AND kind = 'claim')", (task_id,))
         by_claim = ranking.group_votes(_vote(r) for r in rows)
         statuses = {c.id: ranking.claim_status(c, by_claim.get(c.id, []), view, self.self_key,
-                                               self.settings.ranking) for c in claims}
+                                               self.settings.ranking, sigma_of) for c in claims}
         return claims, statuses
 
     async def leaderboard(self, task_id: str) -> Leaderboard:

@@ -49,6 +49,20 @@ MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
             "CREATE TABLE trusted_keys (key TEXT PRIMARY KEY, added_at INTEGER NOT NULL)",
         ),
     ),
+    (
+        2,
+        "device class of results, fresh-seed votes",
+        (
+            # claim, vote: body.result.device, the hardware class a result was measured on
+            # (docs/design.md, "Luck is not progress"); NULL without a result.
+            "ALTER TABLE messages ADD COLUMN device TEXT",
+            # vote: 1 when it carries a seed_proof (a full run at the voter's fresh seed), else NULL.
+            "ALTER TABLE messages ADD COLUMN fresh INTEGER",
+            "UPDATE messages SET device = json_extract(raw, '$.body.result.device') "
+            "WHERE kind IN ('claim', 'vote')",
+            "UPDATE messages SET fresh = 1 WHERE kind = 'vote' AND json_extract(raw, '$.body.seed_proof') IS NOT NULL",
+        ),
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -36,6 +36,8 @@ class VoteFact:
     verdict: str
     val_bpb: str | None
     created_at: int
+    fresh: bool = False  # a full run at the voter's fresh seed (protocol/SPEC.md 5.4.1): a sample for the estimate
+    device: str | None = None  # result.device: the hardware class the value was measured on
 
 
 @dataclass(frozen=True)

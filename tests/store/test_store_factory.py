@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 
-from protocol import Identity, build, decode, task_id
+from protocol import Identity, build, decode, fresh_seed, task_id
 
 SWARM = "test-swarm"
 NOW = 1_700_000_000
@@ -55,8 +55,13 @@ def claim(author: Identity, task_id: str, val: str, *, parent: str | None = None
 
 
 def vote(voter: Identity, claim_id: str, verdict: str = "reproduced", val: str | None = "1.000000",
-         at: int = NOW - 100):
+         at: int = NOW - 100, *, fresh: bool = False, device: str = "cpu"):
+    """A vote; ``fresh``: a full run at the voter's fresh seed (protocol/SPEC.md 5.4.1), a sample for the estimate."""
     body = {"claim": claim_id, "verdict": verdict, "result": result(val) if val else None, "reason": ""}
+    if body["result"] is not None:
+        body["result"]["device"] = device
+    if fresh:
+        body["result"]["seed"], body["seed_proof"] = fresh_seed(voter, claim_id)
     return build(voter, SWARM, "vote", body, created_at=at)
 
 
