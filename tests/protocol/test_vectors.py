@@ -1,7 +1,9 @@
 """Protocol v1 test vectors (tests/vectors/, SPEC.md sections 9 and 10.7), checked two ways: with our
-protocol package (and node.net.swarmkey for the sealing), and independently with hashlib + hmac +
-cryptography + a canonical encoder written here from the spec's rules, so a bug in protocol.canon or
-in the sealing cannot silently regenerate matching vectors. The recorded HTTP exchange is replayed
+protocol package (and node.net.swarmkey for the sealing, store.stats and store.ranking for the
+estimates), and independently with hashlib + hmac + cryptography + a canonical encoder written here
+from the spec's rules (and the estimates, test and states re-implemented here from SPEC.md 5.8 and
+5.9), so a bug in protocol.canon, in the sealing or in the ranking cannot silently regenerate
+matching vectors. The recorded HTTP exchange is replayed
 against a real node by tests/node/test_spec_http.py.
 Run: .venv/bin/python -m pytest tests/protocol/test_vectors.py"""
 from __future__ import annotations
@@ -251,3 +253,214 @@ def test_sealing_refusals():
     for case in data["answer_refusals"]:
         with pytest.raises(SwarmAuthError):
             open_response(key, bytes.fromhex(case["request_nonce"]), case["status"], bytes.fromhex(case["sealed"]))
+
+
+# --- fresh seeds (SPEC.md 5.4.1) ---------------------------------------------------------------------
+
+SPEC_SEED_DOMAIN = b"ralphswarm/v1/fresh-seed" + b"\x00"  # typed in from SPEC.md 5.4.1
+
+
+def test_fresh_seeds_independently():
+    cases = load("fresh_seeds.json")["cases"]
+    for case in cases:
+        message = SPEC_SEED_DOMAIN + bytes.fromhex(case["claim"])
+        assert len(message) == 57 and message.hex() == case["message_hex"], case["name"]
+        private = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(case["key_seed"]))
+        proof = private.sign(message)
+        assert proof.hex() == case["seed_proof"], case["name"]
+        private.public_key().verify(proof, message)
+        assert int.from_bytes(hashlib.sha256(proof).digest()[:8], "big") % 2**31 == case["seed"], case["name"]
+    assert len({c["seed"] for c in cases}) == len(cases)
+
+
+def test_fresh_seeds_with_our_code():
+    from protocol.seeds import check_seed_proof, fresh_seed, seed_from_proof, seed_message
+
+    data = load("fresh_seeds.json")
+    for case in data["cases"]:
+        identity = Identity.from_seed(bytes.fromhex(case["key_seed"]))
+        assert identity.pubkey == case["pubkey"]
+        assert seed_message(case["claim"]).hex() == case["message_hex"]
+        assert fresh_seed(identity, case["claim"]) == (case["seed"], case["seed_proof"])
+        assert seed_from_proof(case["seed_proof"]) == case["seed"]
+        assert check_seed_proof(case["pubkey"], case["claim"], case["seed_proof"])
+    vote = data["vote"]
+    env = decode(vote["canonical"].encode("utf-8"), swarm=vote["swarm"], now=vote["now"])
+    assert env.to_dict() == vote["envelope"] and spec_canon(vote["envelope"]) == vote["canonical"].encode("utf-8")
+    body = env.body
+    assert body["result"]["seed"] == seed_from_proof(body["seed_proof"])
+    Ed25519PublicKey.from_public_bytes(bytes.fromhex(env.author)).verify(
+        bytes.fromhex(body["seed_proof"]), SPEC_SEED_DOMAIN + bytes.fromhex(body["claim"]))
+    reasons = set()
+    for case in data["invalid"]:
+        with pytest.raises(ProtocolError) as err:
+            decode(case["raw"].encode("utf-8"), swarm=case["swarm"], now=case["now"])
+        assert err.value.reason.startswith(case["reason_prefix"]), (case["name"], err.value.reason)
+        reasons.add(case["reason_prefix"])
+    assert {"invalid: bad signature", "invalid: schema: body.seed_proof", "invalid: schema: body.result",
+            "invalid: schema: body.result.seed"} <= reasons
+
+
+# --- estimates, the test, the states, the board (SPEC.md 5.8, 5.9) ------------------------------------
+
+def _estimates_with_our_code(data: dict, tmp_path: Path) -> tuple[dict, list[str], list[str], list[str]]:
+    from protocol import Envelope
+    from store import ranking
+    from store.stats import NoiseTable, mismatch_threshold
+    from store.trust import TrustView, VoteFact
+
+    path = tmp_path / "noise.json"
+    path.write_text(json.dumps(data["noise"]))
+    noise = NoiseTable.load(path)
+    task, tolerance = data["task"]["id"], float(data["task"]["tolerance"])
+    claims = [Envelope(c["id"], c["author"], c["created_at"], "public", "claim",
+                       {"task": task, "parent": c["parent"], "patch": c["patch"], "source_sha256": c["source_sha256"],
+                        "note": "", "outcome": c["outcome"],
+                        "result": None if c["claimed_bpb"] is None else {"val_bpb": c["claimed_bpb"]}}, "00" * 64)
+              for c in data["claims"]]
+    facts = [VoteFact(v["id"], v["voter"], v["claim"], v["verdict"], v["val_bpb"], v["created_at"], v["fresh"],
+                      v["device"]) for v in data["votes"]]
+    view = TrustView({k: float(w) for k, w in data["trust"].items()}, frozenset(), frozenset({data["self"]}))
+    grouped = ranking.group_votes(facts)
+
+    def sigma_of(device: str | None) -> float:
+        return noise.sigma(task, device, tolerance)
+
+    statuses = {c.id: ranking.claim_status(c, grouped.get(c.id, []), view, data["self"], ranking.RankingSettings(),
+                                           sigma_of) for c in claims}
+    tests = ranking.significances(claims, statuses)
+    out = {}
+    for c in data["claims"]:
+        est, sig = statuses[c["id"]].estimate, tests[c["id"]]
+        out[c["name"]] = {"estimate": None if est is None else est.to_json(), "state": sig.state,
+                          "reference": sig.reference, "p": None if sig.p is None else f"{sig.p:.6g}",
+                          "z": None if sig.z is None else f"{sig.z:.6g}"}
+    board = ranking.leaderboard(claims, statuses)
+    names = {c["id"]: c["name"] for c in data["claims"]}
+    thresholds = [f"{mismatch_threshold(sigma_of(t['claim_device']), sigma_of(t['voter_device']), tolerance):.6f}"
+                  for t in data["expected"]["mismatch_thresholds"]]
+    return (out, [names[e.claim.id] for e in board.verified], [names[e.claim.id] for e in board.duplicates],
+            thresholds)
+
+
+def test_estimates_with_our_code(tmp_path):
+    data = load("estimates.json")
+    claims, board, duplicates, thresholds = _estimates_with_our_code(data, tmp_path)
+    expected = data["expected"]
+    assert claims == expected["claims"]
+    assert board == expected["board"] and duplicates == expected["duplicates"]
+    assert thresholds == [t["threshold"] for t in expected["mismatch_thresholds"]]
+    from store import stats
+    assert data["constants"] == {"ALPHA": repr(stats.ALPHA), "MAX_SAMPLES": stats.MAX_SAMPLES,
+                                 "MIN_NO_GAIN": stats.MIN_NO_GAIN, "PRIOR_DF": repr(stats.PRIOR_DF),
+                                 "Z_MISMATCH": repr(stats.Z_MISMATCH)}
+
+
+# Written from SPEC.md 5.8 and 5.9 alone: exact sums (fractions), math.erfc; the constants typed in.
+SPEC_ALPHA, SPEC_MAX_SAMPLES, SPEC_MIN_NO_GAIN, SPEC_PRIOR_DF = 0.01, 5, 2, 4
+SPEC_Z_MISMATCH = 2.5758293035489
+
+
+def _spec_estimates(data: dict) -> tuple[dict, list[str], list[str], list[str]]:
+    import math
+    from fractions import Fraction
+
+    task, tolerance = data["task"]["id"], float(data["task"]["tolerance"])
+
+    def sigma(device):
+        entry = data["noise"].get(task, {}).get(device)
+        return float(entry["sigma"]) if entry is not None else tolerance / 3
+
+    claims = data["claims"]
+    by_id = {c["id"]: c for c in claims}
+    latest: dict[tuple[str, str], dict] = {}
+    for v in data["votes"]:
+        key = (v["claim"], v["voter"])
+        if key not in latest or (v["created_at"], v["id"]) > (latest[key]["created_at"], latest[key]["id"]):
+            latest[key] = v
+
+    def trust(k):
+        return float(data["trust"].get(k, "0"))
+
+    estimates = {}
+    for c in claims:
+        samples = [(Fraction(float(v["val_bpb"])), Fraction(sigma(v["device"])))
+                   for (claim, voter), v in latest.items()
+                   if claim == c["id"] and voter != c["author"] and v["verdict"] in ("reproduced", "mismatch")
+                   and v["fresh"] and v["val_bpb"] is not None and trust(voter) > 0]
+        n = len(samples)
+        if n == 0:
+            estimates[c["id"]] = None
+            continue
+        mean = sum(x for x, _ in samples) / n
+        prior = sum(s * s for _, s in samples) / n
+        scatter = sum((x - mean) ** 2 for x, _ in samples)
+        sd = math.sqrt((SPEC_PRIOR_DF * prior + scatter) / (SPEC_PRIOR_DF + n - 1))
+        estimates[c["id"]] = (float(mean), sd / math.sqrt(n), n, sd)
+
+    roots = [c for c in claims if c["parent"] is None and c["patch"] == "" and c["outcome"] != "crashed"]
+    base = min(roots, key=lambda c: (c["created_at"], c["id"]))["id"] if roots else None
+    out = {}
+    for c in claims:
+        est = estimates[c["id"]]
+        shown = None if est is None else {"mean": f"{est[0]:.6f}", "se": f"{est[1]:.6f}", "n": est[2],
+                                          "sigma": f"{est[3]:.6f}"}
+        if c["id"] == base:
+            out[c["name"]] = {"estimate": shown, "state": "baseline", "reference": None, "p": None, "z": None}
+            continue
+        ref = c["parent"] if c["parent"] is not None else base
+        ref_est = estimates.get(ref) if ref in by_id else None
+        if est is None or ref_est is None:
+            out[c["name"]] = {"estimate": shown, "state": "not significant yet", "reference": ref, "p": None,
+                              "z": None}
+            continue
+        spread = math.sqrt(ref_est[1] ** 2 + est[1] ** 2)
+        z = (ref_est[0] - est[0]) / spread
+        p = min(1.0, SPEC_MAX_SAMPLES * math.erfc(z / math.sqrt(2)) / 2)
+        if p < SPEC_ALPHA:
+            state = "significant"
+        elif est[2] >= SPEC_MIN_NO_GAIN and est[0] >= ref_est[0]:
+            state = "no gain"
+        elif est[2] >= SPEC_MAX_SAMPLES and ref_est[2] >= SPEC_MAX_SAMPLES:
+            state = "no gain"
+        else:
+            state = "not significant yet"
+        out[c["name"]] = {"estimate": shown, "state": state, "reference": ref, "p": f"{p:.6g}", "z": f"{z:.6g}"}
+
+    first: dict[str, str] = {}
+    listed, duplicates = [], []
+    for c in sorted((c for c in claims if c["outcome"] != "crashed"), key=lambda c: (c["created_at"], c["id"])):
+        if first.setdefault(c["source_sha256"], c["id"]) != c["id"]:
+            duplicates.append(c["name"])
+        elif c["outcome"] == "improved" or (c["parent"] is None and c["patch"] == ""):
+            listed.append(c)
+
+    def rank(c):
+        est = estimates[c["id"]]
+        own = latest.get((c["id"], data["self"]))  # this vector: the node reproduced every listed claim
+        return (est[0] if est is not None else float(own["val_bpb"]), c["created_at"], c["id"])
+
+    def threshold(claim_device: str, voter_device: str) -> float:
+        return max(tolerance, SPEC_Z_MISMATCH * math.sqrt(sigma(claim_device) ** 2 + sigma(voter_device) ** 2))
+
+    thresholds = [f"{threshold(t['claim_device'], t['voter_device']):.6f}"
+                  for t in data["expected"]["mismatch_thresholds"]]
+    return out, [c["name"] for c in sorted(listed, key=rank)], duplicates, thresholds
+
+
+def test_estimates_independently():
+    data = load("estimates.json")
+    claims, board, duplicates, thresholds = _spec_estimates(data)
+    expected = data["expected"]
+    for name, want in expected["claims"].items():
+        assert claims[name] == want, name
+    assert board == expected["board"] and duplicates == expected["duplicates"]
+    assert thresholds == [t["threshold"] for t in expected["mismatch_thresholds"]]
+    # The corpus exercises every state and both kinds of reference.
+    assert {c["state"] for c in claims.values()} == {"baseline", "significant", "no gain", "not significant yet"}
+
+
+def test_spec_constants_are_the_normal_quantiles_they_claim():
+    from statistics import NormalDist
+
+    assert abs(NormalDist().inv_cdf(0.995) - SPEC_Z_MISMATCH) < 1e-12  # two-sided 1% (SPEC.md 5.8)
