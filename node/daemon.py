@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from protocol import PROTOCOL_VERSION, Envelope, Identity, build, task_id
-from store import Replica
+from store import Replica, StoreSettings
 from trainer.tasks import Task, TaskError
 
 from node import VERSION
@@ -26,7 +26,7 @@ from node.net.peers import PeerTable
 from node.net.ratelimit import RateLimiter
 from node.corpus import ReplicaCorpus, TaskBook
 from node.extension import Extension
-from node.settings import NodeSettings, to_address
+from node.settings import NodeSettings, load_noise, to_address
 from node.slots import DeviceSlots, detect_devices
 from node.telemetry import Telemetry
 from node.net.transport import PeerUnavailable
@@ -73,7 +73,8 @@ class Node:
         if s.network.swarm_key_file is not None:
             self.swarm_key = SwarmKey.load(s.network.swarm_key_file, self.swarm)
         self.replica = await Replica.open(s.home / "replica.sqlite3", swarm=self.swarm,
-                                          self_key=self.identity.pubkey, trusted=list(s.trusted))
+                                          self_key=self.identity.pubkey, trusted=list(s.trusted),
+                                          settings=StoreSettings(noise=load_noise(s.home)))
         self.slots = DeviceSlots(devices=["cpu"] if s.device == "cpu" else detect_devices())
         self.tasks = TaskBook(self.replica)
         self.corpus = ReplicaCorpus(self.replica, self.tasks, self.identity.pubkey)

@@ -30,7 +30,9 @@ from node.corpus import SourceError
 from node.device_run import DeviceRun, on_device
 from node.extension import NodeView
 from node.scheduler import (Candidate, QueueItem, Scheduler, SchedulerSettings, may_reproduce, verdict_from_budget,
-                            verdict_from_full, verdict_from_spot)
+                            verdict_from_fresh, verdict_from_spot)
+from protocol import fresh_seed
+from store.stats import mismatch_threshold
 from node.telemetry import Counter, vote_counter
 from node.threads import run_in_daemon_thread
 
@@ -214,15 +216,31 @@ class Reproducer:
         claimed = env.body["result"]
         budget = int(claimed["tokens"])  # the claim's token budget (protocol/SPEC.md, result.tokens)
         verdict, result, reason = await self._run(item.claim, task, source, claimed, budget)
-        return await self._vote(item.claim, verdict, result, reason)
+        proof = None
+        if result is not None:  # a full run: at this node's fresh seed for the claim (protocol/SPEC.md 5.4.1)
+            seed, proof = fresh_seed(node.identity, item.claim)
+            if result.get("seed") != seed:  # pragma: no cover - _run ran it at that seed
+                raise RuntimeError("the full run's seed is not this node's fresh seed for the claim")
+        return await self._vote(item.claim, verdict, result, reason, seed_proof=proof)
+
+    def _threshold(self, task: Any, claimed: dict, device: str | None) -> float:
+        """Largest |fresh - claimed| voted ``reproduced`` (store/stats.py mismatch_threshold): the seed
+        noise of the claim's device class and of ours, never below the task's tolerance."""
+        noise, tolerance = self.node.replica.settings.noise, float(task.body["tolerance"])
+        return mismatch_threshold(noise.sigma(task.id, claimed.get("device"), tolerance),
+                                  noise.sigma(task.id, device, tolerance), tolerance)
 
     async def _run(self, claim_id: str, task: Any, source: str, claimed: dict,
                    budget: int) -> tuple[str, dict | None, str]:
-        from trainer.experiment import run_experiment, spot_check
+        """Spot check at the claim's own seed (bit for bit: it catches a fabricated curve), then the
+        full run at this node's fresh seed for the claim, which neither side chose (protocol/SPEC.md 5.4.1)."""
+        from trainer.experiment import run_experiment, spot_check  # heavy: torch
 
         node = self.node
+        fresh, _ = fresh_seed(node.identity, claim_id)
         common = dict(seed=int(claimed["seed"]), timeout_s=self.worker.run_timeout_s,
                       cache_dir=self.cache_dir or node.settings.home / "cache")
+        full = dict(common, seed=fresh)
         telemetry = node.telemetry
         async with on_device(node.slots, telemetry, "reproduce", kind="reproduce", claim=claim_id,
                              phase="spot", budget=budget) as slot:
@@ -234,7 +252,7 @@ class Reproducer:
             if verdict is not None:
                 return verdict, None, reason
             telemetry.count(Counter.REPRODUCE_FULL_RUNS)
-            run = await slot.run(run_experiment, task, source, phase="full", budget_tokens=budget, **common)
+            run = await slot.run(run_experiment, task, source, phase="full", budget_tokens=budget, **full)
             cap = task.body.get("compute_cap")
             baseline = over = None
             if run.outcome_ok and cap is not None:
@@ -245,12 +263,13 @@ class Reproducer:
                 # Confirm before a negative verdict: what slows a run (other work here, a harness
                 # process still starting) only adds time, so the claim's time is the lesser of two.
                 telemetry.count(Counter.REPRODUCE_CONFIRM_RUNS)
-                again = await slot.run(run_experiment, task, source, phase="confirm", budget_tokens=budget, **common)
+                again = await slot.run(run_experiment, task, source, phase="confirm", budget_tokens=budget, **full)
                 if again.outcome_ok and Decimal(again.result["wall_s"]) < Decimal(run.result["wall_s"]):
                     run = again
         if not run.outcome_ok:
             return "failed", None, f"full run crashed: {run.reason}"
-        verdict, why = verdict_from_full(claimed["val_bpb"], run.result["val_bpb"], task.body["tolerance"])
+        verdict, why = verdict_from_fresh(claimed["val_bpb"], run.result["val_bpb"],
+                                          self._threshold(task, claimed, run.result.get("device")))
         if cap is None:
             return verdict, run.result, f"{reason}; {why}"
         if baseline is None:
@@ -283,8 +302,11 @@ class Reproducer:
             log.exception("reproduce: measuring the baseline of task %s failed", task.id[:12])
             return None
 
-    async def _vote(self, claim_id: str, verdict: str, result: dict | None, reason: str) -> dict:
+    async def _vote(self, claim_id: str, verdict: str, result: dict | None, reason: str,
+                    seed_proof: str | None = None) -> dict:
         body = {"claim": claim_id, "verdict": verdict, "result": result, "reason": reason[:MAX_REASON_CHARS]}
+        if seed_proof is not None:
+            body["seed_proof"] = seed_proof
         await self.node.publish("vote", body)
         self._voted.add(claim_id)
         self.node.telemetry.count(vote_counter(verdict))

@@ -211,6 +211,17 @@ def verdict_from_full(claimed_bpb: object, measured_bpb: object, tolerance: obje
     return "mismatch", f"val_bpb {measured} vs claimed {claimed}: off by {diff} > tolerance {tol}"
 
 
+def verdict_from_fresh(claimed_bpb: object, measured_bpb: object, threshold: float) -> tuple[str, str]:
+    """A full run at a fresh seed against the claimed value (store/stats.py mismatch_threshold):
+    ``reproduced`` when |measured - claimed| <= threshold, which an honest claim passes 99 times in 100."""
+    claimed, measured = _dec(claimed_bpb), _dec(measured_bpb)
+    diff = abs(measured - claimed)
+    shown = f"{threshold:.6f}"
+    if diff <= Decimal(threshold):  # exact: the decimals against the binary64 threshold (SPEC.md 5.8)
+        return "reproduced", f"val_bpb {measured} at a fresh seed vs claimed {claimed}: within {shown} (seed noise)"
+    return "mismatch", f"val_bpb {measured} at a fresh seed vs claimed {claimed}: off by {diff} > {shown} (seed noise)"
+
+
 def verdict_from_budget(wall_s: object, baseline_wall_s: object, compute_cap: object) -> tuple[str | None, str]:
     """``over budget`` when the run trained longer than ``compute_cap`` x the baseline's training time
     measured on this node's hardware at the same budget (decimal arithmetic: the edge is exact, and
@@ -224,5 +235,5 @@ def verdict_from_budget(wall_s: object, baseline_wall_s: object, compute_cap: ob
 
 
 __all__ = ["Candidate", "OVER_BUDGET", "QueueItem", "Scheduler", "SchedulerSettings", "VERDICTS", "author_runs",
-           "expected_gain", "may_reproduce", "verdict_from_budget", "verdict_from_full",
+           "expected_gain", "may_reproduce", "verdict_from_budget", "verdict_from_fresh", "verdict_from_full",
            "verdict_from_spot"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from protocol import is_hex
+from store.stats import NoiseTable
 
 from node.errors import UserError
 from node.net.gossip import GossipSettings
@@ -101,3 +102,16 @@ def settings_from(home: Path, config: Mapping[str, Any], flags: Mapping[str, Any
         ralph=flags.get("ralph", base.ralph), reproduce=flags.get("reproduce", base.reproduce), task=pick("task"),
         run_untrusted=pick("run_untrusted"), verify_share=float(pick("verify_share")),
         budget_scale=float(pick("budget_scale", base.budget_scale)), device=pick("device", base.device))
+
+
+NOISE_FILE = "noise.json"
+BUILTIN_NOISE = Path(__file__).with_name(NOISE_FILE)  # measured sigmas shipped with the code
+
+
+def load_noise(home: Path) -> NoiseTable:
+    """Seed noise per task and device class (store/stats.py): the shipped table, then the node's own
+    measurements in ``<home>/noise.json`` (written by ``scripts/bench/noise --write``), which win."""
+    try:
+        return NoiseTable.load(BUILTIN_NOISE, Path(home) / NOISE_FILE)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None

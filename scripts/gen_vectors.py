@@ -517,6 +517,7 @@ EST_BASE_SOURCE = hashlib.sha256(TASK_BODY["source"].encode()).hexdigest()
 # name, author, created_at, parent (a name, "absent" for an id nobody holds, or None), patch, outcome, source, claimed
 EST_CLAIMS = [
     ("base-crashed", "a2", 50, None, "", "crashed", "base", None),
+    ("base-fake", "sybil", 10, None, "", "worse", "fake", "1.000000"),  # empty patch, not the task's source
     ("base", "a2", 100, None, "", "worse", "base", "1.396000"),
     ("base-2", "a1", 100, None, "", "worse", "base", "1.401000"),
     ("c1", "a1", 200, "base", "+a\n", "improved", "c1", "1.375000"),
@@ -598,8 +599,8 @@ def estimate_vectors() -> dict:
     grouped = ranking.group_votes(facts)
     statuses = {e.id: ranking.claim_status(e, grouped.get(e.id, []), view, keys[EST_SELF],
                                            ranking.RankingSettings(), sigma_of) for e in envs}
-    tests = ranking.significances(envs, statuses)
-    board = ranking.leaderboard(envs, statuses)
+    tests = ranking.significances(envs, statuses, EST_BASE_SOURCE)
+    board = ranking.leaderboard(envs, statuses, EST_BASE_SOURCE)
     assert not board.pending and not board.disputed and not board.over_budget  # the node reproduced every one
     names = {c["id"]: c["name"] for c in claims}
     expected = {}
@@ -624,7 +625,7 @@ def estimate_vectors() -> dict:
                        "device classes.",
         "constants": {"ALPHA": repr(ALPHA), "MAX_SAMPLES": MAX_SAMPLES, "MIN_NO_GAIN": MIN_NO_GAIN,
                       "PRIOR_DF": repr(PRIOR_DF), "Z_MISMATCH": repr(Z_MISMATCH)},
-        "task": {"id": EST_TASK, "tolerance": tolerance},
+        "task": {"id": EST_TASK, "tolerance": tolerance, "source_sha256": EST_BASE_SOURCE},
         "noise": EST_NOISE,
         "self": keys[EST_SELF],
         "trust": {keys[k]: w for k, w in EST_TRUST.items()},

@@ -169,23 +169,28 @@ def _sort_key(entry: Entry) -> tuple:
     return (entry.rank_value, entry.claim.created_at, entry.claim.id)
 
 
-def is_baseline_claim(claim: Envelope) -> bool:
-    """A run of the task's own source: a root claim (no parent) with an empty patch."""
-    return claim.body.get("parent") is None and not claim.body.get("patch") and claim.body.get("outcome") != "crashed"
+def is_baseline_claim(claim: Envelope, baseline_sha: str | None) -> bool:
+    """A run of the task's own source: a root claim (no parent) with an empty patch whose source hash
+    is the task source's (``baseline_sha``; None: the task is unknown, so no claim is its baseline)."""
+    body = claim.body
+    return (baseline_sha is not None and body.get("parent") is None and not body.get("patch")
+            and body.get("source_sha256") == baseline_sha and body.get("outcome") != "crashed")
 
 
-def baseline_claim(claims: Iterable[Envelope]) -> Envelope | None:
+def baseline_claim(claims: Iterable[Envelope], baseline_sha: str | None) -> Envelope | None:
     """The task's baseline claim: the earliest (created_at, id) baseline run in the corpus. Every
     claim without a parent is tested against its estimate."""
-    runs = [c for c in claims if is_baseline_claim(c)]
+    runs = [c for c in claims if is_baseline_claim(c, baseline_sha)]
     return min(runs, key=lambda c: (c.created_at, c.id)) if runs else None
 
 
-def significances(claims: Iterable[Envelope], statuses: Mapping[str, ClaimStatus]) -> dict[str, Significance]:
+def significances(claims: Iterable[Envelope], statuses: Mapping[str, ClaimStatus],
+                  baseline_sha: str | None = None) -> dict[str, Significance]:
     """Each claim's test against its reference: its parent's estimate, or for a root claim the
-    task's baseline claim's (store/stats.py). The baseline claim itself is the ``baseline``."""
+    task's baseline claim's (store/stats.py). The baseline claim itself is the ``baseline``.
+    ``baseline_sha``: SHA-256 of the task's source (protocol/SPEC.md 5.9)."""
     claims = list(claims)
-    base = baseline_claim(claims)
+    base = baseline_claim(claims, baseline_sha)
     out: dict[str, Significance] = {}
     for claim in claims:
         if base is not None and claim.id == base.id:
@@ -198,7 +203,7 @@ def significances(claims: Iterable[Envelope], statuses: Mapping[str, ClaimStatus
 
 
 def leaderboard(
-    claims: Iterable[Envelope], statuses: Mapping[str, ClaimStatus]
+    claims: Iterable[Envelope], statuses: Mapping[str, ClaimStatus], baseline_sha: str | None = None
 ) -> Leaderboard:
     """Verified claims ranked by their estimated mean val_bpb from fresh-seed reproductions (lower is
     better; the reproduced value while there is no estimate); pending, disputed and over budget ones
@@ -213,7 +218,7 @@ def leaderboard(
     ``duplicates``, so copying a source earns nothing (docs/design.md, "Ranking and trust").
     """
     claims = list(claims)
-    tests = significances(claims, statuses)
+    tests = significances(claims, statuses, baseline_sha)
     ranked = sorted((c for c in claims if c.body.get("outcome") != "crashed"), key=lambda c: (c.created_at, c.id))
     first_by_source: dict[str, str] = {}
     board = Leaderboard([], [], [], [], [])
@@ -223,7 +228,7 @@ def leaderboard(
         if first != claim.id:
             board.duplicates.append(_entry(claim, st, duplicate_of=first, sig=tests.get(claim.id)))
             continue
-        if claim.body.get("outcome") == "improved" or is_baseline_claim(claim):
+        if claim.body.get("outcome") == "improved" or is_baseline_claim(claim, baseline_sha):
             board.of_status(st.status).append(_entry(claim, st, sig=tests.get(claim.id)))
     for entries in (board.verified, board.pending, board.disputed, board.over_budget):
         entries.sort(key=_sort_key)

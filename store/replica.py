@@ -8,6 +8,7 @@ functions (store/trust.py, store/ranking.py); the methods here load their inputs
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sqlite3
 import time
@@ -417,14 +418,23 @@ class Replica:
         if claim is None or claim.kind != "claim":
             return None
         claims, statuses = await self._statuses(claim.body["task"])
-        return ranking.significances(claims, statuses).get(claim_id)
+        return ranking.significances(claims, statuses, await self._baseline_sha(claim.body["task"])).get(claim_id)
+
+    async def _task_body(self, task_id: str) -> dict | None:
+        rows = await self._fetchall("SELECT raw FROM messages WHERE kind = 'task' AND task = ? LIMIT 1", (task_id,))
+        return _envelope(rows[0][0]).body if rows else None
+
+    async def _baseline_sha(self, task_id: str) -> str | None:
+        """SHA-256 of the task's source: the baseline claim's source (protocol/SPEC.md 5.9)."""
+        body = await self._task_body(task_id)
+        return hashlib.sha256(body["source"].encode("utf-8")).hexdigest() if body is not None else None
 
     async def _sigma_of(self, task_id: str) -> ranking.SigmaOf | None:
         """Seed noise by device class for a task this replica holds (None: no task, no estimate)."""
-        rows = await self._fetchall("SELECT raw FROM messages WHERE kind = 'task' AND task = ? LIMIT 1", (task_id,))
-        if not rows:
+        body = await self._task_body(task_id)
+        if body is None:
             return None
-        tolerance, noise = float(_envelope(rows[0][0]).body["tolerance"]), self.settings.noise
+        tolerance, noise = float(body["tolerance"]), self.settings.noise
         return lambda device: noise.sigma(task_id, device, tolerance)
 
     async def _statuses(self, task_id: str) -> tuple[list[Envelope], dict[str, ClaimStatus]]:
@@ -441,11 +451,11 @@ class Replica:
 
     async def leaderboard(self, task_id: str) -> Leaderboard:
         claims, statuses = await self._statuses(task_id)
-        return ranking.leaderboard(claims, statuses)
+        return ranking.leaderboard(claims, statuses, await self._baseline_sha(task_id))
 
     async def top_entries(self, task_id: str, k: int) -> list[Entry]:
         claims, statuses = await self._statuses(task_id)
-        board = ranking.leaderboard(claims, statuses)
+        board = ranking.leaderboard(claims, statuses, await self._baseline_sha(task_id))
         return ranking.top_entries(board, statuses, k, self.settings.ranking)
 
     # -- local settings ----------------------------------------------------------------------

@@ -7,8 +7,9 @@ trusted full runs at seeds neither side could choose (protocol/seeds.py).
 
 **Seed noise.** ``sigma`` is val_bpb's standard deviation over training seeds for a task on one
 device class (``result.device``), measured by ``scripts/bench/noise`` and read from a noise table;
-for a class the table lacks, ``tolerance / 3``: a task's tolerance is set at 3 sigma of its seed
-noise, rounded up (scripts/bench/noise prints both), so this is an upper estimate.
+for a class the table lacks, ``max(tolerance / 3, SIGMA_FLOOR)``: a task's tolerance is set at 3 sigma
+of its seed noise, rounded up (scripts/bench/noise prints both), so this is an upper estimate; the
+floor keeps a tolerance of 0 from making every difference infinitely significant.
 
 **Estimate.** n samples x_i with prior sigmas s_i: the mean; the standard deviation pooled from the
 prior (``PRIOR_DF`` pseudo degrees of freedom at mean(s_i^2)) and the samples' own scatter,
@@ -38,6 +39,7 @@ from typing import Iterable, Mapping
 ALPHA = 0.01  # modded-nanogpt's record rule: p < 0.01 that the new mean is better
 MAX_SAMPLES = 5  # fresh-seed reproductions one claim gets at most; the Bonferroni factor of the test
 MIN_NO_GAIN = 2  # samples before a mean no better than the reference's ends the claim as no gain
+SIGMA_FLOOR = 1e-4  # bits per byte: the least sigma assumed for a class nobody measured
 PRIOR_DF = 4.0  # weight of the measured sigma, in samples' worth of degrees of freedom
 # Two-sided 1% normal quantile. A vote compares one fresh-seed value x_v with the claimed value x_c:
 # for an honest claim both are draws of the same script's val_bpb, so x_v - x_c ~ N(0, s_c^2 + s_v^2)
@@ -82,7 +84,7 @@ class NoiseTable:
 
     def sigma(self, task: str, device: str | None, tolerance: float) -> float:
         known = self.sigmas.get((task, device or ""))
-        return known if known is not None and known > 0 else tolerance / 3.0
+        return known if known is not None and known > 0 else max(tolerance / 3.0, SIGMA_FLOOR)
 
     @classmethod
     def load(cls, *paths: Path) -> "NoiseTable":
@@ -99,6 +101,8 @@ class NoiseTable:
             try:
                 for task, classes in data.items():
                     for device, entry in classes.items():
+                        if not isinstance(entry["sigma"], str):
+                            raise ValueError(f"sigma {entry['sigma']!r} is not a decimal string")
                         value = float(entry["sigma"])
                         if not math.isfinite(value) or value <= 0:
                             raise ValueError(f"sigma {entry['sigma']!r} is not positive")
@@ -153,5 +157,5 @@ def mismatch_threshold(sigma_claim: float, sigma_voter: float, tolerance: float)
 
 
 __all__ = ["ALPHA", "BASELINE", "Estimate", "MAX_SAMPLES", "MIN_NO_GAIN", "NOT_YET", "NO_GAIN", "NoiseTable",
-           "PRIOR_DF", "SIGNIFICANT", "STATES", "Significance", "Z_MISMATCH", "estimate", "mismatch_threshold",
+           "PRIOR_DF", "SIGMA_FLOOR", "SIGNIFICANT", "STATES", "Significance", "Z_MISMATCH", "estimate", "mismatch_threshold",
            "normal_sf", "significance"]

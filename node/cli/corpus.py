@@ -14,7 +14,7 @@ from rich.table import Table
 
 from protocol import ProtocolError, decode, is_hex
 from protocol import task_id as compute_task_id
-from store import Replica
+from store import Replica, StoreSettings
 from store.ingest import claimed_id
 
 from node.cli.client import ask, running_address
@@ -22,6 +22,7 @@ from node.cli.common import get_home, home_option
 from node.corpus import TaskBook
 from node.errors import UserError
 from node.home import Home
+from node.settings import load_noise
 from node.web.shapes import leaderboard_json, message_json
 
 IMPORT_BATCH = 500  # messages per transaction: a crash keeps whole batches only
@@ -34,7 +35,8 @@ async def open_replica(home: Home) -> AsyncIterator[Any]:
     identity = home.identity()
     config = home.config()
     replica = await Replica.open(home.db_path, swarm=config["swarm"], self_key=identity.pubkey,
-                                 trusted=list(config.get("trusted", [])))
+                                 trusted=list(config.get("trusted", [])),
+                                 settings=StoreSettings(noise=load_noise(home.path)))
     try:
         yield replica
     finally:

@@ -3,8 +3,8 @@ task at a small budget, votes signed and stored by the node.
 
 Run: .venv/bin/python -m pytest tests/node/test_reproduce.py -q
 The claims are written by another key from a real run at budget scale 0.05 (10,000 tokens, of which
-whole batches deliver 9,216); the node reproduces them with the claim's seed at the claim's budget,
-result.tokens.
+whole batches deliver 9,216); the node spot-checks them with the claim's seed and runs them in full at
+its own fresh seed for the claim (protocol/SPEC.md 5.4.1), at the claim's budget, result.tokens.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from node.daemon import Node
 from node.reproduce import Reproducer, WorkerSettings
 from node.scheduler import SchedulerSettings
 from node.settings import NetworkSettings, NodeSettings
-from protocol import Identity, build
+from protocol import Identity, build, check_seed_proof, fresh_seed
 from tests.timing import SLACK_S
 from trainer.experiment import run_experiment
 from trainer.patches import make_patch, source_sha256
@@ -107,12 +107,18 @@ async def test_honest_claim_is_reproduced(tmp_path, cache, honest):
         await offer(node, env)
         vote = await wait_vote(node, env.id)
         assert vote.body["verdict"] == "reproduced", vote.body["reason"]
-        assert vote.body["result"]["val_bpb"] == result["val_bpb"]  # same stack: bit for bit
-        assert vote.body["result"]["tokens"] == result["tokens"] and vote.body["result"]["seed"] == SEED
-        assert vote.body["result"]["curve"] == result["curve"]
+        # The spot check ran at the claim's seed, bit for bit; the full run at this node's fresh seed,
+        # which the vote proves and anyone can check with the node's key.
+        fresh, proof = fresh_seed(node.identity, env.id)
+        assert vote.body["seed_proof"] == proof and vote.body["result"]["seed"] == fresh != SEED
+        assert check_seed_proof(node.identity.pubkey, env.id, proof)
+        assert vote.body["result"]["tokens"] == result["tokens"]
+        assert abs(float(vote.body["result"]["val_bpb"]) - float(result["val_bpb"])) <= float(TINY.body["tolerance"])
         assert "spot check passed" in vote.body["reason"] and "within the compute cap" in vote.body["reason"]
+        assert "at a fresh seed" in vote.body["reason"]
         status = await node.replica.claim_status(env.id)
-        assert status.status == "verified" and status.reproduced_bpb == result["val_bpb"]
+        assert status.status == "verified" and status.reproduced_bpb == vote.body["result"]["val_bpb"]
+        assert status.estimate.n == 1 and f"{status.estimate.mean:.6f}" == vote.body["result"]["val_bpb"]
         assert (await node.replica.trust()).get(AUTHOR.pubkey, 0.0) > 0
         assert node.telemetry.counters["reproduce_full_runs"] == 1 and node.telemetry.counters["votes_reproduced"] == 1
         assert node.telemetry.activity["experiment"] is None
@@ -132,8 +138,10 @@ async def test_falsified_val_bpb_is_a_full_run_mismatch(tmp_path, cache, honest)
         await offer(node, env)
         vote = await wait_vote(node, env.id)
         assert vote.body["verdict"] == "mismatch", vote.body["reason"]
-        assert vote.body["result"]["val_bpb"] == result["val_bpb"]  # what was really measured
-        assert "spot check passed" in vote.body["reason"] and "tolerance" in vote.body["reason"]
+        # What was really measured, at the node's fresh seed: an honest value, 0.3 off the claimed one.
+        assert abs(float(vote.body["result"]["val_bpb"]) - float(result["val_bpb"])) <= float(TINY.body["tolerance"])
+        assert vote.body["result"]["seed"] == fresh_seed(node.identity, env.id)[0]
+        assert "spot check passed" in vote.body["reason"] and "seed noise" in vote.body["reason"]
         assert node.telemetry.counters["reproduce_full_runs"] == 1
         status = await node.replica.claim_status(env.id)
         assert status.status != "verified" and status.own_vote == "mismatch"

@@ -328,14 +328,14 @@ def _estimates_with_our_code(data: dict, tmp_path: Path) -> tuple[dict, list[str
 
     statuses = {c.id: ranking.claim_status(c, grouped.get(c.id, []), view, data["self"], ranking.RankingSettings(),
                                            sigma_of) for c in claims}
-    tests = ranking.significances(claims, statuses)
+    tests = ranking.significances(claims, statuses, data["task"]["source_sha256"])
     out = {}
     for c in data["claims"]:
         est, sig = statuses[c["id"]].estimate, tests[c["id"]]
         out[c["name"]] = {"estimate": None if est is None else est.to_json(), "state": sig.state,
                           "reference": sig.reference, "p": None if sig.p is None else f"{sig.p:.6g}",
                           "z": None if sig.z is None else f"{sig.z:.6g}"}
-    board = ranking.leaderboard(claims, statuses)
+    board = ranking.leaderboard(claims, statuses, data["task"]["source_sha256"])
     names = {c["id"]: c["name"] for c in data["claims"]}
     thresholds = [f"{mismatch_threshold(sigma_of(t['claim_device']), sigma_of(t['voter_device']), tolerance):.6f}"
                   for t in data["expected"]["mismatch_thresholds"]]
@@ -398,7 +398,8 @@ def _spec_estimates(data: dict) -> tuple[dict, list[str], list[str], list[str]]:
         sd = math.sqrt((SPEC_PRIOR_DF * prior + scatter) / (SPEC_PRIOR_DF + n - 1))
         estimates[c["id"]] = (float(mean), sd / math.sqrt(n), n, sd)
 
-    roots = [c for c in claims if c["parent"] is None and c["patch"] == "" and c["outcome"] != "crashed"]
+    roots = [c for c in claims if c["parent"] is None and c["patch"] == "" and c["outcome"] != "crashed"
+             and c["source_sha256"] == data["task"]["source_sha256"]]
     base = min(roots, key=lambda c: (c["created_at"], c["id"]))["id"] if roots else None
     out = {}
     for c in claims:
@@ -432,7 +433,8 @@ def _spec_estimates(data: dict) -> tuple[dict, list[str], list[str], list[str]]:
     for c in sorted((c for c in claims if c["outcome"] != "crashed"), key=lambda c: (c["created_at"], c["id"])):
         if first.setdefault(c["source_sha256"], c["id"]) != c["id"]:
             duplicates.append(c["name"])
-        elif c["outcome"] == "improved" or (c["parent"] is None and c["patch"] == ""):
+        elif c["outcome"] == "improved" or (c["parent"] is None and c["patch"] == ""
+                                             and c["source_sha256"] == data["task"]["source_sha256"]):
             listed.append(c)
 
     def rank(c):

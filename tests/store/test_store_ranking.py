@@ -15,6 +15,11 @@ from tests.store.test_store_factory import NOW, SWARM, claim, key, task, vote, t
 ME, OP, AUTHOR = key(0), key(1), key(2)
 
 
+def source_of(task_env) -> str:
+    """The source hash of a run of the task's own source: a baseline claim's (protocol/SPEC.md 5.9)."""
+    return hashlib.sha256(task_env.body["source"].encode()).hexdigest()
+
+
 async def replica(tmp_path, trusted=()):
     return await Replica.open(tmp_path / "db.sqlite3", swarm=SWARM, self_key=ME.pubkey, trusted=trusted)
 
@@ -96,7 +101,7 @@ async def test_leaderboard_order_duplicates_and_own_measurement(tmp_path):
 async def test_top_entries_measure_against_baseline_run(tmp_path):
     r = await replica(tmp_path)
     t = task(ME)
-    base = claim(ME, tid(t), "1.400000", at=NOW - 900, patch="")
+    base = claim(ME, tid(t), "1.400000", at=NOW - 900, patch="", source=source_of(t))
     child = claim(ME, tid(t), "1.300000", at=NOW - 800, parent=base.id)
     await put(r, t, base, child)
     assert await r.top_entries(tid(t), 5) == []  # our own runs are not samples: no estimate yet
@@ -159,7 +164,7 @@ async def test_ingest_order_does_not_change_trust_or_board(tmp_path_factory, ord
 async def test_over_budget_by_own_vote_or_trusted_quorum_is_never_ranked_nor_a_seed(tmp_path):
     r = await replica(tmp_path, trusted=[OP.pubkey])
     t = task(ME)
-    base = claim(key(3), tid(t), "1.400000", at=NOW - 900, patch="")  # the baseline's run
+    base = claim(key(3), tid(t), "1.400000", at=NOW - 900, patch="", source=source_of(t))  # the baseline's run
     fair = claim(key(4), tid(t), "1.300000", at=NOW - 800)
     mine_over = claim(key(5), tid(t), "1.000000", at=NOW - 700)  # the best value, bought with compute
     op_over = claim(key(6), tid(t), "1.100000", at=NOW - 600)

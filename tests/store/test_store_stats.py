@@ -51,7 +51,7 @@ def evaluate(votes: list[VoteFact]) -> tuple:
     """(BASE's estimate, CHILD's estimate, CHILD's test) from this node's point of view."""
     statuses = {c.id: claim_status(c, [v for v in votes if v.claim == c.id], TRUST, ME, RankingSettings(), sigma_of)
                 for c in CLAIMS}
-    return statuses[BASE.id].estimate, statuses[CHILD.id].estimate, significances(CLAIMS, statuses)[CHILD.id]
+    return statuses[BASE.id].estimate, statuses[CHILD.id].estimate, significances(CLAIMS, statuses, BASE.body['source_sha256'])[CHILD.id]
 
 
 VERDICTS = st.sampled_from(["reproduced", "reproduced", "mismatch", "failed", "over budget"])
