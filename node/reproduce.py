@@ -140,17 +140,21 @@ class Reproducer:
             budgets[tid] = task.budget_tokens
             for entry, duplicate in [(e, False) for e in ranked] + [(e, True) for e in board.duplicates]:
                 env, result = entry.claim, entry.claim.body.get("result") or {}
+                sig = entry.significance
                 rows.append(Candidate(
                     claim=env.id, task=tid, author=env.author, created_at=env.created_at,
                     outcome=env.body["outcome"], status=entry.status,
-                    value=float(entry.val_bpb) if entry.val_bpb is not None else None,
-                    tokens=result.get("tokens"), has_curve=bool(result.get("curve")), duplicate=duplicate))
+                    value=entry.rank_value if entry.val_bpb is not None or entry.estimate else None,
+                    tokens=result.get("tokens"), has_curve=bool(result.get("curve")), duplicate=duplicate,
+                    significance=sig.state if sig else None,
+                    samples=entry.estimate.n if entry.estimate else 0,
+                    reference=sig.reference if sig else None))
         return rows, budgets
 
     async def _lookup_own_votes(self, candidates: list[Candidate]) -> None:
         own = self.node.identity.pubkey
         for c in candidates:
-            if c.claim in self._checked or c.author == own or c.outcome != "improved":
+            if c.claim in self._checked or c.author == own or c.outcome not in ("improved", "worse"):
                 continue
             self._checked.add(c.claim)
             if any(v.author == own for v in await self.node.replica.votes(c.claim)):

@@ -9,6 +9,14 @@ Which claims: pending claims that would enter their task's top-K if true, ordere
 times the author's trust; claims already verified by trusted reproductions are skipped, except
 random audits after BOINC's adaptive replication (BOINC wiki, "AdaptiveReplication": a host with
 CV consecutive valid results is trusted with probability 1 - 1/CV, i.e. re-checked with 1/CV).
+
+Sequential testing (store/stats.py, protocol/SPEC.md 5.9): a verified claim whose test is still
+inconclusive (``not significant yet``) and that could enter the top-K asks for another fresh-seed
+reproduction, until it has MAX_SAMPLES; a clear win (``significant``) or a clear loss (``no gain``)
+asks for none. The reference counts too: the parent (or the task's baseline claim) of an
+inconclusive claim is queued when it has fewer samples than MIN_NO_GAIN or than its child, up to
+MAX_SAMPLES, just ahead of its child. Each node gives a claim one sample (its fresh seed is fixed),
+so the samples come from distinct nodes.
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ from typing import Iterable, Mapping
 
 from protocol.schemas import VERDICTS  # one list: protocol/SPEC.md 5.4
 from store.ranking import OVER_BUDGET  # the verdict, and the claim status of the same name
+from store.stats import BASELINE, MAX_SAMPLES, MIN_NO_GAIN, NOT_YET
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,9 @@ class Candidate:
     tokens: int | None = None  # result.tokens; None when the claim carries no result
     has_curve: bool = True
     duplicate: bool = False  # a later copy of an already claimed source: copying earns nothing
+    significance: str | None = None  # store/stats.py state: significant | not significant yet | no gain | baseline
+    samples: int = 0  # trusted fresh-seed reproductions so far (the estimate's n)
+    reference: str | None = None  # the claim its test compares with (parent, or the task's baseline claim)
 
 
 @dataclass(frozen=True)
@@ -130,11 +142,34 @@ class Scheduler:
         for c in candidates:
             if c.status == "verified" and c.value is not None:
                 verified[c.task].append((c.claim, c.value))
+        by_id = {c.claim: c for c in candidates}
         scored: list[tuple[float, float, int, str, QueueItem]] = []
+        references: dict[str, tuple[float, str]] = {}  # reference claim -> (priority, why) from its children
+        for c in candidates:
+            if c.status in ("pending", "verified") and c.significance == NOT_YET and c.reference in by_id:
+                ref = by_id[c.reference]
+                if ref.samples < MAX_SAMPLES and (ref.samples < MIN_NO_GAIN or ref.samples < c.samples + 1):
+                    # the child's own priority, computed below, is not known yet: its gain stands in
+                    others = [v for cid, v in verified[c.task] if cid != c.claim]
+                    enters, gain, _ = expected_gain(c.value, others, s.top_k) if c.value is not None else (False, 0, "")
+                    if enters:
+                        # just ahead of its child: without the reference's samples the child's test cannot move
+                        prio = max(gain, 1e-9) * (1.0 + float(trust.get(c.author, 0.0))) * 1.01
+                        if prio > references.get(ref.claim, (-1.0, ""))[0]:
+                            references[ref.claim] = (prio, f"reference of inconclusive {c.claim[:12]} "
+                                                           f"({ref.samples} samples vs its {c.samples})")
         for c in candidates:
             if not self._reproducible(c, voted, task_budgets):
                 continue
-            audit = c.status == "verified"
+            if c.claim in references:
+                prio, why = references[c.claim]
+                scored.append((-prio, c.value if c.value is not None else float("inf"), c.created_at, c.claim,
+                               QueueItem(c.claim, c.task, prio, why)))
+                continue
+            if c.significance == BASELINE or c.outcome != "improved":
+                continue  # a baseline claim is run when a child needs it (above), not for its own sake
+            sampling = (c.status == "verified" and c.significance == NOT_YET and c.samples < MAX_SAMPLES)
+            audit = c.status == "verified" and not sampling
             if audit and not (s.audit and self.draw_audit(c.claim, runs.get(c.author, 0))):
                 continue
             if c.status not in ("pending", "verified"):
@@ -150,6 +185,8 @@ class Scheduler:
             if audit:
                 n = runs.get(c.author, 0)
                 why = f"audit: author has {n} verified in a row (p=1/{max(1, n)}); {why}"
+            elif sampling:
+                why = f"not significant yet with {c.samples} fresh-seed samples: {why}"
             else:
                 why = f"pending, claims {c.value:.6f}: {why}; author trust {author_trust:.3f}"
             item = QueueItem(c.claim, c.task, priority, why, audit)
@@ -160,7 +197,7 @@ class Scheduler:
     def _reproducible(self, c: Candidate, voted, task_budgets) -> bool:
         if c.author == self.own_key or c.claim in voted:
             return False
-        if c.outcome != "improved" or c.value is None or not c.has_curve or not c.tokens or c.tokens <= 0:
+        if c.outcome not in ("improved", "worse") or c.value is None or not c.has_curve or not c.tokens or c.tokens <= 0:
             return False
         if task_budgets is not None:
             budget = task_budgets.get(c.task)

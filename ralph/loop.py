@@ -105,8 +105,27 @@ class RalphLoop:
             return None
         if source == self.task.body["source"]:
             self._remember_baseline_time(res.result)
+            if scale == 1.0:
+                await self._publish_baseline(res.result)
         self.memory.remember_measurement(sha, scale, float(res.val_bpb))
         return float(res.val_bpb)
+
+    async def _publish_baseline(self, result: dict | None) -> None:
+        """Put the task's baseline claim in the corpus when it has none: the reference every root
+        claim's significance is tested against (protocol/SPEC.md 5.9). Its value is one run at our
+        seed; what counts is the swarm's fresh-seed reproductions of it."""
+        sha = source_sha256(self.task.body["source"])
+        if result is None or await self.corpus.has_source(self.task.id, sha):
+            return
+        body = {"task": self.task.id, "parent": None, "patch": "", "source_sha256": sha,
+                "note": "the task baseline: the reference root claims are tested against", "outcome": "improved",
+                "result": result}
+        try:
+            validate_claim(body)
+        except ProtocolError as e:  # a harness bug: do not publish garbage
+            log.error("ralph: baseline claim invalid, not published: %s", e.reason)
+            return
+        await self.publish(body)
 
     # -- the compute cap -----------------------------------------------------------------------
 

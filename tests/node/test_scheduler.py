@@ -198,3 +198,49 @@ def test_verdicts_are_the_protocol_list_and_counters_are_metric_names():
     assert VERDICTS == PROTOCOL_VERDICTS and "over budget" in VERDICTS
     assert vote_counter("over budget") == "votes_over_budget" and vote_counter("mismatch") == "votes_mismatch"
     assert all(re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", vote_counter(v)) for v in VERDICTS)
+
+
+# -- sequential testing (store/stats.py; protocol/SPEC.md 5.9) -----------------------------------
+
+def test_an_inconclusive_verified_claim_asks_for_another_fresh_seed_run_until_max_samples():
+    from store.stats import MAX_SAMPLES
+
+    board = verified([1.0, 1.1, 1.2, 1.3, 1.4])
+    base = cand(50, 1.5, status="verified", significance="baseline", samples=MAX_SAMPLES)
+    child = cand(1, 1.05, status="verified", significance="not significant yet", samples=1, reference=base.claim)
+    queue = build(board + [base, child])
+    assert ids(queue) == [1] and not queue[0].audit and "not significant yet with 1" in queue[0].reason
+    full = cand(1, 1.05, status="verified", significance="not significant yet", samples=MAX_SAMPLES,
+                reference=base.claim)
+    assert build(board + [base, full]) == []  # the swarm has spent what one claim gets
+
+
+@pytest.mark.parametrize("state", ["significant", "no gain"])
+def test_a_clear_win_or_a_clear_loss_asks_for_nothing_more(state):
+    board = verified([1.0, 1.1, 1.2, 1.3, 1.4])
+    base = cand(50, 1.5, status="verified", significance="baseline", samples=3)
+    child = cand(1, 1.05, status="verified", significance=state, samples=2, reference=base.claim)
+    assert build(board + [base, child]) == []
+
+
+def test_the_reference_of_an_inconclusive_claim_is_run_when_it_has_fewer_samples():
+    board = verified([1.0, 1.1, 1.2, 1.3, 1.4])
+    # The task's baseline claim: on the board as its reference, its outcome whatever its publisher said.
+    base = cand(50, 1.5, status="verified", significance="baseline", samples=0, outcome="worse")
+    child = cand(1, 1.05, status="verified", significance="not significant yet", samples=1, reference=base.claim)
+    queue = build(board + [base, child])
+    assert ids(queue)[0] == 50 and "reference of inconclusive" in queue[0].reason
+    assert set(ids(queue)) == {1, 50}
+    # Voted on already (one sample per node): not again; the child still is.
+    assert ids(build(board + [base, child], voted={base.claim})) == [1]
+    # A reference with enough samples is left alone, and so is one of a child that could not enter the top-K.
+    enough = cand(50, 1.5, status="verified", significance="baseline", samples=3)
+    assert ids(build(board + [enough, child])) == [1]
+    far = cand(2, 1.45, status="verified", significance="not significant yet", samples=1, reference=base.claim)
+    assert build(board + [base, far]) == []
+
+
+def test_a_baseline_claim_alone_is_not_queued():
+    board = verified([1.0, 1.1])
+    base = cand(50, 0.9, significance="baseline", samples=0)  # pending, and would lead: still only a reference
+    assert build(board + [base]) == []

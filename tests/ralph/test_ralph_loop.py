@@ -60,13 +60,23 @@ async def _parent_source(corpus, task, body):
     return task.body["source"] if body["parent"] is None else await corpus.source_of(body["parent"])
 
 
+def steps(corpus) -> list[dict]:
+    """The claims the loop's steps published, without the task's baseline claim (its first full
+    measurement of the baseline puts one in a corpus that has none: protocol/SPEC.md 5.9)."""
+    return [b for b in corpus.bodies if not (b["parent"] is None and b["patch"] == "")]
+
+
 async def test_first_step_measures_baseline_and_publishes_a_valid_claim(tmp_path):
-    loop, corpus, runner = make_loop(tmp_path, ListProposer(lr("0.03")))
+    loop, corpus, runner = make_loop(tmp_path, ListProposer(lr("0.03"), lr("0.031")))
     report = await loop.step()
     base_sha = source_sha256(SCRIPT)
     assert runner.calls == [(base_sha, 1.0), (source_sha256(lr("0.03")), 1.0)]
-    (body,) = corpus.bodies
+    (body,) = steps(corpus)
     assert body["parent"] is None and body["task"] == ToyTask().id
+    (base,) = [b for b in corpus.bodies if b not in steps(corpus)]  # the baseline claim, published once
+    assert base["source_sha256"] == base_sha and base["result"]["val_bpb"] == f"{toy_bpb(SCRIPT):.6f}"
+    await loop.step()
+    assert len([b for b in corpus.bodies if b["patch"] == ""]) == 1
     assert apply_patch(SCRIPT, body["patch"]) == lr("0.03") and body["source_sha256"] == source_sha256(lr("0.03"))
     assert report.status == "published" and report.outcome == body["outcome"] == "improved"
     assert report.val_bpb == pytest.approx(toy_bpb(lr("0.03")), abs=1e-6) and report.claim_id
@@ -84,16 +94,16 @@ async def test_keep_threshold_respected(tmp_path, keep_threshold, tolerance, out
     loop, corpus, _ = make_loop(tmp_path, ListProposer(lr("0.0201")), task=ToyTask(tolerance=tolerance),
                                 keep_threshold=keep_threshold)
     report = await loop.step()
-    assert report.outcome == outcome and corpus.bodies[0]["outcome"] == outcome
+    assert report.outcome == outcome and steps(corpus)[0]["outcome"] == outcome
 
 
 async def test_negatives_and_crashes_are_published(tmp_path):
     crash = SCRIPT.replace("SEED = 1337", "SEED = 1337\nCRASH = 1")
     loop, corpus, _ = make_loop(tmp_path, ListProposer(lr("0.002"), crash))
     worse, crashed = await loop.step(), await loop.step()
-    assert worse.outcome == "worse" and corpus.bodies[0]["result"]["val_bpb"] == f"{toy_bpb(lr('0.002')):.6f}"
-    assert crashed.outcome == "crashed" and corpus.bodies[1]["result"] is None
-    assert corpus.bodies[1]["note"] == "scripted change [crashed: RuntimeError: boom]"
+    assert worse.outcome == "worse" and steps(corpus)[0]["result"]["val_bpb"] == f"{toy_bpb(lr('0.002')):.6f}"
+    assert crashed.outcome == "crashed" and steps(corpus)[1]["result"] is None
+    assert steps(corpus)[1]["note"] == "scripted change [crashed: RuntimeError: boom]"
     negatives = await corpus.recent_negatives(ToyTask().id, 5)
     assert [n.outcome for n in negatives] == ["crashed", "worse"]
     assert "[crashed]" in loop.memory.render() and "[worse]" in loop.memory.render()
@@ -107,7 +117,7 @@ async def test_duplicate_source_is_skipped_not_run_not_published(tmp_path):
     itself = await loop.step()
     assert dup.status == "skipped" and "already in the corpus" in dup.reason
     assert itself.status == "skipped" and "is the seed itself" in itself.reason
-    assert len(runner.calls) == calls and len(corpus.bodies) == 1
+    assert len(runner.calls) == calls and len(steps(corpus)) == 1
     await loop.step()  # an improvement: from now on greedy seeds from it
     baseline = await loop.step()  # the baseline's result is known without being a claim
     assert baseline.seed.claim_id is not None and "is the task baseline" in baseline.reason
@@ -123,7 +133,7 @@ async def test_patch_that_does_not_apply_is_never_run_or_published(tmp_path):
         loop, corpus, runner = make_loop(tmp_path, proposer)
         report = await loop.step()
     assert report.status == "proposal_failed" and "patch does not apply" in report.reason
-    assert corpus.bodies == [] and runner.calls == [(source_sha256(SCRIPT), 1.0)]  # only the baseline
+    assert steps(corpus) == [] and runner.calls == [(source_sha256(SCRIPT), 1.0)]  # only the baseline
 
 
 async def test_seeds_from_the_best_verified_entry_and_patches_against_it(tmp_path):
@@ -139,8 +149,8 @@ async def test_seeds_from_the_best_verified_entry_and_patches_against_it(tmp_pat
     assert report.seed.claim_id == other and report.seed.origin == "top"
     assert proposer.seen[0].seed.source == better
     assert runner.calls == [(source_sha256(proposer.sources_given[0]), 1.0)]  # seed bpb known: no baseline run
-    assert corpus.bodies[1]["parent"] == other
-    assert apply_patch(better, corpus.bodies[1]["patch"]) == better.replace("EMBED_LR = 0.1", "EMBED_LR = 0.11")
+    assert steps(corpus)[1]["parent"] == other
+    assert apply_patch(better, steps(corpus)[1]["patch"]) == better.replace("EMBED_LR = 0.1", "EMBED_LR = 0.11")
     assert [e.claim_id for e in proposer.seen[0].top] == [other]
 
 
@@ -232,9 +242,9 @@ async def test_a_candidate_over_the_compute_cap_is_published_worse_not_improved(
     # the seed measurement is the baseline's run, which also times it; the candidate over the cap
     # runs once more before it is judged over budget
     assert runner.calls == [(source_sha256(SCRIPT), 1.0)] + [(source_sha256(slow(lr("0.03"))), 1.0)] * 2
-    assert over.status == "published" and over.outcome == corpus.bodies[0]["outcome"] == "worse"
-    assert corpus.bodies[0]["note"] == "scripted change [over budget: 3.000 s vs cap 2.000 s]"
-    assert corpus.bodies[0]["result"]["val_bpb"] == f"{toy_bpb(lr('0.03')):.6f}"  # better, but bought with compute
+    assert over.status == "published" and over.outcome == steps(corpus)[0]["outcome"] == "worse"
+    assert steps(corpus)[0]["note"] == "scripted change [over budget: 3.000 s vs cap 2.000 s]"
+    assert steps(corpus)[0]["result"]["val_bpb"] == f"{toy_bpb(lr('0.03')):.6f}"  # better, but bought with compute
     assert loop.memory.records[0].outcome == "worse" and "[over budget" in loop.memory.render()
     fair = await loop.step()  # within the cap: judged on val_bpb alone
     assert fair.outcome == "improved" and "over budget" not in fair.note
@@ -283,5 +293,5 @@ async def test_a_candidate_slowed_once_is_run_again_and_judged_on_the_lesser_tim
     loop, corpus, runner = make_loop(tmp_path, ListProposer(lr("0.03")), task=ToyTask(compute_cap="2.0"),
                                      runner=FirstRunSlowed())
     report = await loop.step()
-    assert report.outcome == "improved" and corpus.bodies[0]["result"]["wall_s"] == "1.000"
+    assert report.outcome == "improved" and steps(corpus)[0]["result"]["wall_s"] == "1.000"
     assert runner.calls.count((source_sha256(lr("0.03")), 1.0)) == 2
