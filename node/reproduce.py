@@ -230,9 +230,9 @@ class Reproducer:
     def _threshold(self, task: Any, claimed: dict, device: str | None) -> float:
         """Largest |fresh - claimed| voted ``reproduced`` (store/stats.py mismatch_threshold): the seed
         noise of the claim's device class and of ours, never below the task's tolerance."""
-        noise, tolerance = self.node.replica.settings.noise, float(task.body["tolerance"])
-        return mismatch_threshold(noise.sigma(task.id, claimed.get("device"), tolerance),
-                                  noise.sigma(task.id, device, tolerance), tolerance)
+        noise, tolerance, tokens = self.node.replica.settings.noise, float(task.body["tolerance"]), claimed.get("tokens")
+        return mismatch_threshold(noise.sigma(task.id, claimed.get("device"), tolerance, tokens),
+                                  noise.sigma(task.id, device, tolerance, tokens), tolerance)
 
     async def _run(self, claim_id: str, task: Any, source: str, claimed: dict,
                    budget: int) -> tuple[str, dict | None, str]:

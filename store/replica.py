@@ -14,7 +14,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
 import aiosqlite
 
@@ -409,8 +409,9 @@ class Replica:
         view = await self._trust_view()
         rows = await self._fetchall(f"SELECT {VOTE_COLUMNS} FROM messages WHERE claim = ? AND kind = 'vote'",
                                     (claim_id,))
+        sigma_of = await self._sigma_of(claim.body["task"])
         return ranking.claim_status(claim, [_vote(r) for r in rows], view, self.self_key, self.settings.ranking,
-                                    await self._sigma_of(claim.body["task"]))
+                                    sigma_of(claim) if sigma_of else None)
 
     async def significance(self, claim_id: str) -> Significance | None:
         """The claim's test against its parent or its task's baseline claim (store/stats.py)."""
@@ -429,13 +430,18 @@ class Replica:
         body = await self._task_body(task_id)
         return hashlib.sha256(body["source"].encode("utf-8")).hexdigest() if body is not None else None
 
-    async def _sigma_of(self, task_id: str) -> ranking.SigmaOf | None:
-        """Seed noise by device class for a task this replica holds (None: no task, no estimate)."""
+    async def _sigma_of(self, task_id: str) -> Callable[[Envelope], ranking.SigmaOf] | None:
+        """For a task this replica holds, a claim's seed noise by device class, at the claim's token
+        budget (its reproductions run at result.tokens). None: no task, no estimate."""
         body = await self._task_body(task_id)
         if body is None:
             return None
         tolerance, noise = float(body["tolerance"]), self.settings.noise
-        return lambda device: noise.sigma(task_id, device, tolerance)
+
+        def for_claim(claim: Envelope) -> ranking.SigmaOf:
+            tokens = (claim.body.get("result") or {}).get("tokens")
+            return lambda device: noise.sigma(task_id, device, tolerance, tokens)
+        return for_claim
 
     async def _statuses(self, task_id: str) -> tuple[list[Envelope], dict[str, ClaimStatus]]:
         claims = await self.claims(task_id)
@@ -446,7 +452,8 @@ class Replica:
             "(SELECT id FROM messages WHERE task = ? AND kind = 'claim')", (task_id,))
         by_claim = ranking.group_votes(_vote(r) for r in rows)
         statuses = {c.id: ranking.claim_status(c, by_claim.get(c.id, []), view, self.self_key,
-                                               self.settings.ranking, sigma_of) for c in claims}
+                                               self.settings.ranking, sigma_of(c) if sigma_of else None)
+                    for c in claims}
         return claims, statuses
 
     async def leaderboard(self, task_id: str) -> Leaderboard:

@@ -78,19 +78,28 @@ STATES = (SIGNIFICANT, NOT_YET, NO_GAIN, BASELINE)
 
 @dataclass(frozen=True)
 class NoiseTable:
-    """sigma of val_bpb over seeds per (task id, device class); ``tolerance / 3`` where it has none."""
+    """sigma of val_bpb over seeds per (task id, device class, token budget or None); where it has
+    none, ``max(tolerance / 3, SIGMA_FLOOR)``. Seed noise grows as the budget shrinks, so an entry
+    measured at one budget (``tokens``) applies to results of that budget only; an entry without
+    ``tokens`` to any budget the table has no entry for."""
 
-    sigmas: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    sigmas: Mapping[tuple, float] = field(default_factory=dict)
 
-    def sigma(self, task: str, device: str | None, tolerance: float) -> float:
-        known = self.sigmas.get((task, device or ""))
+    def sigma(self, task: str, device: str | None, tolerance: float, tokens: int | None = None) -> float:
+        device = device or ""
+        known = self.sigmas.get((task, device, tokens)) if tokens is not None else None
+        if known is None:
+            known = self.sigmas.get((task, device, None))
+        if known is None:
+            known = self.sigmas.get((task, device))  # a table built by hand as {(task, device): sigma}
         return known if known is not None and known > 0 else max(tolerance / 3.0, SIGMA_FLOOR)
 
     @classmethod
     def load(cls, *paths: Path) -> "NoiseTable":
-        """Merge noise files (later ones win). A file: {task id: {device class: {"sigma": "0.003106", ...}}}.
-        A missing file is empty; a malformed one raises ValueError naming it."""
-        sigmas: dict[tuple[str, str], float] = {}
+        """Merge noise files (later ones win). A file: {task id: {device class: entry or [entries]}},
+        an entry {"sigma": "0.003106", "tokens": 300000 (optional), ...}. A missing file is empty; a
+        malformed one raises ValueError naming it."""
+        sigmas: dict[tuple, float] = {}
         for path in paths:
             try:
                 data = json.loads(Path(path).read_text())
@@ -100,16 +109,29 @@ class NoiseTable:
                 raise ValueError(f"{path}: not a noise table: {exc}") from None
             try:
                 for task, classes in data.items():
-                    for device, entry in classes.items():
-                        if not isinstance(entry["sigma"], str):
-                            raise ValueError(f"sigma {entry['sigma']!r} is not a decimal string")
-                        value = float(entry["sigma"])
-                        if not math.isfinite(value) or value <= 0:
-                            raise ValueError(f"sigma {entry['sigma']!r} is not positive")
-                        sigmas[(str(task), str(device))] = value
+                    for device, entries in classes.items():
+                        for entry in entries if isinstance(entries, list) else [entries]:
+                            sigma, tokens = entry["sigma"], entry.get("tokens")
+                            if not isinstance(sigma, str):
+                                raise ValueError(f"sigma {sigma!r} is not a decimal string")
+                            value = float(sigma)
+                            if not math.isfinite(value) or value <= 0:
+                                raise ValueError(f"sigma {sigma!r} is not positive")
+                            if tokens is not None and (type(tokens) is not int or tokens <= 0):
+                                raise ValueError(f"tokens {tokens!r} is not a positive integer")
+                            sigmas[(str(task), str(device), tokens)] = value
             except (AttributeError, KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"{path}: not a noise table: {exc}") from None
         return cls(sigmas)
+
+    def to_json(self) -> dict:
+        """The file form of this table (NoiseTable.load reads it back)."""
+        out: dict = {}
+        for key, sigma in sorted(self.sigmas.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+            task, device, tokens = (*key, None)[:3]
+            entry = {"sigma": f"{sigma:.6f}"} | ({"tokens": tokens} if tokens is not None else {})
+            out.setdefault(task, {}).setdefault(device, []).append(entry)
+        return out
 
 
 def estimate(samples: Iterable[tuple[float, float]]) -> Estimate | None:
