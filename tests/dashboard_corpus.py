@@ -1,6 +1,11 @@
 """A small signed corpus for the dashboard tests: one task (by id only, no task message), a lineage
 of claims, and votes that make some claims verified, one disputed, one pending and one over budget
-from the point of view of a node started with ``--trusted TRUSTED.pubkey``."""
+from the point of view of a node started with ``--trusted TRUSTED.pubkey``.
+
+Beside it, the luck task (``Luck``, docs/design.md, "Luck is not progress"): a task message, its
+baseline claim and four children with votes at the voters' fresh seeds (protocol/SPEC.md 5.4.1) from
+TRUSTED and TRUSTED2, so that, for a node trusting both, each claim has an estimate and a state:
+significant, not significant yet, no gain (verified), and no gain (a seed-hacked claim, disputed)."""
 from __future__ import annotations
 
 import hashlib
@@ -8,13 +13,14 @@ import math
 import time
 from dataclasses import dataclass
 
-from protocol import Identity, build
+from protocol import Identity, build, fresh_seed, task_id
 
 SWARM = "public"
 TASK = "a" * 64  # no task message for it: the dashboard must still list and rank it
 AUTHOR = Identity.from_seed(b"\x21" * 32)
 TRUSTED = Identity.from_seed(b"\x22" * 32)  # the node under test runs with --trusted TRUSTED.pubkey
 STRANGER = Identity.from_seed(b"\x23" * 32)  # nobody trusts this key: its votes count for nothing
+TRUSTED2 = Identity.from_seed(b"\x24" * 32)  # the second fresh-seed voter of the luck task; trusted too
 TOKENS = 65536
 XSS = '<img src=x onerror="document.title=\'pwned\'"><script>document.title="pwned"</script>'
 
@@ -51,6 +57,72 @@ def _vote(voter: Identity, claim, verdict: str, val_bpb: str | None, end: float,
     return build(voter, SWARM, "vote", body, created_at=created_at)
 
 
+# The luck task. No noise table holds it, so its seed noise is tolerance / 3 = 0.003 (store/stats.py)
+# and a fresh run is `reproduced` within 2.576 * sqrt(2) * 0.003 = 0.0109 of the claimed value.
+LUCK_SOURCE = "# train.py: the luck task's baseline\nLR = 3e-3\n"
+LUCK_BODY = {
+    "name": "luck", "description": "a task for the dashboard's fresh-seed estimates", "source": LUCK_SOURCE,
+    "harness": "ralphswarm-bytes-v2 context=256 val_bytes=4096",
+    "data": {"name": "luck.bin", "sha256": "cd" * 32, "bytes": 100000}, "metric": "val_bpb", "direction": "min",
+    "budget": {"tokens": TOKENS}, "tolerance": "0.009", "compute_cap": "2.0",
+}
+LUCK = task_id(LUCK_BODY)
+
+
+def _luck_claim(name: str, note: str, parent: str | None, claimed: str, created_at: int) -> object:
+    source = LUCK_SOURCE if parent is None else f"{LUCK_SOURCE}# {name}\n"
+    patch = "" if parent is None else f"--- a/train.py\n+++ b/train.py\n@@ -2,0 +3 @@\n+# {name}\n"
+    body = {"task": LUCK, "parent": parent, "patch": patch,
+            "source_sha256": hashlib.sha256(source.encode()).hexdigest(), "note": note, "outcome": "improved",
+            "result": result(claimed, float(claimed))}
+    return build(AUTHOR, SWARM, "claim", body, created_at=created_at)
+
+
+def _fresh_vote(voter: Identity, claim, verdict: str, val_bpb: str, created_at: int):
+    """A full run at the voter's fresh seed: it carries the seed_proof, so it is a sample (SPEC 5.9)."""
+    seed, proof = fresh_seed(voter, claim.id)
+    res = result(val_bpb, float(val_bpb), seed=3)
+    res["seed"] = seed
+    body = {"claim": claim.id, "verdict": verdict, "reason": f"fresh seed {seed}", "result": res, "seed_proof": proof}
+    return build(voter, SWARM, "vote", body, created_at=created_at)
+
+
+@dataclass
+class Luck:
+    task: object  # the task message
+    baseline: object  # the task's own source: fresh runs 1.500, 1.504 -> 1.502 ± 0.0021 (n 2), state baseline
+    significant: object  # claimed 1.470; fresh 1.476, 1.480 -> 1.478 ± 0.0021 (n 2): p ~ 1e-15, significant
+    not_yet: object  # claimed 1.493; fresh 1.497 -> 1.497 ± 0.0030 (n 1): p 0.43, not significant yet
+    no_gain: object  # claimed 1.497; fresh 1.506, 1.502 -> 1.504 (n 2), no lower than 1.502: no gain, verified
+    hacked: object  # claimed 1.470, "the best of 20 seeds"; fresh 1.505, 1.503: mismatch, disputed, no gain
+    votes: list
+
+    @property
+    def messages(self) -> list:
+        return [self.task, self.baseline, self.significant, self.not_yet, self.no_gain, self.hacked, *self.votes]
+
+
+def make_luck(t: int) -> Luck:
+    task = build(AUTHOR, SWARM, "task", LUCK_BODY, created_at=t)
+    base = _luck_claim("baseline", "the task baseline", None, "1.501000", t + 10)
+    sig = _luck_claim("warmup", "Warm the learning rate up over 200 steps.", base.id, "1.470000", t + 20)
+    nyet = _luck_claim("clip", "Clip gradients at 1.0.", base.id, "1.493000", t + 30)
+    gain0 = _luck_claim("beta2", "beta2 0.95 -> 0.99.", base.id, "1.497000", t + 40)
+    hack = _luck_claim("seed", "Nothing changed but the seed: the best of 20.", base.id, "1.470000", t + 50)
+    votes = [
+        _fresh_vote(TRUSTED, base, "reproduced", "1.500000", t + 100),
+        _fresh_vote(TRUSTED2, base, "reproduced", "1.504000", t + 101),
+        _fresh_vote(TRUSTED, sig, "reproduced", "1.476000", t + 102),
+        _fresh_vote(TRUSTED2, sig, "reproduced", "1.480000", t + 103),
+        _fresh_vote(TRUSTED, nyet, "reproduced", "1.497000", t + 104),
+        _fresh_vote(TRUSTED, gain0, "reproduced", "1.506000", t + 105),
+        _fresh_vote(TRUSTED2, gain0, "reproduced", "1.502000", t + 106),
+        _fresh_vote(TRUSTED, hack, "mismatch", "1.505000", t + 107),
+        _fresh_vote(TRUSTED2, hack, "mismatch", "1.503000", t + 108),
+    ]
+    return Luck(task, base, sig, nyet, gain0, hack, votes)
+
+
 @dataclass
 class Corpus:
     verified: object  # c1: reproduced by TRUSTED
@@ -60,10 +132,12 @@ class Corpus:
     crashed: object  # c5: a negative result
     over_budget: object  # c6: the lowest val_bpb, but TRUSTED's run took 3x the baseline's time
     votes: list
+    luck: Luck  # the second task, with fresh-seed votes
 
     @property
     def messages(self) -> list:
-        return [self.verified, self.best, self.disputed, self.pending, self.crashed, self.over_budget, *self.votes]
+        return [self.verified, self.best, self.disputed, self.pending, self.crashed, self.over_budget, *self.votes,
+                *self.luck.messages]
 
 
 def make_corpus(now: int | None = None) -> Corpus:
@@ -86,4 +160,4 @@ def make_corpus(now: int | None = None) -> Corpus:
         _vote(TRUSTED, c6, "over budget", "1.351000", 1.351, "training took 37.5 s, over the compute cap: 2.0 x "
               "the baseline's 12.5 s on this hardware = 25.0 s", t + 2300, wall_s="37.5"),
     ]
-    return Corpus(c1, c2, c3, c4, c5, c6, votes)
+    return Corpus(c1, c2, c3, c4, c5, c6, votes, make_luck(t - 600))

@@ -4,12 +4,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from protocol import ProtocolError, decode, is_hex
@@ -26,6 +28,7 @@ from node.settings import load_noise
 from node.web.shapes import leaderboard_json, message_json
 
 IMPORT_BATCH = 500  # messages per transaction: a crash keeps whole batches only
+WIDE = 120  # terminal columns from which the leaderboard table also shows reproduced, votes, support
 
 
 @contextlib.asynccontextmanager
@@ -115,7 +118,7 @@ def register(cli: click.Group) -> None:
     @click.option("--task", default=None, help="Task name or id (default: the node's task).")
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     def leaderboard(home: Path | None, task: str | None, as_json: bool) -> None:
-        """Claims ranked by reproduced val_bpb; pending and disputed claims apart."""
+        """Claims ranked by mean val_bpb at fresh seeds (± se, n), with their state; pending and disputed apart."""
         asyncio.run(_leaderboard(get_home(home), task, as_json))
 
     @cli.command()
@@ -123,7 +126,7 @@ def register(cli: click.Group) -> None:
     @click.argument("message_id")
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     def show(home: Path | None, message_id: str, as_json: bool) -> None:
-        """Show one message (a claim with its status and votes)."""
+        """Show one message (a claim with its status, estimate, p-value and votes)."""
         asyncio.run(_show(get_home(home), message_id, as_json))
 
     @cli.group()
@@ -271,6 +274,28 @@ async def _claim_tasks(replica: Any) -> set[str]:
     return tasks
 
 
+def estimate_text(est: dict | None) -> str:
+    """``mean ± se (n)`` of an estimate's JSON (store/stats.py), with the decimals its se needs (4 to 6)."""
+    if est is None:
+        return "-"
+    mean, se = float(est["mean"]), float(est["se"])
+    digits = min(6, max(4, 1 - math.floor(math.log10(se)))) if se > 0 else 4
+    return f"{mean:.{digits}f} ± {se:.{digits}f} (n {est['n']})"
+
+
+def p_text(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return f"{p:.1e}" if 0 < p < 0.001 else f"{p:.2g}"
+
+
+def state_text(sig: dict | None) -> str:
+    """The test's state, and its p-value where there is one: ``significant (p 1.5e-15)``."""
+    if sig is None:
+        return "-"
+    return sig["state"] if sig["p"] is None else f"{sig['state']} (p {p_text(sig['p'])})"
+
+
 async def _leaderboard(home: Home, task: str | None, as_json: bool) -> None:
     async with open_replica(home) as replica:
         tid = await resolve_task_id(replica, home, task)
@@ -280,15 +305,35 @@ async def _leaderboard(home: Home, task: str | None, as_json: bool) -> None:
         return
     console = Console()
     console.print(f"task {tid}")
+    console.print("ranked by the mean val_bpb of trusted fresh-seed reproductions (± standard error, n runs); "
+                  "state: the test against the parent or the task baseline, significant at p < 0.01; "
+                  "claimed: the claimant's own run, never ranked", style="dim", markup=False)
     for section in ("verified", "pending", "disputed", "over_budget"):
         rows = board[section]
         title = section.replace("_", " ")  # the over_budget list holds claims of status "over budget"
         table = Table(title=f"{title} ({len(rows)})", title_justify="left")
-        for col in ("#", "claim", "val_bpb", "claimed", "votes", "support", "note"):
-            table.add_column(col)
-        for i, e in enumerate(rows, 1):
-            table.add_row(str(i), e["claim"][:12], e["val_bpb"] or "-", e["claimed_bpb"] or "-",
-                          str(e["votes"]), f"{e['support']:.2f}", e["note"][:60])
+        columns = ["#", "claim", "mean ± se (n)", "state", "reproduced", "claimed", "votes", "support"]
+        cells = [[str(i), e["claim"][:12], estimate_text(e["estimate"]), state_text(e["significance"]),
+                  e["val_bpb"] if e["status"] == "verified" and e["val_bpb"] else "-",
+                  e["claimed_bpb"] or "-", str(e["votes"]), f"{e['support']:.2f}"] for i, e in enumerate(rows, 1)]
+        if console.width < WIDE:  # a narrow terminal keeps the estimate, the state and the claimed value
+            keep = [i for i, col in enumerate(columns) if col not in ("reproduced", "votes", "support")]
+            columns, cells = [columns[i] for i in keep], [[row[i] for i in keep] for row in cells]
+            for row, e in zip(cells, rows):  # p is in `show` and --json
+                row[3] = e["significance"]["state"] if e["significance"] else "-"
+        # The note gets what the other columns leave of the console's width (each column: its text,
+        # a space either side, a rule), so a row is one line where the terminal allows.
+        used = sum(max(len(c) for c in column) + 3 for column in zip(columns, *cells)) + 4
+        room = max(8, min(60, console.width - used))
+        for row, e in zip(cells, rows):
+            note = e["note"].split("\n")[0]
+            row.append(escape(note if len(note) <= room else note[:room - 1] + "…"))
+        for col in columns:  # the numbers stay whole (the claim's id prefix is what `show` is given)
+            table.add_column(col, no_wrap=col in ("#", "claim", "mean ± se (n)", "reproduced", "claimed"),
+                             min_width=len("significant") if col == "state" else None)
+        table.add_column("note")
+        for row in cells:
+            table.add_row(*row)
         console.print(table)
 
 
@@ -311,9 +356,16 @@ async def _show(home: Home, message_id: str, as_json: bool) -> None:
         click.echo(f"task    {b['task']}\nparent  {b['parent'] or '(baseline)'}\noutcome {b['outcome']}")
         click.echo(f"status  {st['status']} (support {st['support']}, against {st['against']}, "
                    f"reproduced val_bpb {st['reproduced_bpb'] or '-'})")
-        click.echo(f"claimed val_bpb {(b['result'] or {}).get('val_bpb', '-')}\nnote: {b['note']}")
+        sig = st["significance"] or {}
+        click.echo(f"estimate {estimate_text(st['estimate'])}  (mean ± se of trusted fresh-seed reproductions)")
+        click.echo(f"state   {sig.get('state', '-')}  p {p_text(sig.get('p'))}"
+                   + (f"  z {sig['z']}" if sig.get("z") is not None else ""))
+        if sig.get("reference"):
+            click.echo(f"reference {sig['reference']}  {estimate_text(st['reference_estimate'])}")
+        click.echo(f"claimed val_bpb {st['claimed_bpb'] or '-'}  (the claimant's own run)\nnote: {b['note']}")
         for v in detail["votes"]:
-            click.echo(f"  vote {v['verdict']:<10} by {v['voter'][:12]} val_bpb {v['val_bpb'] or '-'}  {v['reason']}")
+            fresh = "  fresh seed" if v["fresh"] else ""  # a sample of the estimate when its voter is trusted
+            click.echo(f"  vote {v['verdict']:<10} by {v['voter'][:12]} val_bpb {v['val_bpb'] or '-'}{fresh}  {v['reason']}")
         click.echo("patch:\n" + b["patch"])
     else:
         click.echo(json.dumps(e["body"], indent=2, ensure_ascii=False))

@@ -137,7 +137,8 @@ async def claim(request: web.Request) -> web.Response:
 
 async def lineage(request: web.Request) -> web.Response:
     """The task's claims as a flat list with parent links (the page nests them): a flat list
-    cannot hit a JSON nesting limit however long a lineage grows."""
+    cannot hit a JSON nesting limit however long a lineage grows. ``state``: the claim's test
+    against its reference (protocol/SPEC.md 5.9) for the claims the board lists, else null."""
     node = request.app[NODE]
     task = await _task_param(request)
     claims = await node.replica.claims(task)
@@ -154,7 +155,8 @@ async def lineage(request: web.Request) -> web.Response:
                       "parent_missing": parent is not None and parent not in ids, "author": c.author,
                       "created_at": c.created_at, "note": c.body["note"], "outcome": c.body["outcome"],
                       "status": ("duplicate" if e.duplicate_of else e.status) if e else c.body["outcome"],
-                      "val_bpb": e.val_bpb if e else None, "rank": rank.get(c.id)})
+                      "val_bpb": e.val_bpb if e else None, "rank": rank.get(c.id),
+                      "state": e.significance.state if e and e.significance else None})
     return web.json_response({"task": task, "nodes": nodes})
 
 

@@ -345,3 +345,63 @@ def test_a_key_file_others_can_read_is_refused(tmp_path):
     assert_error(cli("leaderboard", home=home), "accessible by group or others")
     assert_error(cli("init", home=home), "accessible by group or others")  # init keeps, never replaces, a key
     assert stat.S_IMODE((home / "identity.key").stat().st_mode) == 0o640
+
+
+def test_leaderboard_and_show_give_the_fresh_seed_estimate_p_and_state(tmp_path):
+    """Luck is not progress: with fresh-seed votes from two trusted keys, the board ranks by mean ±
+    se (n) with each claim's state, keeps the claimant's value apart, and `show` prints p and the
+    reference (tests/dashboard_corpus.py, the luck task)."""
+    from tests.dashboard_corpus import LUCK, TRUSTED, TRUSTED2, make_luck
+
+    home = tmp_path / "node"
+    init(home)
+    luck = make_luck(1_700_000_000)
+    raws = [m.canonical() for m in luck.messages]
+    proc = cli("import", str(write_lines(tmp_path / "luck.jsonl", raws)), home=home)
+    assert out(proc).splitlines() == [f"accepted {len(raws)}  duplicate 0  rejected 0"], out(proc)
+    for voter in (TRUSTED, TRUSTED2):
+        assert cli("trust", "add", voter.pubkey, home=home).returncode == 0
+
+    proc = cli("leaderboard", "--task", LUCK, "--json", home=home)
+    assert proc.returncode == 0, err(proc)
+    lb = json.loads(out(proc))
+    assert [(e["claim"], e["estimate"]["mean"], e["estimate"]["se"], e["estimate"]["n"], e["significance"]["state"],
+             e["claimed_bpb"]) for e in lb["verified"]] == [
+        (luck.significant.id, "1.478000", "0.002098", 2, "significant", "1.470000"),
+        (luck.not_yet.id, "1.497000", "0.003000", 1, "not significant yet", "1.493000"),
+        (luck.baseline.id, "1.502000", "0.002098", 2, "baseline", "1.501000"),
+        (luck.no_gain.id, "1.504000", "0.002098", 2, "no gain", "1.497000"),
+    ]
+    top = lb["verified"][0]["significance"]
+    assert top["p"] < 0.01 and top["z"] > 8 and top["reference"] == luck.baseline.id
+    assert [(e["claim"], e["significance"]["state"]) for e in lb["disputed"]] == [(luck.hacked.id, "no gain")]
+
+    # by the task's name, as a table wide enough for one line a row
+    proc = cli("leaderboard", "--task", "luck", home=home, env={"COLUMNS": "200"})
+    assert proc.returncode == 0, err(proc)
+    rows = {cells[1]: cells for line in out(proc).splitlines()
+            if len(cells := [c.strip() for c in line.split("│")[1:-1]]) == 9 and cells[0].isdigit()}
+    first = rows[luck.significant.id[:12]]
+    assert first[:2] == ["1", luck.significant.id[:12]] and first[2] == "1.4780 ± 0.0021 (n 2)"
+    assert first[3].startswith("significant (p 1.5e-15") and first[5] == "1.470000"
+    assert rows[luck.not_yet.id[:12]][2:4] == ["1.4970 ± 0.0030 (n 1)", "not significant yet (p 0.43)"]
+    assert rows[luck.baseline.id[:12]][3] == "baseline" and rows[luck.no_gain.id[:12]][3] == "no gain (p 1)"
+    assert rows[luck.hacked.id[:12]][2:4] == ["1.5040 ± 0.0019 (n 2)", "no gain (p 1)"]
+    narrow = out(cli("leaderboard", "--task", LUCK, home=home, env={"COLUMNS": "80"}))  # fewer columns, no p
+    assert all(len(line) <= 80 for line in narrow.splitlines())
+    assert re.search(rf"│ 1 +│ {luck.significant.id[:12]} │ 1\.4780 ± 0\.0021 \(n 2\) │ significant +│ 1\.470000 │",
+                     narrow), narrow
+
+    text = out(cli("show", luck.significant.id, home=home))
+    assert "estimate 1.4780 ± 0.0021 (n 2)" in text
+    assert re.search(r"^state   significant  p 1\.5e-15  z 8\.09", text, re.M), text
+    assert f"reference {luck.baseline.id}  1.5020 ± 0.0021 (n 2)" in text
+    assert "claimed val_bpb 1.470000  (the claimant's own run)" in text
+    assert text.count("fresh seed") >= 2
+    shown = json.loads(out(cli("show", luck.significant.id, "--json", home=home)))
+    st = shown["status"]
+    assert st["estimate"] == {"mean": "1.478000", "se": "0.002098", "n": 2, "sigma": "0.002966"}
+    assert st["significance"] == top and st["reference_estimate"]["mean"] == "1.502000"
+    assert st["claimed_bpb"] == "1.470000" and [v["fresh"] for v in shown["votes"]] == [True, True]
+    base = out(cli("show", luck.baseline.id, home=home))
+    assert re.search(r"^state   baseline  p -$", base, re.M) and "reference " not in base

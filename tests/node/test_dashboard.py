@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from protocol import Identity, build
-from tests.dashboard_corpus import STRANGER, TASK, TRUSTED, XSS, make_corpus
+from tests.dashboard_corpus import LUCK, STRANGER, TASK, TRUSTED, TRUSTED2, XSS, make_corpus
 from tests.nodeproc import ROOT, NodeProcess, wait_until
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def cluster(tmp_path_factory, corpus):
     peer = NodeProcess(base / "peer", *FAST).start()
     node = None
     try:
-        node = NodeProcess(base / "node", *FAST, "--trusted", TRUSTED.pubkey, "--bootstrap",
+        node = NodeProcess(base / "node", *FAST, "--trusted", TRUSTED.pubkey, "--trusted", TRUSTED2.pubkey, "--bootstrap",
                            peer.address.removeprefix("http://")).start()
         report = node.push([m.canonical() for m in corpus.messages])
         assert len(report["accepted"]) == len(corpus.messages), report
@@ -76,6 +76,7 @@ def test_tasks_lists_a_task_known_only_from_claims(node):
     assert status == 200
     by_id = {t["id"]: t for t in data["tasks"]}
     assert by_id[TASK]["claims"] == 6 and by_id[TASK]["default"] is False
+    assert by_id[LUCK]["claims"] == 5 and by_id[LUCK]["name"] == "luck"
     assert by_id[data["default"]]["name"] == "tiny" and by_id[data["default"]]["default"] is True
 
 
@@ -89,6 +90,33 @@ def test_leaderboard_ranks_verified_apart_from_pending_disputed_and_over_budget(
     # the lowest val_bpb of all, but a trusted reproduction trained 3x as long as the baseline: not ranked
     [over] = lb["over_budget"]
     assert over["claim"] == corpus.over_budget.id and over["status"] == "over budget" and over["over"] == 1.0
+    # no task message, so no seed noise and no estimate: ranked by the reproduced value, no test yet
+    assert [(e["estimate"], e["significance"]["state"], e["significance"]["p"]) for e in lb["verified"]] == [
+        (None, "not significant yet", None)] * 2
+
+
+def test_leaderboard_ranks_by_the_fresh_seed_estimate_with_its_state(node, corpus):
+    """Luck is not progress: each entry carries mean ± se and n of the trusted fresh-seed runs, its
+    test against its reference, and the claimant's own value apart."""
+    luck = corpus.luck
+    status, lb = get_json(node, f"/api/leaderboard?task={LUCK}")
+    assert status == 200
+    got = [(e["claim"], e["estimate"]["mean"], e["estimate"]["se"], e["estimate"]["n"], e["significance"]["state"],
+            e["claimed_bpb"]) for e in lb["verified"]]
+    assert got == [  # by estimated mean: "beta2" claimed less than the baseline and ranks below it
+        (luck.significant.id, "1.478000", "0.002098", 2, "significant", "1.470000"),
+        (luck.not_yet.id, "1.497000", "0.003000", 1, "not significant yet", "1.493000"),
+        (luck.baseline.id, "1.502000", "0.002098", 2, "baseline", "1.501000"),
+        (luck.no_gain.id, "1.504000", "0.002098", 2, "no gain", "1.497000"),
+    ]
+    tests = {e["claim"]: e["significance"] for e in lb["verified"]}
+    assert tests[luck.significant.id]["p"] < 0.01 and tests[luck.significant.id]["reference"] == luck.baseline.id
+    assert tests[luck.not_yet.id]["p"] == 0.429929 and tests[luck.no_gain.id]["p"] == 1.0
+    assert tests[luck.baseline.id] == {"state": "baseline", "p": None, "z": None, "reference": None}
+    [hacked] = lb["disputed"]  # the best of 20 seeds: claimed 1.470, fresh seeds say 1.504
+    assert hacked["claim"] == luck.hacked.id and hacked["claimed_bpb"] == "1.470000"
+    assert hacked["estimate"]["mean"] == "1.504000" and hacked["significance"]["state"] == "no gain"
+    assert set(hacked) >= {"val_bpb", "claimed_bpb", "estimate", "significance", "status", "votes"}
 
 
 def test_claim_carries_votes_and_one_curve_per_measurement(node, corpus):
@@ -104,6 +132,23 @@ def test_claim_carries_votes_and_one_curve_per_measurement(node, corpus):
     assert [ch["claim"] for ch in c["lineage"]["children"]] == [corpus.best.id, corpus.disputed.id]
     status, child = get_json(node, f"/api/claim/{corpus.pending.id}")
     assert [a["claim"] for a in child["lineage"]["ancestors"]] == [corpus.verified.id, corpus.best.id]
+    assert c["status"]["estimate"] is None and c["status"]["significance"]["state"] == "not significant yet"
+    assert [v["fresh"] for v in c["votes"]] == [False, False]
+
+
+def test_claim_shows_its_estimate_p_value_and_reference(node, corpus):
+    luck = corpus.luck
+    status, c = get_json(node, f"/api/claim/{luck.significant.id}")
+    assert status == 200
+    st = c["status"]
+    assert st["claimed_bpb"] == "1.470000" and st["estimate"] == {"mean": "1.478000", "se": "0.002098", "n": 2,
+                                                                    "sigma": "0.002966"}
+    assert st["significance"]["state"] == "significant" and 0 < st["significance"]["p"] < 0.01
+    assert st["significance"]["reference"] == luck.baseline.id and st["significance"]["z"] > 8
+    assert st["reference_estimate"]["mean"] == "1.502000" and st["reference_estimate"]["n"] == 2
+    assert [v["fresh"] for v in c["votes"]] == [True, True]
+    status, base = get_json(node, f"/api/claim/{luck.baseline.id}")
+    assert base["status"]["significance"]["state"] == "baseline" and base["status"]["reference_estimate"] is None
 
 
 def test_lineage_is_a_flat_parent_linked_list(node, corpus):
@@ -116,6 +161,10 @@ def test_lineage_is_a_flat_parent_linked_list(node, corpus):
     status_of = {n["claim"]: (n["status"], n["rank"]) for n in lin["nodes"]}
     assert status_of[corpus.best.id] == ("verified", 1) and status_of[corpus.crashed.id] == ("crashed", None)
     assert status_of[corpus.over_budget.id] == ("over budget", None)
+    status, lin = get_json(node, f"/api/lineage?task={LUCK}")
+    state_of = {n["claim"]: (n["state"], n["rank"]) for n in lin["nodes"]}
+    assert state_of[corpus.luck.significant.id] == ("significant", 1)
+    assert state_of[corpus.luck.baseline.id] == ("baseline", 3) and state_of[corpus.luck.hacked.id] == ("no gain", None)
 
 
 def test_activity_and_peers_shapes(node, cluster):
@@ -123,7 +172,7 @@ def test_activity_and_peers_shapes(node, cluster):
     assert status == 200
     assert set(a) >= {"node", "experiment", "queue", "recent", "counters", "slots", "settings"}
     assert a["experiment"] is None and a["queue"] == [] and a["settings"]["ralph"] is False
-    assert a["node"]["counts"]["claim"] == 6 and a["slots"]["devices"]
+    assert a["node"]["counts"]["claim"] == 11 and a["slots"]["devices"]
     status, p = get_json(node, "/api/peers")
     assert [x["address"] for x in p["peers"]] == [cluster[1].address]
 
@@ -178,9 +227,9 @@ def test_metrics_report_the_corpus_ingest_and_peers(node):
     bad["sig"] = "0" * 128
     assert node.push([json.dumps(bad).encode()])["rejected"][0]["reason"] == "invalid: bad signature"
     m = scrape(node)
-    assert m["ralphswarm_messages"][(("kind", "claim"),)] == 6
-    assert m["ralphswarm_messages"][(("kind", "vote"),)] == 6
-    assert m["ralphswarm_votes"] == {(("verdict", "reproduced"),): 3, (("verdict", "mismatch"),): 1,
+    assert m["ralphswarm_messages"][(("kind", "claim"),)] == 11
+    assert m["ralphswarm_messages"][(("kind", "vote"),)] == 15
+    assert m["ralphswarm_votes"] == {(("verdict", "reproduced"),): 10, (("verdict", "mismatch"),): 3,
                                      (("verdict", "failed"),): 1, (("verdict", "refused"),): 0,
                                      (("verdict", "over budget"),): 1}
     assert m["ralphswarm_ingest_rejected_total"][(("reason", "invalid: bad signature"),)] == 1
@@ -262,6 +311,39 @@ def test_dashboard_in_a_browser(node, corpus, browser):
         assert page.locator("#claim h2 .badge.over-budget").inner_text() == "over budget"
         assert page.locator("#claim svg.chart path.curve.over-budget").count() == 1
         assert "37.5 s" in page.locator("#claim .votes").inner_text()  # the reproducer's training time
+
+        # Luck is not progress: the luck task's board shows mean ± se, n and the state; the claim, p and reference.
+        page.goto(f"{node.address}/#/")
+        page.select_option("#task", LUCK)
+        luck = corpus.luck
+        rows = page.locator("#leaderboard .verified tbody tr")
+        page.locator(f'#leaderboard .verified a[href="#/claim/{luck.significant.id}"]').wait_for()
+        assert rows.count() == 4
+        first = rows.nth(0)
+        assert first.locator(".badge.state.significant").inner_text() == "significant"
+        assert first.locator("strong.estimate").inner_text() == "1.4780 ± 0.0021"
+        cells = [first.locator("td").nth(i).inner_text() for i in range(10)]
+        assert cells[5] == "2" and cells[7] == "1.4700"  # n, and the claimant's own value apart
+        assert [rows.nth(i).locator(".badge.state").inner_text() for i in range(4)] == [
+            "significant", "not significant yet", "baseline", "no gain"]
+        assert rows.nth(1).locator("td").nth(5).inner_text() == "1"
+        disputed = page.locator("#leaderboard .disputed tbody tr")
+        assert disputed.count() == 1 and "1.5040 ± 0.0019" in disputed.inner_text()
+        assert disputed.locator(".badge.state.no-gain").inner_text() == "no gain"
+        assert page.locator("#lineage .badge.state.significant").count() == 1
+        page.screenshot(path=str(ARTIFACTS / "dashboard-luck.png"), full_page=True)
+
+        page.locator(f'#leaderboard .verified a[href="#/claim/{luck.significant.id}"]').click()
+        page.locator(f'#claim[data-claim="{luck.significant.id}"] .luck').wait_for()
+        assert page.locator("#claim h2 .badge.state.significant").inner_text() == "significant"
+        assert page.locator("#claim .value.estimate").inner_text() == "1.4780 ± 0.0021"
+        assert "n = 2" in page.locator("#claim .samples").inner_text()
+        p_line = page.locator("#claim .p-value").inner_text()
+        assert p_line.startswith("p = 1.5e-15") and "z = 8.09" in p_line, p_line
+        assert page.locator("#claim .reference a").inner_text() == luck.baseline.id[:10]
+        assert "1.5020 ± 0.0021 (n = 2)" in page.locator("#claim .luck").inner_text()
+        assert page.locator("#claim .votes .fresh").count() == 2
+        page.screenshot(path=str(ARTIFACTS / "dashboard-luck-claim.png"), full_page=True)
 
         page.goto(f"{node.address}/#/claim/{'0' * 64}")
         page.get_by_text("holds no claim").wait_for()

@@ -33,6 +33,25 @@ const seconds = (v) => (v === null || v === undefined ? "—" : `${Number(v).toF
 // A status or verdict may hold a space ("over budget"): one class name, "over-budget".
 const badge = (status) => el("span", { class: `badge ${String(status).replace(/ /g, "-")}`, text: status });
 const claimLink = (id, label) => el("a", { href: `#/claim/${id}`, class: "mono", text: label || short(id) });
+// Luck is not progress (protocol/SPEC.md 5.9): an estimate from fresh-seed reproductions, shown as
+// mean ± standard error with as many decimals as the error needs (4 to 6, the wire's 6 at most).
+function estimateText(est) {
+  if (!est) return "—";
+  const se = Number(est.se);
+  const d = se > 0 ? Math.min(6, Math.max(4, 1 - Math.floor(Math.log10(se)))) : 4;
+  return `${Number(est.mean).toFixed(d)} ± ${se.toFixed(d)}`;
+}
+const samples = (est) => (est ? String(est.n) : "0");
+function pText(p) {
+  if (p === null || p === undefined) return "—";
+  return p !== 0 && p < 0.001 ? Number(p).toExponential(1) : String(Number(Number(p).toPrecision(2)));
+}
+// The test's state (significant, not significant yet, no gain, baseline) as a badge; p in its title.
+function stateBadge(sig) {
+  if (!sig) return el("span", { class: "muted", text: "—" });
+  return el("span", { class: `badge state ${String(sig.state).replace(/ /g, "-")}`, text: sig.state,
+    title: sig.p === null || sig.p === undefined ? null : `p = ${pText(sig.p)}` });
+}
 function ago(ts) {
   if (!ts) return "never";
   const s = Math.max(0, Math.round(Date.now() / 1000 - ts));
@@ -147,28 +166,39 @@ function renderTasks(data) {
 }
 
 function leaderboardSection(lb) {
-  const ranked = lb.verified.map((e, i) => [String(i + 1), claimLink(e.claim), el("span", { class: "note", text: clip(e.note, 70) }),
-    el("strong", { text: bpb(e.val_bpb) }), bpb(e.claimed_bpb), String(e.votes), e.support.toFixed(2)]);
-  const pending = lb.pending.map((e) => [claimLink(e.claim), el("span", { class: "note", text: clip(e.note, 70) }),
-    bpb(e.claimed_bpb), String(e.votes), el("span", { class: "mono muted", text: short(e.author) })]);
-  const disputed = lb.disputed.map((e) => [claimLink(e.claim), el("span", { class: "note", text: clip(e.note, 70) }),
-    bpb(e.claimed_bpb), e.against.toFixed(2), el("span", { class: "mono muted", text: short(e.author) })]);
+  const note = (e) => el("span", { class: "note", text: clip(e.note, 60) });
+  const author = (e) => el("span", { class: "mono muted", text: short(e.author) });
+  // The board ranks by the estimated mean, or by the reproduced value while a claim has no estimate:
+  // the rank value is the bold one. The claimant's own value is shown apart, never ranked.
+  const mean = (e, rank) => el(rank && e.estimate ? "strong" : "span", { class: "estimate", text: estimateText(e.estimate) });
+  const ranked = lb.verified.map((e, i) => [String(i + 1), claimLink(e.claim), note(e), stateBadge(e.significance),
+    mean(e, true), samples(e.estimate), el(e.estimate ? "span" : "strong", { text: bpb(e.val_bpb) }),
+    bpb(e.claimed_bpb), String(e.votes), e.support.toFixed(2)]);
+  const pending = lb.pending.map((e) => [claimLink(e.claim), note(e), stateBadge(e.significance), mean(e),
+    samples(e.estimate), bpb(e.claimed_bpb), String(e.votes), author(e)]);
+  const disputed = lb.disputed.map((e) => [claimLink(e.claim), note(e), stateBadge(e.significance), mean(e),
+    samples(e.estimate), bpb(e.claimed_bpb), e.against.toFixed(2), author(e)]);
   // Trained longer than the task's compute cap allows: never ranked, whatever the val_bpb.
-  const overBudget = (lb.over_budget || []).map((e) => [claimLink(e.claim), badge(e.status),
-    el("span", { class: "note", text: clip(e.note, 70) }), bpb(e.claimed_bpb), (e.over || 0).toFixed(2),
-    el("span", { class: "mono muted", text: short(e.author) })]);
+  const overBudget = (lb.over_budget || []).map((e) => [claimLink(e.claim), badge(e.status), note(e), mean(e),
+    samples(e.estimate), bpb(e.claimed_bpb), (e.over || 0).toFixed(2), author(e)]);
   return el("section", { id: "leaderboard" },
     el("h2", {}, "Leaderboard ", el("span", { class: "muted small", text: `task ${short(lb.task)}` })),
-    el("div", { class: "verified" }, table(["#", "claim", "note", "reproduced val_bpb", "claimed", "votes", "support"],
-      ranked, "No verified claims yet: claims enter the board once this node or keys it trusts reproduce them.")),
+    el("p", { class: "muted small legend-text", text: "Ranked by the mean val_bpb of trusted reproductions at fresh " +
+      "seeds (± standard error, n runs). State: the test against the parent, or the task baseline; significant " +
+      "at p < 0.01. The claimant's own run is shown apart: it may be the luckiest of many seeds." }),
+    el("div", { class: "verified" }, table(["#", "claim", "note", "state", "mean ± se", "n", "reproduced", "claimed",
+      "votes", "support"], ranked,
+      "No verified claims yet: claims enter the board once this node or keys it trusts reproduce them.")),
     el("h3", {}, "Pending ", el("span", { class: "count", text: String(pending.length) })),
-    el("div", { class: "pending" }, table(["claim", "note", "claimed", "votes", "author"], pending, "none")),
+    el("div", { class: "pending" }, table(["claim", "note", "state", "mean ± se", "n", "claimed", "votes", "author"],
+      pending, "none")),
     el("h3", {}, "Disputed ", el("span", { class: "count", text: String(disputed.length) })),
-    el("div", { class: "disputed" }, table(["claim", "note", "claimed", "against", "author"], disputed, "none")),
+    el("div", { class: "disputed" }, table(["claim", "note", "state", "mean ± se", "n", "claimed", "against", "author"],
+      disputed, "none")),
     el("h3", { title: "trained longer than the task's compute cap allows: never ranked, whatever the val_bpb" },
       "Over budget ", el("span", { class: "count", text: String(overBudget.length) })),
-    el("div", { class: "over-budget" }, table(["claim", "state", "note", "claimed", "over budget", "author"],
-      overBudget, "none")));
+    el("div", { class: "over-budget" }, table(["claim", "status", "note", "mean ± se", "n", "claimed", "over budget",
+      "author"], overBudget, "none")));
 }
 
 function lineageSection(lin) {
@@ -180,6 +210,7 @@ function lineageSection(lin) {
   }
   const item = (n, depth) => el("li", {},
     el("div", { class: "lnode" }, claimLink(n.claim), badge(n.status),
+      n.state ? stateBadge({ state: n.state }) : null,
       n.rank ? el("span", { class: "rank", text: `#${n.rank}` }) : null,
       el("span", { class: "bpb", text: bpb(n.val_bpb) }),
       el("span", { class: "note", text: clip(n.note, 60) }),
@@ -239,12 +270,30 @@ function diffView(patch) {
 function claimView(c) {
   const env = c.envelope, b = env.body, st = c.status;
   const votes = c.votes.map((v) => [el("span", { class: "mono", title: v.voter, text: short(v.voter) }),
-    badge(v.verdict), bpb(v.val_bpb), seconds(v.result && v.result.wall_s), el("span", {}, v.trust.toFixed(2), v.operator_trusted ? el("span", { class: "muted small", text: " (trusted)" }) : null),
+    badge(v.verdict), bpb(v.val_bpb),
+    v.fresh ? el("span", { class: "fresh", title: "the voter's fresh seed, drawn from its signature over the claim id",
+      text: `fresh ${v.result ? v.result.seed : ""}`.trim() }) : el("span", { class: "muted", text: v.result ? String(v.result.seed) : "—" }),
+    seconds(v.result && v.result.wall_s), el("span", {}, v.trust.toFixed(2), v.operator_trusted ? el("span", { class: "muted small", text: " (trusted)" }) : null),
     el("span", { class: "small", text: v.reason || "" }), ago(v.created_at)]);
   const lin = c.lineage;
+  const sig = st.significance, est = st.estimate;
+  const pLine = !sig ? "" : sig.p === null || sig.p === undefined
+    ? (sig.state === "baseline" ? "the reference its children are tested against" : "no test yet: a side has no fresh-seed run")
+    : `p = ${pText(sig.p)} · z = ${sig.z === null || sig.z === undefined ? "—" : Number(sig.z).toFixed(2)} (one-sided, corrected; significant below 0.01)`;
+  const ref = !sig ? "—" : sig.reference ? claimLink(sig.reference)
+    : sig.state === "baseline" ? "this is the task baseline" : "none (no baseline claim)";
+  const luck = el("div", { class: "results luck" },
+    el("div", { class: "stat" }, el("div", { class: "label", text: "estimate from fresh seeds (mean ± se)" }),
+      el("div", { class: "value estimate", text: estimateText(est) }),
+      el("div", { class: "muted small samples", text: est ? `n = ${est.n} · sigma ${Number(est.sigma).toFixed(4)}`
+        : "n = 0: no trusted fresh-seed reproduction yet" })),
+    el("div", { class: "stat" }, el("div", { class: "label", text: "test" }), el("div", { class: "value state" }, stateBadge(sig)),
+      el("div", { class: "muted small p-value", text: pLine })),
+    el("div", { class: "stat" }, el("div", { class: "label", text: "reference" }), el("div", { class: "value small reference" }, ref),
+      el("div", { class: "muted small", text: sig && sig.reference ? `${estimateText(st.reference_estimate)} (n = ${samples(st.reference_estimate)})` : "" })));
   return el("article", { id: "claim", "data-claim": env.id },
     el("p", {}, el("a", { href: "#/", text: "← leaderboard" })),
-    el("h2", {}, "Claim ", el("span", { class: "mono", text: short(env.id) }), " ", badge(st.status)),
+    el("h2", {}, "Claim ", el("span", { class: "mono", text: short(env.id) }), " ", badge(st.status), " ", stateBadge(sig)),
     el("p", { class: "note full", text: b.note }),
     el("dl", { class: "meta" },
       el("dt", { text: "author" }), el("dd", { class: "mono", text: env.author }),
@@ -262,9 +311,10 @@ function claimView(c) {
       el("div", { class: "stat" }, el("div", { class: "label", text: "run" }), el("div", { class: "value small",
         text: c.claimed ? `${c.claimed.tokens} tokens · seed ${c.claimed.seed} · ${c.claimed.device} · ` +
           `trained ${seconds(c.claimed.wall_s)}` + (c.claimed.cpu_s ? ` (${seconds(c.claimed.cpu_s)} CPU)` : "") : "crashed" }))),
+    luck,
     el("h3", {}, "Loss curves"), el("div", { class: "chart-box" }, lossChart(c.curves), legend(c.curves)),
     el("h3", {}, "Votes ", el("span", { class: "count", text: String(votes.length) })),
-    el("div", { class: "votes" }, table(["voter", "verdict", "val_bpb", "training time", "trust", "reason", "when"], votes, "No votes yet.")),
+    el("div", { class: "votes" }, table(["voter", "verdict", "val_bpb", "seed", "training time", "trust", "reason", "when"], votes, "No votes yet.")),
     el("h3", {}, "Lineage"),
     el("p", { class: "chain" }, "baseline", lin.ancestors.map((a) => [" → ", claimLink(a.claim)]), " → ",
       el("strong", { class: "mono", text: short(env.id) }),
