@@ -311,6 +311,9 @@ class Reproducer:
         body = {"claim": claim_id, "verdict": verdict, "result": result, "reason": reason[:MAX_REASON_CHARS]}
         if seed_proof is not None:
             body["seed_proof"] = seed_proof
+        received = await self.node.replica.received_at(claim_id)
+        if received is not None:  # credit by receipt (protocol/SPEC.md 5.10): when we first had the claim
+            body["claim_received_at"] = received
         await self.node.publish("vote", body)
         self._voted.add(claim_id)
         self.node.telemetry.count(vote_counter(verdict))

@@ -186,7 +186,9 @@ _DATA_FIELDS = frozenset({"name", "sha256", "bytes"})
 _BUDGET_FIELDS = frozenset({"tokens"})
 _CLAIM_FIELDS = frozenset({"task", "parent", "patch", "source_sha256", "note", "outcome", "result"})
 _VOTE_FIELDS = frozenset({"claim", "verdict", "result", "reason"})
-_VOTE_OPTIONAL = frozenset({"seed_proof"})  # a fresh-seed full run (SPEC.md 5.4.1)
+# seed_proof: a fresh-seed full run (SPEC.md 5.4.1); claim_received_at: when the voter first received
+# the claim, the receipt that credit between equal sources goes by (SPEC.md 5.10).
+_VOTE_OPTIONAL = frozenset({"seed_proof", "claim_received_at"})
 _PEER_FIELDS = frozenset({"addresses", "expires_at"})
 
 
@@ -240,6 +242,8 @@ def validate_vote(body: Any) -> dict:
     else:
         validate_result(body["result"])
     _text(body["reason"], "body.reason", MAX_NOTE_BYTES)
+    if "claim_received_at" in body:
+        _int(body["claim_received_at"], "body.claim_received_at")
     if "seed_proof" in body:
         # The run's seed is the proof's (SPEC.md 5.4.1); that the proof is the voter's signature is
         # checked with the signature (envelope.py), which knows the voter.

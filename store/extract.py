@@ -10,6 +10,7 @@ from protocol import Envelope, task_id
 COLUMNS = (
     "id", "kind", "author", "created_at", "raw", "task", "parent", "source_sha256",
     "outcome", "claimed_bpb", "claim", "verdict", "vote_bpb", "expires_at", "device", "fresh",
+    "received_at", "claim_received_at",
 )
 INSERT_SQL = f"INSERT INTO messages({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 INSERT_OR_IGNORE_SQL = INSERT_SQL.replace("INSERT", "INSERT OR IGNORE", 1)
@@ -29,9 +30,11 @@ def _device(result) -> str | None:
     return result.get("device") if isinstance(result, dict) else None
 
 
-def row(env: Envelope, raw: bytes) -> tuple:
+def row(env: Envelope, raw: bytes, received_at: int | None = None) -> tuple:
+    """``received_at``: when this node stored it (store/replica.py ingest), for credit and trust by receipt."""
     body = env.body
     task = parent = source = outcome = claimed = claim = verdict = vote_bpb = expires = device = fresh = None
+    claim_received = None
     kind = env.kind
     if kind == "claim":
         task, parent, source = body["task"], body["parent"], body["source_sha256"]
@@ -39,9 +42,10 @@ def row(env: Envelope, raw: bytes) -> tuple:
     elif kind == "vote":
         claim, verdict, vote_bpb = body["claim"], body["verdict"], _bpb(body["result"])
         device, fresh = _device(body["result"]), (1 if "seed_proof" in body else None)
+        claim_received = body.get("claim_received_at")
     elif kind == "task":
         task = task_id(body)
     elif kind == "peer":
         expires = body["expires_at"]
     return (env.id, kind, env.author, env.created_at, raw, task, parent, source,
-            outcome, claimed, claim, verdict, vote_bpb, expires, device, fresh)
+            outcome, claimed, claim, verdict, vote_bpb, expires, device, fresh, received_at, claim_received)

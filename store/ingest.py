@@ -102,7 +102,8 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
-def prepare(items: Iterable[Any], *, swarm: str, now: int | None, check_sig: bool = True) -> PreparedBatch:
+def prepare(items: Iterable[Any], *, swarm: str, now: int | None, check_sig: bool = True,
+            received_at: int | None = None) -> PreparedBatch:
     """Decode every item, then check the signatures of those that passed everything else.
 
     The same verdicts and reasons, in item order, as ``decode(item, check_sig=check_sig)`` one by
@@ -129,7 +130,7 @@ def prepare(items: Iterable[Any], *, swarm: str, now: int | None, check_sig: boo
             continue
         seen.add(env.id)
         batch.envelopes.append(env)
-        batch.rows.append(row(env, canonical_bytes(env)))
+        batch.rows.append(row(env, canonical_bytes(env), received_at))
     rejected.sort(key=lambda r: r[0])
     batch.rejected = [(claimed, reason) for _, claimed, reason in rejected]
     return batch

@@ -4,6 +4,7 @@ Pure functions over envelopes, vote facts and a TrustView; the Replica only load
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
@@ -26,11 +27,15 @@ class RankingSettings:
 
 
 OVER_BUDGET = "over budget"  # a verdict (protocol/SPEC.md 5.4) and a claim status of the same name
+NON_DETERMINISTIC = "non-deterministic"  # trusted runs of it disagree: charged to the claim, never ranked
+# Without a run of its own, voting power on both sides from which this node calls a claim
+# non-deterministic rather than one side wrong (unless one side outweighs the other by a quorum).
+NONDET_MIN = 0.2
 
 
 @dataclass(frozen=True)
 class ClaimStatus:
-    status: str  # verified | disputed | pending | over budget
+    status: str  # verified | disputed | pending | over budget | non-deterministic
     support: float  # trusted weight of reproduced votes (and of a pre-trusted author's own run)
     against: float  # trusted weight of mismatch votes
     own_vote: str | None  # this node's latest verdict on the claim
@@ -76,10 +81,11 @@ class Leaderboard:
     disputed: list[Entry]
     duplicates: list[Entry] = field(default_factory=list)  # later claims of an already-claimed source
     over_budget: list[Entry] = field(default_factory=list)  # trained past the task's compute cap: never ranked
+    non_deterministic: list[Entry] = field(default_factory=list)  # trusted runs disagree: never ranked
 
     def of_status(self, status: str) -> list[Entry]:
         """The list holding entries of a claim status (``over budget`` -> ``over_budget``)."""
-        return getattr(self, status.replace(" ", "_"))
+        return getattr(self, status.replace(" ", "_").replace("-", "_"))
 
 
 def _claimed(claim: Envelope) -> str | None:
@@ -119,26 +125,34 @@ def claim_status(
     current = [v for v in latest_votes(votes).values() if v.claim == claim.id and v.voter != claim.author]
     own = next((v for v in current if v.voter == self_key), None)
     own_verdict = own.verdict if own else None
-    support = sum(trust.of(v.voter) for v in current if v.verdict == "reproduced")
-    against = sum(trust.of(v.voter) for v in current if v.verdict == "mismatch")
-    over = sum(trust.of(v.voter) for v in current if v.verdict == OVER_BUDGET)
+    power = trust.power_of
+    support = sum(power(v.voter) for v in current if v.verdict == "reproduced")
+    against = sum(power(v.voter) for v in current if v.verdict == "mismatch")
+    over = sum(power(v.voter) for v in current if v.verdict == OVER_BUDGET)
     measured = [(v.val_bpb, trust.of(v.voter)) for v in current if v.verdict == "reproduced" and v.val_bpb]
     claimed = _claimed(claim)
     author_run = claim.author in trust.pretrusted and claim.body.get("outcome") != "crashed"
     if author_run:  # the node's own claim, or an operator-trusted key's: a run by a pre-trusted key
-        support += trust.of(claim.author)
+        support += power(claim.author)
         if claimed is not None:
             measured.append((claimed, trust.of(claim.author)))
-    if own_verdict == "reproduced" or claim.author == self_key and author_run:
-        status = "verified"
-    elif own_verdict == "mismatch":
-        status = "disputed"
+    own_ok = own_verdict == "reproduced" or claim.author == self_key and author_run
+    if own_ok:
+        status = "verified"  # where this node measured a claim itself, its own measurement decides
+    elif own_verdict in ("mismatch", "failed"):
+        status = "disputed"  # own evidence first: our own failed run takes it off the board too
+    elif claim.id in trust.split:
+        # operator-trusted evaluators measured it differently: charged to the claim, not to one of
+        # them (store/trust.py)
+        status = NON_DETERMINISTIC
     elif own_verdict == OVER_BUDGET:
         status = OVER_BUDGET
     elif over >= settings.quorum and over > support:
         # Over the compute cap whatever its val_bpb: checked before trusted mismatches, which only
         # question the value.
         status = OVER_BUDGET
+    elif support >= NONDET_MIN and against >= NONDET_MIN and max(support, against) < settings.quorum + min(support, against):
+        status = NON_DETERMINISTIC
     elif against >= settings.quorum and against > support:
         status = "disputed"
     elif support >= settings.quorum:
@@ -167,6 +181,21 @@ def _entry(claim: Envelope, st: ClaimStatus, duplicate_of: str | None = None,
 
 def _sort_key(entry: Entry) -> tuple:
     return (entry.rank_value, entry.claim.created_at, entry.claim.id)
+
+
+def receipt_times(claims: Iterable[Envelope], own_receipts: Mapping[str, int | None],
+                  votes: Iterable[VoteFact], trust: TrustView) -> dict[str, int]:
+    """Each claim's earliest trusted receipt: this node's own (``own_receipts``) or a
+    ``claim_received_at`` carried by a vote of a key with voting power (protocol/SPEC.md 5.10)."""
+    out: dict[str, int] = {}
+    for claim in claims:
+        mine = own_receipts.get(claim.id)
+        if mine is not None:
+            out[claim.id] = mine
+    for vote in votes:
+        if vote.claim_received_at is not None and trust.power_of(vote.voter) > 0:
+            out[vote.claim] = min(out.get(vote.claim, vote.claim_received_at), vote.claim_received_at)
+    return out
 
 
 def is_baseline_claim(claim: Envelope, baseline_sha: str | None) -> bool:
@@ -203,7 +232,8 @@ def significances(claims: Iterable[Envelope], statuses: Mapping[str, ClaimStatus
 
 
 def leaderboard(
-    claims: Iterable[Envelope], statuses: Mapping[str, ClaimStatus], baseline_sha: str | None = None
+    claims: Iterable[Envelope], statuses: Mapping[str, ClaimStatus], baseline_sha: str | None = None,
+    received: Mapping[str, int] | None = None,
 ) -> Leaderboard:
     """Verified claims ranked by their estimated mean val_bpb from fresh-seed reproductions (lower is
     better; the reproduced value while there is no estimate); pending, disputed and over budget ones
@@ -214,14 +244,20 @@ def leaderboard(
     Only ``improved`` claims are contributions to rank: ``worse`` and ``crashed`` ones are negative
     results, shared so nobody runs them again, but a change that did not beat its own seed is not
     put forward as a recipe (and nobody reproduces it). Among claims with the same source_sha256
-    only the earliest (created_at, id) counts, negative results included; later copies go to
-    ``duplicates``, so copying a source earns nothing (docs/design.md, "Ranking and trust").
+    only the earliest received (``received``: the earliest trusted receipt time of each claim; then
+    (created_at, id)) counts, negative results included; later copies go to ``duplicates``, so
+    copying a source earns nothing, and backdating a copy does not make it earlier
+    (docs/design.md, "Ranking and trust").
     """
     claims = list(claims)
     tests = significances(claims, statuses, baseline_sha)
-    ranked = sorted((c for c in claims if c.body.get("outcome") != "crashed"), key=lambda c: (c.created_at, c.id))
+    received = received or {}
+    # Credit by receipt (protocol/SPEC.md 5.10): the earliest trusted receipt of a claim, never the
+    # author's created_at alone, which a copy can backdate; created_at and id only break ties.
+    ranked = sorted((c for c in claims if c.body.get("outcome") != "crashed"),
+                    key=lambda c: (received.get(c.id, math.inf), c.created_at, c.id))
     first_by_source: dict[str, str] = {}
-    board = Leaderboard([], [], [], [], [])
+    board = Leaderboard([], [], [], [], [], [])
     for claim in ranked:
         st = statuses[claim.id]
         first = first_by_source.setdefault(claim.body["source_sha256"], claim.id)
@@ -230,7 +266,7 @@ def leaderboard(
             continue
         if claim.body.get("outcome") == "improved" or is_baseline_claim(claim, baseline_sha):
             board.of_status(st.status).append(_entry(claim, st, sig=tests.get(claim.id)))
-    for entries in (board.verified, board.pending, board.disputed, board.over_budget):
+    for entries in (board.verified, board.pending, board.disputed, board.over_budget, board.non_deterministic):
         entries.sort(key=_sort_key)
     return board
 

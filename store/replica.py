@@ -30,7 +30,7 @@ from .stats import NoiseTable, Significance
 from .trust import TrustSettings, TrustView, VoteFact, compute_trust
 
 SQL_CHUNK = 500  # ids per IN (...) query, well under SQLite's bound-parameter limit
-VOTE_COLUMNS = "id, author, claim, verdict, vote_bpb, created_at, fresh, device"
+VOTE_COLUMNS = "id, author, claim, verdict, vote_bpb, created_at, fresh, device, rowid, claim_received_at"
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def _envelope(raw: bytes) -> Envelope:
 
 def _vote(row: Sequence) -> VoteFact:
     return VoteFact(id=row[0], voter=row[1], claim=row[2], verdict=row[3], val_bpb=row[4], created_at=row[5],
-                    fresh=bool(row[6]), device=row[7])
+                    fresh=bool(row[6]), device=row[7], seq=row[8], claim_received_at=row[9])
 
 
 def _check_key(key: Any, what: str) -> str:
@@ -195,7 +195,7 @@ class Replica:
         stored = await self.has_ids([i for i in named if i is not None])
         known = [i for i in named if i in stored]
         items = [item for item, i in zip(items, named) if i not in stored]
-        args = dict(swarm=self.swarm, now=now, check_sig=check_sig)
+        args = dict(swarm=self.swarm, now=now, check_sig=check_sig, received_at=int(time.time()))
         if len(items) >= self.settings.thread_decode_at:
             batch = await asyncio.to_thread(prepare, items, **args)
         else:
@@ -391,9 +391,11 @@ class Replica:
         if self._trust is not None:
             return self._trust
         generation = self._trust_generation
-        authors = dict(await self._fetchall("SELECT id, author FROM messages WHERE kind = 'claim'"))
+        claims = await self._fetchall("SELECT id, author, claimed_bpb FROM messages WHERE kind = 'claim'")
+        authors = {cid: author for cid, author, _ in claims}
+        values = {cid: value for cid, _, value in claims}
         votes = [_vote(r) for r in await self._fetchall(f"SELECT {VOTE_COLUMNS} FROM messages WHERE kind = 'vote'")]
-        view = compute_trust(self.self_key, self.trusted_set(), authors, votes, self.settings.trust)
+        view = compute_trust(self.self_key, self.trusted_set(), authors, votes, self.settings.trust, values)
         if generation == self._trust_generation:  # nothing was ingested while we computed
             self._trust = view
         return view
@@ -456,13 +458,26 @@ class Replica:
                     for c in claims}
         return claims, statuses
 
-    async def leaderboard(self, task_id: str) -> Leaderboard:
+    async def received_at(self, message_id: str) -> int | None:
+        """When this node first stored a message (its own: when published); None if unknown."""
+        rows = await self._fetchall("SELECT received_at FROM messages WHERE id = ?", (message_id,))
+        return rows[0][0] if rows else None
+
+    async def _board(self, task_id: str) -> tuple[Leaderboard, dict[str, ClaimStatus]]:
         claims, statuses = await self._statuses(task_id)
-        return ranking.leaderboard(claims, statuses, await self._baseline_sha(task_id))
+        own = dict(await self._fetchall(
+            "SELECT id, received_at FROM messages WHERE task = ? AND kind = 'claim'", (task_id,)))
+        votes = [_vote(r) for r in await self._fetchall(
+            f"SELECT {VOTE_COLUMNS} FROM messages WHERE kind = 'vote' AND claim_received_at IS NOT NULL AND claim IN "
+            "(SELECT id FROM messages WHERE task = ? AND kind = 'claim')", (task_id,))]
+        received = ranking.receipt_times(claims, own, votes, await self._trust_view())
+        return ranking.leaderboard(claims, statuses, await self._baseline_sha(task_id), received), statuses
+
+    async def leaderboard(self, task_id: str) -> Leaderboard:
+        return (await self._board(task_id))[0]
 
     async def top_entries(self, task_id: str, k: int) -> list[Entry]:
-        claims, statuses = await self._statuses(task_id)
-        board = ranking.leaderboard(claims, statuses, await self._baseline_sha(task_id))
+        board, statuses = await self._board(task_id)
         return ranking.top_entries(board, statuses, k, self.settings.ranking)
 
     # -- local settings ----------------------------------------------------------------------

@@ -63,6 +63,18 @@ MIGRATIONS: list[tuple[int, str, tuple[str, ...]]] = [
             "UPDATE messages SET fresh = 1 WHERE kind = 'vote' AND json_extract(raw, '$.body.seed_proof') IS NOT NULL",
         ),
     ),
+    (
+        3,
+        "receipt times",
+        (
+            # When this node first stored the message (its own clock; its own messages: when published).
+            # Rows from before this migration keep NULL: unknown, never earlier than a known receipt.
+            "ALTER TABLE messages ADD COLUMN received_at INTEGER",
+            # vote: body.claim_received_at, when the voter first received the claim (protocol/SPEC.md 5.4).
+            "ALTER TABLE messages ADD COLUMN claim_received_at INTEGER",
+            "UPDATE messages SET claim_received_at = json_extract(raw, '$.body.claim_received_at') WHERE kind = 'vote'",
+        ),
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -7,11 +7,27 @@ Pure functions over plain data, no SQLite. The evidence graph:
 * ``voter -> author`` when the voter voted ``reproduced`` on the author's claim (the voter vouches
   for the author's work);
 * ``e -> voter`` for a pre-trusted evaluator ``e`` (this node, an operator-trusted key) when the
-  voter's verdict on a claim agreed with ``e``'s own (``reproduced``/``mismatch``). A claim written
-  by ``e`` counts as ``e``'s own ``reproduced`` run of it.
-* A key whose work or vote contradicts this node's own run is **distrusted**: the author of a
-  claim this node found ``mismatch``, a voter who voted ``reproduced`` on it, and a voter who voted
-  ``mismatch`` on a claim this node reproduced. Distrusted keys get trust 0 and lose every edge.
+  voter's verdict on a claim agreed with ``e``'s own (``reproduced``/``mismatch``) **and the vote
+  could not have been copied** (docs/design.md, "Trust that copying cannot earn"): it reached this
+  node before ``e``'s own vote on the claim did (``seq``: this node's receipt order; this node's own
+  votes are received when published), and, at a fresh seed, its value repeats neither the claimed
+  value nor an earlier-received vote's. A claim written by ``e`` counts as ``e``'s own
+  ``reproduced`` run of it, received with the claim; on it only a fresh-seed vote with a value of
+  its own earns an edge (a same-seed value is the claimed one, bit for bit: anyone can copy it).
+* **Own evidence first.** The author of a claim this node found ``mismatch`` or ``failed`` is
+  distrusted, unless pre-trusted evaluators disagree on the claim (it is then non-deterministic,
+  charged to the claim). A voter whose verdict contradicts a pre-trusted evaluator's run is
+  charged one disagreement; it is distrusted after disagreements on claims of
+  ``distrust_authors`` different authors within ``decay_s`` of the newest vote (one machine-
+  dependent claim does not zero an honest peer; a supporter of several fakes is caught).
+  Distrusted keys get trust 0 and lose every edge.
+
+**Voting power** (what a vote weighs as support, store/ranking.py) is not the walk's trust: a key
+this node does not pre-trust weighs ``(1 - restart) / |pre-trusted|`` times its share of the
+pre-trusted evaluators' agreement edges, summed over evaluators, capped at 1. So all such keys
+together weigh at most ``1 - restart`` (0.8) own votes, below the quorum of 1, however many of them
+there are and however they vouch for each other: no set of keys this node does not pre-trust can
+verify a claim by itself.
 
 Trust is the stationary vector of a random walk that restarts (probability ``restart``) at the
 pre-trusted set, i.e. personalized PageRank. A key that no pre-trusted key can reach through
@@ -38,6 +54,8 @@ class VoteFact:
     created_at: int
     fresh: bool = False  # a full run at the voter's fresh seed (protocol/SPEC.md 5.4.1): a sample for the estimate
     device: str | None = None  # result.device: the hardware class the value was measured on
+    seq: int = 0  # this node's receipt order of the vote (0: unknown, never earlier than anything)
+    claim_received_at: int | None = None  # body.claim_received_at: when the voter received the claim
 
 
 @dataclass(frozen=True)
@@ -45,6 +63,8 @@ class TrustSettings:
     restart: float = 0.2  # EigenTrust's a / PageRank's teleport probability (docs/design.md, "Ranking and trust")
     max_iterations: int = 200
     tolerance: float = 1e-10  # L1 change between iterations at which the walk has converged
+    distrust_authors: int = 2  # disagreements on claims of this many distinct authors distrust a voter
+    decay_s: int = 30 * 86400  # disagreements older than this (before the newest vote) are forgiven
 
 
 @dataclass(frozen=True)
@@ -54,9 +74,21 @@ class TrustView:
     weights: Mapping[str, float]
     distrusted: frozenset[str] = field(default_factory=frozenset)
     pretrusted: frozenset[str] = field(default_factory=frozenset)
+    power: Mapping[str, float] | None = None  # voting power of other keys; None: the weights (hand-built views)
+    split: frozenset[str] = field(default_factory=frozenset)  # claims pre-trusted evaluators measured differently
 
     def of(self, key: str) -> float:
         return self.weights.get(key, 0.0)
+
+    def power_of(self, key: str) -> float:
+        """What a vote of ``key`` weighs as support or dispute, in own-vote equivalents."""
+        if key in self.distrusted:
+            return 0.0
+        if key in self.pretrusted:
+            return 1.0
+        if self.power is None:
+            return self.of(key)
+        return self.power.get(key, 0.0)
 
 
 def latest_votes(votes: Iterable[VoteFact]) -> dict[tuple[str, str], VoteFact]:
@@ -70,25 +102,105 @@ def latest_votes(votes: Iterable[VoteFact]) -> dict[tuple[str, str], VoteFact]:
     return out
 
 
-def distrusted_keys(self_key: str, claim_authors: Mapping[str, str], votes: Iterable[VoteFact]) -> set[str]:
-    """Keys whose claims or votes contradict this node's own runs (never the node itself)."""
-    votes = list(votes)
-    own = {v.claim: v.verdict for v in votes if v.voter == self_key}
-    bad: set[str] = set()
-    for claim, verdict in own.items():
-        if verdict == "mismatch" and claim in claim_authors:
-            bad.add(claim_authors[claim])
-    for claim, author in claim_authors.items():
-        if author == self_key:
-            own.setdefault(claim, "reproduced")  # our own claim is our own run of it
+MEASURED = ("reproduced", "mismatch", "failed")  # an evaluator's own verdicts that judge a claim
+
+
+def evaluator_verdicts(pretrusted: frozenset[str], claim_authors: Mapping[str, str],
+                       votes: Iterable[VoteFact]) -> dict[str, dict[str, VoteFact | None]]:
+    """claim -> {pre-trusted evaluator -> its own vote (None: its own claim, a reproduced run of it)}."""
+    out: dict[str, dict[str, VoteFact | None]] = defaultdict(dict)
     for vote in votes:
-        mine = own.get(vote.claim)
-        if vote.voter == self_key or mine not in AGREEING or vote.verdict not in AGREEING:
+        if vote.voter in pretrusted and vote.verdict in MEASURED:
+            out[vote.claim][vote.voter] = vote
+    for claim, author in claim_authors.items():
+        if author in pretrusted:
+            out[claim].setdefault(author, None)
+    return out
+
+
+def _verdict(vote: VoteFact | None) -> str:
+    return "reproduced" if vote is None else vote.verdict
+
+
+def split_claims(evaluations: Mapping[str, Mapping[str, VoteFact | None]]) -> set[str]:
+    """Claims pre-trusted evaluators measured differently: non-deterministic, charged to the claim."""
+    return {claim for claim, by in evaluations.items()
+            if len({"ok" if _verdict(v) == "reproduced" else "bad" for v in by.values()}) > 1}
+
+
+def distrusted_keys(self_key: str, claim_authors: Mapping[str, str], votes: Iterable[VoteFact],
+                    pretrusted: Iterable[str] = (), settings: "TrustSettings | None" = None) -> set[str]:
+    """Keys whose claims or votes contradict the pre-trusted evaluators' own runs (never this node).
+
+    The author of a claim an evaluator found ``mismatch`` or ``failed`` (unless the claim is split);
+    a voter with contradicting verdicts on claims of ``distrust_authors`` distinct authors within
+    ``decay_s`` of the newest vote.
+    """
+    settings = settings or TrustSettings()
+    votes = list(votes)
+    pre = frozenset({self_key, *pretrusted})
+    evaluations = evaluator_verdicts(pre, claim_authors, votes)
+    split = split_claims(evaluations)
+    bad: set[str] = set()
+    for claim, by in evaluations.items():
+        if claim in split or claim not in claim_authors:
             continue
-        if vote.verdict != mine:
-            bad.add(vote.voter)
+        if any(_verdict(v) in ("mismatch", "failed") for v in by.values()):
+            bad.add(claim_authors[claim])
+    newest = max((v.created_at for v in votes), default=0)
+    charged: dict[str, set[str]] = defaultdict(set)  # voter -> authors of claims it contradicted
+    for vote in votes:
+        by = evaluations.get(vote.claim)
+        if not by or vote.voter in pre or vote.claim in split or vote.verdict not in AGREEING:
+            continue
+        if vote.created_at < newest - settings.decay_s:
+            continue
+        theirs = "ok" if vote.verdict == "reproduced" else "bad"
+        ours = "ok" if _verdict(next(iter(by.values()))) == "reproduced" else "bad"
+        if theirs != ours:
+            charged[vote.voter].add(claim_authors.get(vote.claim, vote.claim))
+    bad.update(voter for voter, authors in charged.items() if len(authors) >= settings.distrust_authors)
     bad.discard(self_key)
     return bad
+
+
+def _copied(vote: VoteFact, earlier_values: set[str]) -> bool:
+    """A fresh-seed value another message already carried: a copy, not a run of its own."""
+    return vote.fresh and vote.val_bpb is not None and vote.val_bpb in earlier_values
+
+
+def agreement_edges(
+    pretrusted: frozenset[str],
+    claim_authors: Mapping[str, str],
+    votes: Iterable[VoteFact],
+    claim_values: Mapping[str, str | None] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Evaluator -> voter edges for votes that agreed with the evaluator's own verdict and could not
+    have been copied (module docstring): received before the evaluator's vote, a value of its own."""
+    claim_values = claim_values or {}
+    by_claim: dict[str, list[VoteFact]] = defaultdict(list)
+    for vote in votes:
+        by_claim[vote.claim].append(vote)
+    edges: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    evaluations = evaluator_verdicts(pretrusted, claim_authors, votes)
+    for claim, by in evaluations.items():
+        claim_votes = sorted(by_claim.get(claim, ()), key=lambda v: (v.seq, v.id))
+        for evaluator, own in by.items():
+            mine = _verdict(own)
+            if mine not in AGREEING:
+                continue
+            seen = {claim_values[claim]} if claim_values.get(claim) else set()
+            for vote in claim_votes:
+                later = own is not None and not (0 < vote.seq < own.seq)
+                if vote.voter == evaluator:
+                    continue
+                if own is None and not vote.fresh:
+                    pass  # on the evaluator's own claim a same-seed value is the claimed one: copyable
+                elif not later and vote.verdict == mine and not _copied(vote, seen):
+                    edges[evaluator][vote.voter] += 1.0
+                if vote.val_bpb is not None:
+                    seen.add(vote.val_bpb)
+    return edges
 
 
 def evidence_edges(
@@ -96,33 +208,36 @@ def evidence_edges(
     claim_authors: Mapping[str, str],
     votes: Iterable[VoteFact],
     distrusted: set[str],
+    claim_values: Mapping[str, str | None] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Weighted edges src -> dst (EigenTrust's local trust values s_ij, before normalization)."""
     votes = list(votes)
-    edges: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    by_claim: dict[str, list[VoteFact]] = defaultdict(list)
+    edges = agreement_edges(pretrusted, claim_authors, votes, claim_values)
     for vote in votes:
-        by_claim[vote.claim].append(vote)
         author = claim_authors.get(vote.claim)
         if vote.verdict == "reproduced" and author is not None and author != vote.voter:
             edges[vote.voter][author] += 1.0
-    for claim, claim_votes in by_claim.items():
-        verdicts = {v.voter: v.verdict for v in claim_votes}
-        author = claim_authors.get(claim)
-        if author in pretrusted:
-            verdicts.setdefault(author, "reproduced")
-        for evaluator in pretrusted:
-            mine = verdicts.get(evaluator)
-            if mine not in AGREEING:
-                continue
-            for vote in claim_votes:
-                if vote.voter != evaluator and vote.verdict == mine:
-                    edges[evaluator][vote.voter] += 1.0
     return {
         src: {dst: w for dst, w in dsts.items() if dst not in distrusted and dst != src}
         for src, dsts in edges.items()
         if src not in distrusted
     }
+
+
+def voting_power(pretrusted: frozenset[str], agreement: Mapping[str, Mapping[str, float]],
+                 distrusted: set[str], restart: float) -> dict[str, float]:
+    """(1 - restart) / |pre-trusted| x each evaluator's share of its agreement edges, summed, capped at 1:
+    all keys outside the pre-trusted set together weigh at most 1 - restart (module docstring)."""
+    power: dict[str, float] = defaultdict(float)
+    if not pretrusted:
+        return {}
+    for evaluator in pretrusted:
+        row = {dst: w for dst, w in (agreement.get(evaluator) or {}).items()
+               if dst not in distrusted and dst not in pretrusted}
+        total = sum(row.values())
+        for dst, w in row.items():
+            power[dst] += (1.0 - restart) / len(pretrusted) * w / total
+    return {key: min(1.0, value) for key, value in power.items()}
 
 
 def personalized_pagerank(
@@ -180,6 +295,7 @@ def compute_trust(
     claim_authors: Mapping[str, str],
     votes: Iterable[VoteFact],
     settings: TrustSettings = TrustSettings(),
+    claim_values: Mapping[str, str | None] | None = None,
 ) -> TrustView:
     """This node's trust in every key it has evidence about.
 
@@ -189,9 +305,12 @@ def compute_trust(
     A distrusted operator-trusted key drops to 0: the node's own run outweighs configuration.
     """
     current = list(latest_votes(votes).values())
-    bad = distrusted_keys(self_key, claim_authors, current)
+    trusted = set(trusted)
+    bad = distrusted_keys(self_key, claim_authors, current, trusted, settings)
     pre = frozenset({self_key, *trusted} - bad)
-    edges = evidence_edges(pre, claim_authors, current, bad)
+    edges = evidence_edges(pre, claim_authors, current, bad, claim_values)
+    power = voting_power(pre, agreement_edges(pre, claim_authors, current, claim_values), bad, settings.restart)
+    split = frozenset(split_claims(evaluator_verdicts(pre, claim_authors, current)))
     raw = personalized_pagerank(edges, pre, settings)
     own = raw.get(self_key) or 1.0
     weights = {key: min(1.0, value / own) for key, value in raw.items() if value > 0}
@@ -199,4 +318,4 @@ def compute_trust(
         weights[key] = 1.0
     for key in bad:
         weights[key] = 0.0
-    return TrustView(weights=weights, distrusted=frozenset(bad), pretrusted=pre)
+    return TrustView(weights=weights, distrusted=frozenset(bad), pretrusted=pre, power=power, split=split)

@@ -308,7 +308,7 @@ async def _leaderboard(home: Home, task: str | None, as_json: bool) -> None:
     console.print("ranked by the mean val_bpb of trusted fresh-seed reproductions (± standard error, n runs); "
                   "state: the test against the parent or the task baseline, significant at p < 0.01; "
                   "claimed: the claimant's own run, never ranked", style="dim", markup=False)
-    for section in ("verified", "pending", "disputed", "over_budget"):
+    for section in ("verified", "pending", "disputed", "over_budget", "non_deterministic"):
         rows = board[section]
         title = section.replace("_", " ")  # the over_budget list holds claims of status "over budget"
         table = Table(title=f"{title} ({len(rows)})", title_justify="left")

@@ -145,7 +145,7 @@ async def lineage(request: web.Request) -> web.Response:
     board = await node.replica.leaderboard(task)
     rank = {e.claim.id: i + 1 for i, e in enumerate(board.verified)}
     entries = {e.claim.id: e for group in (board.verified, board.pending, board.disputed, board.over_budget,
-                                           board.duplicates) for e in group}
+                                           board.non_deterministic, board.duplicates) for e in group}
     ids = {c.id for c in claims}
     nodes = []
     for c in claims:

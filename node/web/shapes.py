@@ -52,6 +52,7 @@ async def leaderboard_json(replica: Any, task_id: str) -> dict[str, Any]:
         "pending": [entry_json(e) for e in board.pending],
         "disputed": [entry_json(e) for e in board.disputed],
         "over_budget": [entry_json(e) for e in getattr(board, "over_budget", [])],
+        "non_deterministic": [entry_json(e) for e in getattr(board, "non_deterministic", [])],
         "duplicates": [entry_json(e) for e in getattr(board, "duplicates", [])],
     }
 

@@ -53,9 +53,11 @@ async def test_sybil_votes_leave_fabricated_claim_pending_trusted_vote_verifies(
     assert (await r.claim_status(fake.id)).status == "verified"
     await put(r, vote(ME, fake.id, "mismatch", "1.500000"))
     st = await r.claim_status(fake.id)
-    assert st.status == "disputed" and st.own_vote == "mismatch"
+    assert st.status == "disputed" and st.own_vote == "mismatch"  # our own run decides
+    # An operator-trusted key and this node measured it differently: charged to the claim (a
+    # machine-dependent script), not to either; OP loses nothing for one disagreement.
     trust = await r.trust()
-    assert trust[AUTHOR.pubkey] == 0.0 and trust[OP.pubkey] == 0.0  # OP reproduced what I refuted
+    assert trust[OP.pubkey] == 1.0
     assert (await r.leaderboard(tid(t))).disputed[0].claim.id == fake.id
     await r.close()
 
@@ -136,10 +138,14 @@ def _evidence():
 
 
 EVIDENCE_TASK, EVIDENCE = _evidence()
+# This node's own votes are received when published: after the others' here, so that every vote
+# of another key could be independent of ours (store/trust.py). Among the others, order is free.
+OTHERS = [m for m in EVIDENCE if m.author not in (ME.pubkey, OP.pubkey)]  # OP: operator-trusted, an evaluator too
+EVIDENCE = OTHERS + [m for m in EVIDENCE if m.author in (ME.pubkey, OP.pubkey)]
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(order=st.permutations(range(len(EVIDENCE))), split=st.integers(0, len(EVIDENCE)))
+@given(order=st.permutations(range(len(OTHERS))), split=st.integers(0, len(EVIDENCE)))
 async def test_ingest_order_does_not_change_trust_or_board(tmp_path_factory, order, split):
     async def view(items, cut):
         r = await Replica.open(tmp_path_factory.mktemp("o") / "db.sqlite3", swarm=SWARM, self_key=ME.pubkey,
@@ -154,11 +160,13 @@ async def test_ingest_order_does_not_change_trust_or_board(tmp_path_factory, ord
         return out
 
     reference = await view([m.canonical() for m in EVIDENCE], len(EVIDENCE))
-    trust, board = await view([EVIDENCE[i].canonical() for i in order], split)
+    trust, board = await view([OTHERS[i].canonical() for i in order] + [m.canonical() for m in EVIDENCE[len(OTHERS):]],
+                              split)
     assert board == reference[1]
     assert trust.keys() == reference[0].keys()
     assert all(abs(trust[k] - reference[0][k]) < 1e-9 for k in trust)
-    assert trust[key(5).pubkey] == 0.0 and trust[key(7).pubkey] == 0.0 and trust[key(6).pubkey] > 0
+    # key 5 wrote the claim we refuted; key 7 backed it, one disagreement: charged, not yet distrusted
+    assert trust[key(5).pubkey] == 0.0 and trust[key(6).pubkey] > 0
 
 
 async def test_over_budget_by_own_vote_or_trusted_quorum_is_never_ranked_nor_a_seed(tmp_path):

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from protocol import Identity, ProtocolError, build, decode
 from protocol.seeds import fresh_seed, seed_from_proof
 from store.ingest import prepare
+from store.extract import COLUMNS
 from store.ranking import RankingSettings, claim_status, significances
 from store.stats import (
     ALPHA, MAX_SAMPLES, MIN_NO_GAIN, NO_GAIN, NOT_YET, SIGNIFICANT, Estimate, NoiseTable, estimate, significance,
@@ -278,4 +279,4 @@ def test_ingest_refuses_a_forged_or_borrowed_seed_proof(key_seed, claim_bytes):
     batch = prepare([good.canonical()] + [env.canonical() for env in forged], swarm=SWARM, now=NOW)
     assert [env.id for env in batch.envelopes] == [good.id]
     assert batch.rejected == [(env.id, "invalid: bad signature") for env in forged]
-    assert batch.rows[0][-1] == 1  # the replica's fresh column: a sample candidate
+    assert batch.rows[0][COLUMNS.index("fresh")] == 1  # the replica's fresh column: a sample candidate

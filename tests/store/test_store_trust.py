@@ -15,9 +15,13 @@ def k(n: int) -> str:
     return f"{n:064x}"
 
 
-def v(voter, claim, verdict="reproduced", at=0, val="1.0"):
+_received = iter(range(1, 10**9))
+
+
+def v(voter, claim, verdict="reproduced", at=0, val="1.0", fresh=False):
+    """A vote fact, received by this node after every one made before it (seq)."""
     return VoteFact(id=f"{voter[:8]}{claim[:8]}{at}", voter=voter, claim=claim, verdict=verdict, val_bpb=val,
-                    created_at=at)
+                    created_at=at, fresh=fresh, seq=next(_received))
 
 
 def test_only_self_without_evidence():
@@ -35,7 +39,7 @@ def test_sybil_cluster_gets_nothing():
 def test_agreement_and_reproduction_earn_trust():
     # I reproduced c1 by k(1); k(2) agreed with me; k(2) reproduced c2 by k(3).
     authors = {"c1": k(1), "c2": k(3)}
-    votes = [v(ME, "c1"), v(k(2), "c1"), v(k(2), "c2")]
+    votes = [v(k(2), "c1"), v(ME, "c1"), v(k(2), "c2")]  # k(2)'s vote reached me before mine was published
     view = compute_trust(ME, [], authors, votes)
     assert view.of(ME) == 1.0
     assert 0 < view.of(k(3)) < view.of(k(2)) <= 1.0  # trust decays along the evidence chain
@@ -43,13 +47,19 @@ def test_agreement_and_reproduction_earn_trust():
 
 
 def test_own_mismatch_distrusts_author_and_its_supporters():
-    authors = {"c1": k(1), "c2": k(5)}
-    votes = [v(ME, "c1", "mismatch"), v(k(2), "c1", "reproduced"), v(k(3), "c1", "mismatch"),
-             v(ME, "c2"), v(k(4), "c2", "mismatch")]
-    bad = distrusted_keys(ME, authors, votes)
-    assert bad == {k(1), k(2), k(4)}
+    authors = {"c1": k(1), "c2": k(5), "c3": k(6)}
+    votes = [v(k(2), "c1", "reproduced"), v(k(3), "c1", "mismatch"), v(k(4), "c2", "mismatch"),
+             v(ME, "c1", "mismatch"), v(ME, "c2")]
+    # Own evidence first: the author of what I refuted; one disagreement charges a voter, no more
+    # (a machine-dependent claim must not zero an honest peer).
+    assert distrusted_keys(ME, authors, votes) == {k(1)}
     view = compute_trust(ME, [], authors, votes)
-    assert view.of(k(1)) == 0.0 and view.of(k(2)) == 0.0 and view.of(k(3)) > 0
+    assert view.of(k(1)) == 0.0 and k(2) not in view.distrusted and view.of(k(3)) > 0
+    # A second disagreement, on another author's claim: k(2) backed two claims I refuted.
+    votes += [v(k(2), "c3", "reproduced"), v(ME, "c3", "failed", val=None)]
+    assert distrusted_keys(ME, authors, votes) == {k(1), k(2), k(6)}
+    view = compute_trust(ME, [], authors, votes)
+    assert view.of(k(2)) == 0.0 and view.of(k(6)) == 0.0 and view.of(k(3)) > 0
 
 
 def test_operator_trusted_key_weighs_like_self():

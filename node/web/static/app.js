@@ -181,6 +181,9 @@ function leaderboardSection(lb) {
   // Trained longer than the task's compute cap allows: never ranked, whatever the val_bpb.
   const overBudget = (lb.over_budget || []).map((e) => [claimLink(e.claim), badge(e.status), note(e), mean(e),
     samples(e.estimate), bpb(e.claimed_bpb), (e.over || 0).toFixed(2), author(e)]);
+  // Trusted runs disagree: charged to the claim, listed apart, never ranked.
+  const nonDeterministic = (lb.non_deterministic || []).map((e) => [claimLink(e.claim), note(e), mean(e),
+    samples(e.estimate), bpb(e.claimed_bpb), e.support.toFixed(2), e.against.toFixed(2), author(e)]);
   return el("section", { id: "leaderboard" },
     el("h2", {}, "Leaderboard ", el("span", { class: "muted small", text: `task ${short(lb.task)}` })),
     el("p", { class: "muted small legend-text", text: "Ranked by the mean val_bpb of trusted reproductions at fresh " +
@@ -198,7 +201,11 @@ function leaderboardSection(lb) {
     el("h3", { title: "trained longer than the task's compute cap allows: never ranked, whatever the val_bpb" },
       "Over budget ", el("span", { class: "count", text: String(overBudget.length) })),
     el("div", { class: "over-budget" }, table(["claim", "status", "note", "mean ± se", "n", "claimed", "over budget",
-      "author"], overBudget, "none")));
+      "author"], overBudget, "none")),
+    el("h3", { title: "trusted runs of it disagree (a machine-dependent script): never ranked, nobody distrusted for it" },
+      "Non-deterministic ", el("span", { class: "count", text: String(nonDeterministic.length) })),
+    el("div", { class: "non-deterministic" }, table(["claim", "note", "mean ± se", "n", "claimed", "support", "against",
+      "author"], nonDeterministic, "none")));
 }
 
 function lineageSection(lin) {
