@@ -79,7 +79,10 @@ def test_three_nodes_agree_on_a_reproduced_claim(tmp_path):
         voters = {v["voter"]: v for v in votes_on(a, claim)}
         assert {b.pubkey, c.pubkey} <= set(voters)
         assert all(voters[k]["verdict"] == "reproduced" for k in (b.pubkey, c.pubkey))
-        assert voters[b.pubkey]["val_bpb"] == top_a["claimed_bpb"]  # a CPU run repeats bit for bit
+        # The full runs were at each voter's fresh seed (protocol/SPEC.md 5.4.1): samples of the claim's
+        # value, not repeats of the claimant's run; within the seed-noise threshold of the claimed value.
+        assert all(voters[k]["fresh"] for k in (b.pubkey, c.pubkey))
+        assert all(abs(float(voters[k]["val_bpb"]) - float(top_a["claimed_bpb"])) <= 0.05 for k in (b.pubkey, c.pubkey))
     finally:
         for n in nodes:
             n.stop()
