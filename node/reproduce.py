@@ -231,8 +231,9 @@ class Reproducer:
         """Largest |fresh - claimed| voted ``reproduced`` (store/stats.py mismatch_threshold): the seed
         noise of the claim's device class and of ours, never below the task's tolerance."""
         noise, tolerance, tokens = self.node.replica.settings.noise, float(task.body["tolerance"]), claimed.get("tokens")
-        return mismatch_threshold(noise.sigma(task.id, claimed.get("device"), tolerance, tokens),
-                                  noise.sigma(task.id, device, tolerance, tokens), tolerance)
+        budget = task.budget_tokens
+        return mismatch_threshold(noise.sigma(task.id, claimed.get("device"), tolerance, tokens, budget),
+                                  noise.sigma(task.id, device, tolerance, tokens, budget), tolerance)
 
     async def _run(self, claim_id: str, task: Any, source: str, claimed: dict,
                    budget: int) -> tuple[str, dict | None, str]:

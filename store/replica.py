@@ -438,11 +438,11 @@ class Replica:
         body = await self._task_body(task_id)
         if body is None:
             return None
-        tolerance, noise = float(body["tolerance"]), self.settings.noise
+        tolerance, noise, budget = float(body["tolerance"]), self.settings.noise, body["budget"]["tokens"]
 
         def for_claim(claim: Envelope) -> ranking.SigmaOf:
             tokens = (claim.body.get("result") or {}).get("tokens")
-            return lambda device: noise.sigma(task_id, device, tolerance, tokens)
+            return lambda device: noise.sigma(task_id, device, tolerance, tokens, budget)
         return for_claim
 
     async def _statuses(self, task_id: str) -> tuple[list[Envelope], dict[str, ClaimStatus]]:

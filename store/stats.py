@@ -85,14 +85,30 @@ class NoiseTable:
 
     sigmas: Mapping[tuple, float] = field(default_factory=dict)
 
-    def sigma(self, task: str, device: str | None, tolerance: float, tokens: int | None = None) -> float:
+    def sigma(self, task: str, device: str | None, tolerance: float, tokens: int | None = None,
+              budget: int | None = None) -> float:
+        """The seed noise of ``task`` on ``device`` at ``tokens`` (the claim's result.tokens; ``budget``:
+        the task's full budget). An entry measured at that budget is used as is; else the entry of the
+        nearest larger budget (an entry without ``tokens``: the full budget), else ``tolerance / 3`` at
+        the full budget, scaled by sqrt(its budget / tokens): seed noise grows about as 1/sqrt of the
+        tokens trained on, and a fallback should rather overstate it (SPEC.md 5.8)."""
         device = device or ""
-        known = self.sigmas.get((task, device, tokens)) if tokens is not None else None
-        if known is None:
-            known = self.sigmas.get((task, device, None))
-        if known is None:
-            known = self.sigmas.get((task, device))  # a table built by hand as {(task, device): sigma}
-        return known if known is not None and known > 0 else max(tolerance / 3.0, SIGMA_FLOOR)
+        tokens = budget if tokens is None else tokens
+        if tokens is not None and (task, device, tokens) in self.sigmas:
+            return max(self.sigmas[(task, device, tokens)], SIGMA_FLOOR)
+        larger = sorted(t for (tk, dv, *rest), _ in self.sigmas.items()
+                        for t in rest if tk == task and dv == device and t is not None
+                        and tokens is not None and t > tokens)
+        if larger:
+            known, measured_at = self.sigmas[(task, device, larger[0])], larger[0]
+        else:
+            known = self.sigmas.get((task, device, None), self.sigmas.get((task, device)))
+            measured_at = budget
+            if known is None or known <= 0:
+                known = tolerance / 3.0
+        if tokens is not None and measured_at is not None and 0 < tokens < measured_at:
+            known *= math.sqrt(measured_at / tokens)
+        return max(known, SIGMA_FLOOR)
 
     @classmethod
     def load(cls, *paths: Path) -> "NoiseTable":
