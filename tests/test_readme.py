@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -45,6 +47,7 @@ def test_two_commands_exist_and_are_executable():
     assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
 
 
+@pytest.mark.slow  # one Python process per command: 8 s
 def test_every_command_help_runs_without_error():
     from node.cli import cli
 

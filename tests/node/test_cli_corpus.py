@@ -141,6 +141,7 @@ def import_report(proc) -> tuple[dict[int, str], str]:
     return {int(n): reason for n, reason in lines.items()}, report[-1]
 
 
+@pytest.mark.slow  # several CLI processes: 3.4 s
 def test_import_counts_and_names_each_rejected_line(tmp_path):
     home = tmp_path / "node"
     init(home)
@@ -158,6 +159,7 @@ def test_import_counts_and_names_each_rejected_line(tmp_path):
     assert sorted(exported(home)) == sorted(g.canonical() for g in goods)
 
 
+@pytest.mark.slow  # a node process
 def test_import_through_a_running_node_reports_the_same(tmp_path):
     node = NodeProcess(tmp_path / "node", "--no-lan", "--no-ralph", "--no-reproduce").start()
     try:
@@ -187,6 +189,7 @@ def test_import_of_an_unreadable_file_fails_with_one_line(tmp_path):
     assert exported(home) == []
 
 
+@pytest.mark.slow  # several CLI processes: 3.5 s
 def test_export_round_trips_byte_for_byte_into_a_fresh_home(tmp_path):
     home, fresh = tmp_path / "a", tmp_path / "b"
     init(home)
@@ -207,6 +210,7 @@ def test_export_round_trips_byte_for_byte_into_a_fresh_home(tmp_path):
     assert set(only_b) == {c.canonical() for c in claims if c.body["task"] == TASK_B} | {raws[-1]}
 
 
+@pytest.mark.slow  # several CLI processes: 3 s
 def test_export_tsv_has_a_header_and_a_row_per_claim(tmp_path):
     home = tmp_path / "node"
     init(home)
@@ -248,6 +252,7 @@ def board(home: Path) -> dict:
     return json.loads(out(proc))
 
 
+@pytest.mark.slow  # several CLI processes: 5.8 s
 def test_trusting_a_voter_verifies_and_disputes(ranked_home):
     home, (reproduced, refuted, unchecked) = ranked_home
     before = board(home)  # votes from a key nobody trusts are worth nothing
@@ -281,6 +286,7 @@ def test_trusting_a_voter_verifies_and_disputes(ranked_home):
     assert board(home)["verified"] == []
 
 
+@pytest.mark.slow  # several CLI processes: 3.5 s
 def test_a_claim_a_trusted_key_found_over_budget_is_listed_apart_never_ranked(tmp_path):
     home = tmp_path / "node"
     init(home)
@@ -298,6 +304,7 @@ def test_a_claim_a_trusted_key_found_over_budget_is_listed_apart_never_ranked(tm
     assert "status  over budget" in text and "vote over budget" in text
 
 
+@pytest.mark.slow  # several CLI processes: 3 s
 def test_trust_list_shows_every_key_ranking_uses(ranked_home):
     home, (reproduced, _, _) = ranked_home
     config = json.loads((home / "config.json").read_text())
@@ -309,6 +316,7 @@ def test_trust_list_shows_every_key_ranking_uses(ranked_home):
     assert json.loads((home / "config.json").read_text())["trusted"] == []
 
 
+@pytest.mark.slow  # several CLI processes: 3.3 s
 def test_show_and_trust_refuse_bad_input(ranked_home):
     home, claims = ranked_home
     assert_error(cli("show", "f" * 64, home=home), "no message")
@@ -347,6 +355,7 @@ def test_a_key_file_others_can_read_is_refused(tmp_path):
     assert stat.S_IMODE((home / "identity.key").stat().st_mode) == 0o640
 
 
+@pytest.mark.slow  # several CLI processes: 3.5 s
 def test_leaderboard_and_show_give_the_fresh_seed_estimate_p_and_state(tmp_path):
     """Luck is not progress: with fresh-seed votes from two trusted keys, the board ranks by mean ±
     se (n) with each claim's state, keeps the claimant's value apart, and `show` prints p and the

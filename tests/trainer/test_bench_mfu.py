@@ -20,6 +20,7 @@ def rows(stdout: str) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in stdout.splitlines() if ":" in line)}
 
 
+@pytest.mark.slow  # trains 3 steps in a fresh process: 3 s
 def test_cpu_path_reports_throughput_and_mfu_against_the_given_peak():
     run = bench("--device", "cpu", "--depth", "1", "--width", "32", "--heads", "2", "--seq-len", "32",
                 "--batch", "4", "--steps", "3", "--peak-tflops", "0.01")
@@ -32,6 +33,7 @@ def test_cpu_path_reports_throughput_and_mfu_against_the_given_peak():
     assert mfu == pytest.approx(100 * flops * tokens_per_s / 0.01e12, rel=0.01, abs=0.06)
 
 
+@pytest.mark.slow  # two bench processes, one training step each: 5 s
 def test_flops_grow_with_the_model():
     small = rows(bench("--device", "cpu", "--depth", "1", "--width", "32", "--heads", "2", "--seq-len", "32",
                        "--batch", "2", "--steps", "1", "--peak-tflops", "1").stdout)

@@ -25,7 +25,7 @@ from trainer import sandbox, warm  # noqa: E402
 from tests.procs import processes_with  # noqa: E402
 from tests.timing import PROCESS_SLACK_S  # noqa: E402
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # every test trains an attacked script: 4-8 s each
 REPO = Path(__file__).resolve().parents[2]
 BUDGET_SCALE = 0.02
 ATTACK_TIMEOUT_S = 8

@@ -200,6 +200,7 @@ while True:
 """
 
 
+@pytest.mark.slow  # its 3 s timeout, then the kill: 3-5 s
 @pytest.mark.parametrize("mode", MODES)
 def test_fork_bomb_ends_and_leaves_nothing(mode, scratch, canary):
     marker = "forkbomb-" + secrets.token_hex(8)
@@ -235,7 +236,7 @@ def test_detached_daemon_does_not_outlive_the_run(mode, scratch):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("ignore_term", [False, True])
+@pytest.mark.parametrize("ignore_term", [False, pytest.param(True, marks=pytest.mark.slow)])  # + TERM_GRACE_S: 4-5 s
 def test_infinite_loop_is_killed_at_timeout(mode, scratch, ignore_term):
     marker = "loop-" + secrets.token_hex(8)
     code = "import signal\n" + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if ignore_term else "") + \
@@ -250,6 +251,7 @@ def test_infinite_loop_is_killed_at_timeout(mode, scratch, ignore_term):
     assert processes_with(marker) == []  # neither running nor a zombie
 
 
+@pytest.mark.slow  # 3-4.5 s where the escaped daemon holds the pipes (PIPE_LINGER_S)
 @pytest.mark.parametrize("mode", MODES)
 def test_cancel_ends_the_whole_run_at_once(mode, scratch):
     # A detached daemon plus a main process that ignores SIGTERM: cancel kills both, long before the timeout.
@@ -309,6 +311,7 @@ def test_endless_output_is_capped(mode, scratch):
     assert len(result.stdout) <= sandbox.OUTPUT_CAP + 100
 
 
+@pytest.mark.slow  # trains: 4.5 s
 def test_torch_trains_under_the_default_limits(scratch):
     code = ("import torch\nm = torch.nn.Linear(64, 64)\nopt = torch.optim.SGD(m.parameters(), 0.1)\n"
             "for _ in range(5):\n    loss = m(torch.randn(32, 64)).pow(2).mean(); opt.zero_grad(); loss.backward(); opt.step()\n"

@@ -21,7 +21,7 @@ from protocol.schemas import validate_result
 from trainer import experiment as experiment_module
 from trainer import sandbox
 from trainer import warm as warm_pool
-from trainer.experiment import RunSettings, close_warm_pool, compare_curves, run_experiment, spot_check
+from trainer.experiment import RunSettings, close_warm_pool, run_experiment, spot_check
 from trainer.harness import tensorfile
 from trainer.patches import apply_patch, make_patch
 from trainer.stream import draw_stream
@@ -126,31 +126,6 @@ def test_a_model_that_reads_its_targets_is_a_crash_not_a_record(cache, old, new,
                          cache_dir=cache)
     assert not run.outcome_ok and run.result is None
     assert says in run.reason, run.reason
-
-
-def _trained(tmp_path, state: dict) -> "experiment_module._Trained":
-    tensorfile.save(state, tmp_path / "w.safetensors")
-    data = (tmp_path / "w.safetensors").read_bytes()
-    params = tensorfile.parameter_count(tensorfile.check(data, max_bytes=len(data)))  # as _read_weights counts
-    return experiment_module._Trained(curve=[[1024, "5.000000"]], wall_s=1.0, cpu_s=None, device="cpu",
-                                      torch="x", sandbox="bwrap", weights=data, params=params)
-
-
-def test_a_val_bpb_below_the_floor_is_refused(tmp_path):
-    trained = _trained(tmp_path, {"w": torch.zeros(10, 3), "step": torch.zeros(5, dtype=torch.int64)})
-    floor = TINY.floor_bpb
-    assert TINY.entropy_bpb - 0.05 < floor < TINY.entropy_bpb + 0.05
-    nats = 0.5 * math.log(2) * 1000  # 0.5 bits per byte
-    with pytest.raises(experiment_module._Crash, match="below the floor"):
-        experiment_module._result(TINY, trained, nats, 1000, seed=0, budget=1024)
-    with pytest.raises(experiment_module._Crash, match="nan loss"):
-        experiment_module._result(TINY, trained, float("nan"), 1000, seed=0, budget=1024)
-    # Just above the floor is a result; its FLOPs come from the weights' floating elements.
-    ok = experiment_module._result(TINY, trained, (floor + 0.001) * math.log(2) * 1000, 1000, seed=3, budget=1024)
-    validate_result(ok)
-    assert float(ok["val_bpb"]) == pytest.approx(floor + 0.001, abs=1e-6)
-    assert ok["flops_per_token"] == 6 * 30 and ok["seed"] == 3 and ok["tokens"] == 1024
-    assert ok["sandbox"] == "bwrap" and "cpu_s" not in ok
 
 
 def test_nan_loss_crashes_fast(cache):
@@ -270,14 +245,6 @@ def test_spot_check_passes_for_the_same_code_and_catches_other_code(cache, basel
     check = spot_check(TINY, other, seed=1, fraction=0.5, reference_curve=baseline.result["curve"],
                        budget_scale=SCALE, device="cpu", cache_dir=cache)
     assert not check.ok and check.reason.startswith("curve diverges at")
-
-
-def test_compare_curves():
-    ref = [[10, "2.000000"], [20, "1.500000"]]
-    assert compare_curves([[10, "2.005000"]], ref, 0.01)[0]
-    ok, reason = compare_curves([[10, "2.000000"], [20, "1.600000"]], ref, 0.01)
-    assert not ok and "at 20 tokens" in reason
-    assert not compare_curves([[15, "2.0"]], ref, 0.01)[0]
 
 
 @pytest.mark.gpu

@@ -64,6 +64,7 @@ def test_resolve_task_by_name_id_and_prefix():
         resolve_task(tiny.id[:4])  # too short to be an id prefix
 
 
+@pytest.mark.slow  # generates tiny's data: 3 s
 def test_tiny_data_matches_its_pin_and_is_cached(tmp_path):
     task = builtin_tasks()["tiny"]
     data = load_data(task, tmp_path)
