@@ -6,10 +6,10 @@
 
 Deterministic: fixed seeds, fixed created_at, and Ed25519 signatures are deterministic (RFC 8032),
 so a second run writes the same bytes; the private-swarm sealing vectors take a fixed key, nonces
-and time; the estimates take a fixed corpus of plain data. tests/protocol/test_vectors.py checks the
-files with our code and independently (hashlib, hmac, cryptography, a hand-written canonical encoder,
-and the estimates of SPEC.md 5.8 and 5.9 written out); tests/node/test_spec_http.py replays the recorded
-HTTP exchange against a real node.
+and time; the estimates and the receipts take fixed corpora of plain data. tests/protocol/test_vectors.py
+checks the files with our code and independently (hashlib, hmac, cryptography, a hand-written canonical
+encoder, the estimates of SPEC.md 5.8 and 5.9 and the credit by receipt of SPEC.md 5.10 written out);
+tests/node/test_spec_http.py replays the recorded HTTP exchange against a real node.
 """
 from __future__ import annotations
 
@@ -639,6 +639,118 @@ def estimate_vectors() -> dict:
     }
 
 
+# -- SPEC.md 5.10: credit by receipt ----------------------------------------------------------------
+
+def _rhex(kind: str, name: str) -> str:
+    return hashlib.sha256(f"receipt/{kind}/{name}".encode()).hexdigest()
+
+
+RC_T0 = CREATED_AT
+RC_YEAR = 365 * 86400
+RC_LATE = RC_T0 + 30 * 86400  # a node catching up stores both claims of a pair in one batch, a month later
+RC_SELF = "me"
+RC_PRETRUSTED = ("me", "op")  # this node and an operator-trusted key: voting power 1
+RC_POWER = {"v1": "0.3"}  # a key that earned agreement with a pre-trusted evaluator; absent: no power
+# name, task ("t" or "u"), author, created_at, source group, outcome, this node's own receipt (None: unknown,
+# a row stored before receipt times were kept)
+RC_CLAIMS = [
+    # the backdated copy on a node that received both: its own receipts decide
+    ("a-orig", "t", "x", RC_T0, "a", "improved", RC_T0 + 10),
+    ("a-copy", "t", "thief", RC_T0 - RC_YEAR, "a", "improved", RC_T0 + 3600),
+    ("a-other-task", "u", "y", RC_T0 - 50, "a", "improved", RC_T0 + 5),  # same source, another task
+    # a node catching up: one batch, the copy first; a pre-trusted vote carries the original's receipt
+    ("b-copy", "t", "thief", RC_T0 - RC_YEAR, "b", "improved", RC_LATE),
+    ("b-orig", "t", "y", RC_T0 + 100, "b", "improved", RC_LATE),
+    # the documented limit: no trusted receipt but the node's own (equal), so created_at decides
+    ("c-copy", "t", "thief", RC_T0 - RC_YEAR, "c", "improved", RC_LATE),
+    ("c-orig", "t", "z", RC_T0 + 200, "c", "improved", RC_LATE),
+    # earned power counts, and the least of several receipts
+    ("d-1", "t", "x", RC_T0 + 300, "d", "improved", RC_T0 + 400),
+    ("d-2", "t", "y", RC_T0 + 250, "d", "improved", RC_T0 + 500),
+    # no receipt at all sorts last
+    ("e-unknown", "t", "x", RC_T0 + 600, "e", "improved", None),
+    ("e-known", "t", "y", RC_T0 + 700, "e", "improved", RC_T0 + 800),
+    # equal receipts and created_at: the id decides
+    ("f-1", "t", "x", RC_T0 + 900, "f", "improved", RC_T0 + 900),
+    ("f-2", "t", "y", RC_T0 + 900, "f", "improved", RC_T0 + 900),
+    ("f-3", "t", "z", RC_T0 + 900, "f", "improved", RC_T0 + 900),
+    # a crashed claim never counts; a negative result does
+    ("g-crashed", "t", "x", RC_T0 + 1000, "g", "crashed", RC_T0 + 1001),
+    ("g-worse", "t", "y", RC_T0 + 1000, "g", "worse", RC_T0 + 1002),
+    ("g-improved", "t", "z", RC_T0 + 990, "g", "improved", RC_T0 + 1003),
+]
+# voter, claim, created_at, claim_received_at (None: the vote carries none)
+RC_VOTES = [
+    ("op", "a-orig", RC_T0 + 50, RC_T0 + 20),  # later than this node's own receipt: the least counts
+    ("thief", "a-copy", RC_T0 + 60, RC_T0 - RC_YEAR),  # no power: not a trusted receipt
+    ("op", "b-orig", RC_T0 + 140, RC_T0 + 115),  # superseded by op's later vote (the least anyway)
+    ("op", "b-orig", RC_T0 + 150, RC_T0 + 110),
+    ("me", "b-copy", RC_LATE + 10, None),  # a vote without claim_received_at: no receipt
+    ("s", "c-orig", RC_T0 + 260, RC_T0 + 210),  # no power
+    ("v1", "d-2", RC_T0 + 600, RC_T0 + 350),  # earned power: counts
+    ("op", "d-2", RC_T0 + 610, RC_T0 + 380),
+    ("me", "e-known", RC_T0 + 900, RC_T0 + 800),
+]
+
+
+def receipt_vectors() -> dict:
+    keys = {name: _rhex("key", name) for name in ("me", "op", "v1", "s", "x", "y", "z", "thief")}
+    tasks = {"t": _rhex("task", "t"), "u": _rhex("task", "u")}
+    ids = {c[0]: _rhex("claim", c[0]) for c in RC_CLAIMS}
+    claims = [{"name": name, "id": ids[name], "task": tasks[t], "author": keys[author], "created_at": at,
+               "source_sha256": _rhex("source", group), "outcome": outcome, "own_receipt": own}
+              for name, t, author, at, group, outcome, own in RC_CLAIMS]
+    votes = [{"id": _rhex("vote", str(n)), "voter": keys[voter], "claim": ids[claim], "created_at": at,
+              "verdict": "reproduced", "claim_received_at": received}
+             for n, (voter, claim, at, received) in enumerate(RC_VOTES)]
+    pretrusted = frozenset(keys[k] for k in RC_PRETRUSTED)
+    view = TrustView({k: 1.0 for k in pretrusted}, frozenset(), pretrusted,
+                     power={keys[k]: float(p) for k, p in RC_POWER.items()})
+    envs = [Envelope(c["id"], c["author"], c["created_at"], SWARM, "claim",
+                     {"task": c["task"], "parent": None, "patch": "+x\n", "source_sha256": c["source_sha256"],
+                      "note": "", "outcome": c["outcome"],
+                      "result": None if c["outcome"] == "crashed" else RESULT}, "00" * 64) for c in claims]
+    facts = [VoteFact(v["id"], v["voter"], v["claim"], v["verdict"], RESULT["val_bpb"], v["created_at"],
+                      claim_received_at=v["claim_received_at"]) for v in votes]
+    names = {c["id"]: c["name"] for c in claims}
+    received = ranking.receipt_times(envs, {c["id"]: c["own_receipt"] for c in claims}, facts, view)
+    grouped = ranking.group_votes(facts)
+    originals, duplicates = [], []
+    for task in tasks.values():
+        mine = [e for e in envs if e.body["task"] == task]
+        statuses = {e.id: ranking.claim_status(e, grouped.get(e.id, []), view, keys[RC_SELF],
+                                               ranking.RankingSettings()) for e in mine}
+        board = ranking.leaderboard(mine, statuses, None, received)
+        dups = [(names[e.claim.id], names[e.duplicate_of]) for e in board.duplicates]
+        duplicates += dups
+        originals += [names[e.id] for e in mine if e.body["outcome"] != "crashed"
+                      and names[e.id] not in {d for d, _ in dups}]
+    # What the corpus is for (protocol/SPEC.md 5.10): a copy backdated a year earns nothing where a
+    # trusted receipt says so; without one, created_at decides (the documented limit).
+    assert {"a-orig", "a-other-task", "b-orig", "c-copy", "d-2", "e-known", "g-worse"} <= set(originals), originals
+    assert {"a-copy", "b-copy", "c-orig", "d-1", "e-unknown", "g-improved"} <= {d for d, _ in duplicates}
+    return {
+        "description": "SPEC.md 5.10: claims of two tasks as plain data (ids are only ids; nothing is signed), "
+                       "with this node's own receipt time of each (null: unknown), votes with their "
+                       "claim_received_at (null: none), and each key's voting power in this node's view "
+                       "(pre-trusted: 1; power: the others that have any; absent: 0). expected: each "
+                       "claim's trusted receipt (null: none), the originals (the first non-crashed claim "
+                       "of each task and source_sha256 in the order (trusted receipt, created_at, id), "
+                       "a claim without a trusted receipt last), sorted by name, and the duplicates with "
+                       "the original they repeat, task t then task u, each in that order.",
+        "self": keys[RC_SELF],
+        "pretrusted": sorted(pretrusted),
+        "power": {keys[k]: p for k, p in RC_POWER.items()},
+        "keys": keys,
+        "tasks": tasks,
+        "claims": claims,
+        "votes": votes,
+        "expected": {"receipts": {names[i]: received.get(i) for i in ids.values()},
+                     "originals": sorted(originals),
+                     "duplicates": [list(d) for d in duplicates]},
+    }
+
+
 def generate() -> dict[str, str]:
     """File name -> file text."""
     files = {
@@ -652,6 +764,7 @@ def generate() -> dict[str, str]:
         "http_exchange.json": http_exchange_vectors(),
         "fresh_seeds.json": fresh_seed_vectors(),
         "estimates.json": estimate_vectors(),
+        "receipt.json": receipt_vectors(),
     }
     # ensure_ascii keeps the vector files themselves plain ASCII, whatever the data holds.
     return {name: json.dumps(data, indent=1, ensure_ascii=True) + "\n" for name, data in files.items()}

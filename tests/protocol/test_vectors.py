@@ -466,3 +466,92 @@ def test_spec_constants_are_the_normal_quantiles_they_claim():
     from statistics import NormalDist
 
     assert abs(NormalDist().inv_cdf(0.995) - SPEC_Z_MISMATCH) < 1e-12  # two-sided 1% (SPEC.md 5.8)
+
+
+# --- credit by receipt (SPEC.md 5.10) ------------------------------------------------------------------
+
+def _receipts_with_our_code(data: dict) -> tuple[dict, list[str], list[list[str]]]:
+    from protocol import Envelope
+    from store import ranking
+    from store.trust import TrustView, VoteFact
+
+    pre = frozenset(data["pretrusted"])
+    view = TrustView({k: 1.0 for k in pre}, frozenset(), pre, power={k: float(p) for k, p in data["power"].items()})
+    result = {"val_bpb": "1.000000"}
+    claims = [Envelope(c["id"], c["author"], c["created_at"], "public", "claim",
+                       {"task": c["task"], "parent": None, "patch": "+x\n", "source_sha256": c["source_sha256"],
+                        "note": "", "outcome": c["outcome"], "result": None if c["outcome"] == "crashed" else result},
+                       "00" * 64) for c in data["claims"]]
+    facts = [VoteFact(v["id"], v["voter"], v["claim"], v["verdict"], "1.000000", v["created_at"],
+                      claim_received_at=v["claim_received_at"]) for v in data["votes"]]
+    names = {c["id"]: c["name"] for c in data["claims"]}
+    received = ranking.receipt_times(claims, {c["id"]: c["own_receipt"] for c in data["claims"]}, facts, view)
+    grouped = ranking.group_votes(facts)
+    duplicates = []
+    for task in (data["tasks"]["t"], data["tasks"]["u"]):
+        mine = [c for c in claims if c.body["task"] == task]
+        statuses = {c.id: ranking.claim_status(c, grouped.get(c.id, []), view, data["self"], ranking.RankingSettings())
+                    for c in mine}
+        board = ranking.leaderboard(mine, statuses, None, received)
+        duplicates += [[names[e.claim.id], names[e.duplicate_of]] for e in board.duplicates]
+    dup_names = {d for d, _ in duplicates}
+    originals = sorted(c["name"] for c in data["claims"] if c["outcome"] != "crashed" and c["name"] not in dup_names)
+    return {names[c.id]: received.get(c.id) for c in claims}, originals, duplicates
+
+
+def test_receipts_with_our_code():
+    data = load("receipt.json")
+    receipts, originals, duplicates = _receipts_with_our_code(data)
+    expected = data["expected"]
+    assert receipts == expected["receipts"]
+    assert originals == expected["originals"] and duplicates == expected["duplicates"]
+
+
+def _spec_receipts(data: dict) -> tuple[dict, list[str], list[list[str]]]:
+    """Written from SPEC.md 5.10 alone: a claim's trusted receipt is the least of this node's own
+    receipt and the claim_received_at of every current vote (latest per voter by (created_at, id),
+    5.9) whose voter has voting power (pre-trusted, or any power in this node's view); the original
+    of a task's source is the first non-crashed claim in (trusted receipt, created_at, id), a claim
+    without a trusted receipt last."""
+    def has_power(key: str) -> bool:
+        return key in data["pretrusted"] or float(data["power"].get(key, "0")) > 0
+
+    latest: dict[tuple[str, str], dict] = {}
+    for v in data["votes"]:
+        k = (v["claim"], v["voter"])
+        if k not in latest or (v["created_at"], v["id"]) > (latest[k]["created_at"], latest[k]["id"]):
+            latest[k] = v
+    receipts = {}
+    for c in data["claims"]:
+        times = [c["own_receipt"]] if c["own_receipt"] is not None else []
+        times += [v["claim_received_at"] for (claim, voter), v in latest.items()
+                  if claim == c["id"] and v["claim_received_at"] is not None and has_power(voter)]
+        receipts[c["name"]] = min(times) if times else None
+    infinity = float("inf")
+    originals, duplicates = [], []
+    for task in (data["tasks"]["t"], data["tasks"]["u"]):
+        order = sorted((c for c in data["claims"] if c["task"] == task and c["outcome"] != "crashed"),
+                       key=lambda c: (receipts[c["name"]] if receipts[c["name"]] is not None else infinity,
+                                      c["created_at"], c["id"]))
+        first: dict[str, str] = {}
+        for c in order:
+            original = first.setdefault(c["source_sha256"], c["name"])
+            if original == c["name"]:
+                originals.append(c["name"])
+            else:
+                duplicates.append([c["name"], original])
+    return receipts, sorted(originals), duplicates
+
+
+def test_receipts_independently():
+    data = load("receipt.json")
+    receipts, originals, duplicates = _spec_receipts(data)
+    expected = data["expected"]
+    assert receipts == expected["receipts"]
+    assert originals == expected["originals"] and duplicates == expected["duplicates"]
+    # The corpus holds what 5.10 is about: a copy backdated a year that a trusted receipt (the node's
+    # own, or a pre-trusted vote's) keeps a duplicate, and the documented limit, where nothing but equal
+    # receipts of the node's own is known and created_at decides.
+    dup_of = dict(map(tuple, duplicates))
+    assert dup_of["a-copy"] == "a-orig" and dup_of["b-copy"] == "b-orig" and dup_of["c-orig"] == "c-copy"
+    assert receipts["c-copy"] == receipts["c-orig"] and receipts["e-unknown"] is None
