@@ -33,6 +33,9 @@ from node.scheduler import (Candidate, QueueItem, Scheduler, SchedulerSettings, 
                             verdict_from_fresh, verdict_from_spot)
 from protocol import fresh_seed
 from store.stats import mismatch_threshold
+from trainer import experiment
+from trainer.policy import may_run
+from trainer.sandbox import detect_sandbox
 from node.telemetry import Counter, vote_counter
 from node.threads import run_in_daemon_thread
 
@@ -199,9 +202,6 @@ class Reproducer:
 
     async def reproduce(self, item: QueueItem) -> dict | None:
         """Reproduce one claim and publish the vote; returns the vote body (None: nothing to vote)."""
-        from trainer.policy import may_run
-        from trainer.sandbox import detect_sandbox
-
         node = self.node
         env = await node.replica.get(item.claim)
         if env is None or env.kind != "claim":
@@ -239,8 +239,7 @@ class Reproducer:
                    budget: int) -> tuple[str, dict | None, str]:
         """Spot check at the claim's own seed (bit for bit: it catches a fabricated curve), then the
         full run at this node's fresh seed for the claim, which neither side chose (protocol/SPEC.md 5.4.1)."""
-        from trainer.experiment import run_experiment, spot_check  # heavy: torch
-
+        run_experiment, spot_check = experiment.run_experiment, experiment.spot_check  # looked up per call: tests swap them
         node = self.node
         fresh, _ = fresh_seed(node.identity, claim_id)
         common = dict(seed=int(claimed["seed"]), timeout_s=self.worker.run_timeout_s,
@@ -292,8 +291,7 @@ class Reproducer:
                              common: dict) -> BaselineTime | None:
         """The task baseline's training time on this device at ``budget``: cached, else measured now
         (in the slot the claim ran in, so on the same hardware)."""
-        from trainer.experiment import run_experiment
-
+        run_experiment = experiment.run_experiment
         hardware = result.get("device")
         known = self.baseline_times.get(task.id, slot.device, budget, hardware)
         if known is not None:
