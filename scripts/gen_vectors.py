@@ -664,7 +664,7 @@ RC_CLAIMS = [
     # the documented limit: no trusted receipt but the node's own (equal), so created_at decides
     ("c-copy", "t", "thief", RC_T0 - RC_YEAR, "c", "improved", RC_LATE),
     ("c-orig", "t", "z", RC_T0 + 200, "c", "improved", RC_LATE),
-    # earned power counts, and the least of several receipts
+    # earned power alone does not make a receipt trusted; the least of several pre-trusted receipts counts
     ("d-1", "t", "x", RC_T0 + 300, "d", "improved", RC_T0 + 400),
     ("d-2", "t", "y", RC_T0 + 250, "d", "improved", RC_T0 + 500),
     # no receipt at all sorts last
@@ -687,7 +687,7 @@ RC_VOTES = [
     ("op", "b-orig", RC_T0 + 150, RC_T0 + 110),
     ("me", "b-copy", RC_LATE + 10, None),  # a vote without claim_received_at: no receipt
     ("s", "c-orig", RC_T0 + 260, RC_T0 + 210),  # no power
-    ("v1", "d-2", RC_T0 + 600, RC_T0 + 350),  # earned power: counts
+    ("v1", "d-2", RC_T0 + 600, RC_T0 + 350),  # earned power only: not a trusted receipt
     ("op", "d-2", RC_T0 + 610, RC_T0 + 380),
     ("me", "e-known", RC_T0 + 900, RC_T0 + 800),
 ]

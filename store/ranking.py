@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from protocol import Envelope
 
-from .stats import BASELINE, SIGNIFICANT, Estimate, Significance, estimate, significance
+from .stats import BASELINE, NOT_YET, SIGNIFICANT, Estimate, Significance, estimate, significance
 from .trust import TrustView, VoteFact, latest_votes
 
 # The seed noise of a sample's device class (result.device) for the claim's task: store/stats.py NoiseTable.
@@ -28,9 +28,6 @@ class RankingSettings:
 
 OVER_BUDGET = "over budget"  # a verdict (protocol/SPEC.md 5.4) and a claim status of the same name
 NON_DETERMINISTIC = "non-deterministic"  # trusted runs of it disagree: charged to the claim, never ranked
-# Without a run of its own, voting power on both sides from which this node calls a claim
-# non-deterministic rather than one side wrong (unless one side outweighs the other by a quorum).
-NONDET_MIN = 0.2
 
 
 @dataclass(frozen=True)
@@ -111,10 +108,13 @@ def weighted_median(values: Sequence[tuple[str, float]]) -> str | None:
 
 def fresh_samples(current: Iterable[VoteFact], trust: TrustView, sigma_of: SigmaOf) -> list[tuple[float, float]]:
     """(value, sigma) of the trusted full runs at fresh seeds among a claim's current votes: the
-    ``reproduced`` and ``mismatch`` votes that carry a seed_proof and a value, from voters this node
-    trusts at all (protocol/SPEC.md 5.9). Unweighted: trust decides who is heard, not how loud."""
+    ``reproduced`` and ``mismatch`` votes that carry a seed_proof and a value, from voters with voting
+    power (pre-trusted, or agreement earned with a pre-trusted key: protocol/SPEC.md 5.9). Walk trust
+    is not enough: keys that vouch for each other pass it around, power they cannot (store/trust.py).
+    Unweighted: power decides who is heard, not how loud."""
     return [(float(v.val_bpb), sigma_of(v.device)) for v in current
-            if v.fresh and v.val_bpb is not None and v.verdict in ("reproduced", "mismatch") and trust.of(v.voter) > 0]
+            if v.fresh and v.val_bpb is not None and v.verdict in ("reproduced", "mismatch")
+            and trust.power_of(v.voter) > 0]
 
 
 def claim_status(
@@ -129,13 +129,13 @@ def claim_status(
     support = sum(power(v.voter) for v in current if v.verdict == "reproduced")
     against = sum(power(v.voter) for v in current if v.verdict == "mismatch")
     over = sum(power(v.voter) for v in current if v.verdict == OVER_BUDGET)
-    measured = [(v.val_bpb, trust.of(v.voter)) for v in current if v.verdict == "reproduced" and v.val_bpb]
+    measured = [(v.val_bpb, power(v.voter)) for v in current if v.verdict == "reproduced" and v.val_bpb]
     claimed = _claimed(claim)
     author_run = claim.author in trust.pretrusted and claim.body.get("outcome") != "crashed"
     if author_run:  # the node's own claim, or an operator-trusted key's: a run by a pre-trusted key
         support += power(claim.author)
         if claimed is not None:
-            measured.append((claimed, trust.of(claim.author)))
+            measured.append((claimed, power(claim.author)))
     own_ok = own_verdict == "reproduced" or claim.author == self_key and author_run
     if own_ok:
         status = "verified"  # where this node measured a claim itself, its own measurement decides
@@ -151,8 +151,6 @@ def claim_status(
         # Over the compute cap whatever its val_bpb: checked before trusted mismatches, which only
         # question the value.
         status = OVER_BUDGET
-    elif support >= NONDET_MIN and against >= NONDET_MIN and max(support, against) < settings.quorum + min(support, against):
-        status = NON_DETERMINISTIC
     elif against >= settings.quorum and against > support:
         status = "disputed"
     elif support >= settings.quorum:
@@ -185,15 +183,20 @@ def _sort_key(entry: Entry) -> tuple:
 
 def receipt_times(claims: Iterable[Envelope], own_receipts: Mapping[str, int | None],
                   votes: Iterable[VoteFact], trust: TrustView) -> dict[str, int]:
-    """Each claim's earliest trusted receipt: this node's own (``own_receipts``) or a
-    ``claim_received_at`` carried by a vote of a key with voting power (protocol/SPEC.md 5.10)."""
+    """Each claim's earliest trusted receipt: this node's own (``own_receipts``) or the
+    ``claim_received_at`` of the current vote of a pre-trusted key other than the claim's author
+    (protocol/SPEC.md 5.10). Earned power is not enough: one right guess earns a key some, and its
+    own receipt time is whatever it writes."""
     out: dict[str, int] = {}
+    authors = {}
     for claim in claims:
+        authors[claim.id] = claim.author
         mine = own_receipts.get(claim.id)
         if mine is not None:
             out[claim.id] = mine
-    for vote in votes:
-        if vote.claim_received_at is not None and trust.power_of(vote.voter) > 0:
+    for vote in latest_votes(votes).values():
+        if (vote.claim_received_at is not None and vote.voter in trust.pretrusted
+                and vote.voter not in trust.distrusted and vote.voter != authors.get(vote.claim)):
             out[vote.claim] = min(out.get(vote.claim, vote.claim_received_at), vote.claim_received_at)
     return out
 
@@ -227,7 +230,12 @@ def significances(claims: Iterable[Envelope], statuses: Mapping[str, ClaimStatus
             continue
         ref_id = claim.body.get("parent") or (base.id if base is not None else None)
         ref = statuses.get(ref_id) if ref_id is not None else None
-        out[claim.id] = significance(statuses[claim.id].estimate, ref.estimate if ref else None, ref_id)
+        sig = significance(statuses[claim.id].estimate, ref.estimate if ref else None, ref_id)
+        if sig.state == SIGNIFICANT and statuses[claim.id].status != "verified":
+            # only a claim this node holds for honestly computed can be shown better: samples alone,
+            # from keys that vouch for each other, do not make a pending claim significant
+            sig = Significance(NOT_YET, sig.p, sig.z, ref_id)
+        out[claim.id] = sig
     return out
 
 

@@ -510,11 +510,11 @@ def test_receipts_with_our_code():
 def _spec_receipts(data: dict) -> tuple[dict, list[str], list[list[str]]]:
     """Written from SPEC.md 5.10 alone: a claim's trusted receipt is the least of this node's own
     receipt and the claim_received_at of every current vote (latest per voter by (created_at, id),
-    5.9) whose voter has voting power (pre-trusted, or any power in this node's view); the original
+    5.9) of a pre-trusted voter other than the claim's author; the original
     of a task's source is the first non-crashed claim in (trusted receipt, created_at, id), a claim
     without a trusted receipt last."""
     def has_power(key: str) -> bool:
-        return key in data["pretrusted"] or float(data["power"].get(key, "0")) > 0
+        return key in data["pretrusted"]
 
     latest: dict[tuple[str, str], dict] = {}
     for v in data["votes"]:
@@ -525,7 +525,8 @@ def _spec_receipts(data: dict) -> tuple[dict, list[str], list[list[str]]]:
     for c in data["claims"]:
         times = [c["own_receipt"]] if c["own_receipt"] is not None else []
         times += [v["claim_received_at"] for (claim, voter), v in latest.items()
-                  if claim == c["id"] and v["claim_received_at"] is not None and has_power(voter)]
+                  if claim == c["id"] and v["claim_received_at"] is not None and has_power(voter)
+                  and voter != c["author"]]
         receipts[c["name"]] = min(times) if times else None
     infinity = float("inf")
     originals, duplicates = [], []
