@@ -22,6 +22,7 @@ that is published (val_bpb, tokens, seed, times, FLOPs) is measured by the runne
 """
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import mmap
@@ -38,6 +39,7 @@ from .priority import Background
 HANDLED_ERROR = 3
 VOCAB = 256
 MAX_WEIGHTS = 8 << 30
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 
 
 def load_script(path: Path):
@@ -54,6 +56,22 @@ def load_script(path: Path):
 
 class ScriptError(Exception):
     pass
+
+
+def keep_freed_memory(*, mmap_below: int = 32 << 20, trim_above: int = 64 << 20) -> bool:
+    """Let the allocator keep the blocks a training step or a forward pass frees, for the next one.
+
+    glibc gives each block of 128 KiB or more its own mapping and unmaps it when freed, so the same
+    activations allocated again at the next step fault every page in afresh (zeroed by the kernel):
+    ~150,000 page faults and ~0.3 s of system time over one tiny run, ~1,500 faults per evaluation
+    batch. Blocks under ``mmap_below`` (glibc's ceiling, 32 MiB) come from the heap instead, which
+    is trimmed only past ``trim_above`` bytes free. Numbers are untouched; False where the C
+    library is not glibc (nothing changes)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_below)) and bool(mallopt(M_TRIM_THRESHOLD, trim_above))
 
 
 def _read_stream(path: Path):
@@ -219,6 +237,7 @@ def _reason(exc: BaseException) -> str:
 def serve(start: dict) -> int:
     """Warm up, wait for the job, run it, report over the channel; returns the exit status."""
     sock = socket.socket(fileno=start["channel"])
+    keep_freed_memory()
     try:
         # Started beside a training run, the start-up yields the CPU to it (see priority.py).
         background = Background(start.get("nice", 0), may_leave_session=start.get("pid_namespace", False))
