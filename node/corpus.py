@@ -94,8 +94,11 @@ class ReplicaCorpus:
     async def top_entries(self, task_id: str, k: int) -> list[CorpusEntry]:
         return [self._entry(e.claim, e.val_bpb) for e in await self.replica.top_entries(task_id, k)]
 
-    async def has_source(self, task_id: str, sha: str) -> bool:
-        return sha in await self.replica.source_hashes(task_id)
+    async def has_source(self, task_id: str, sha: str, tokens: int | None = None) -> bool:
+        if tokens is None:
+            return sha in await self.replica.source_hashes(task_id)
+        return any(c.body["source_sha256"] == sha and (c.body["result"] or {}).get("tokens") == tokens
+                   for c in await self.replica.claims(task_id))
 
     async def recent_negatives(self, task_id: str, n: int) -> list[CorpusEntry]:
         claims = [c for c in await self.replica.claims(task_id) if c.body["outcome"] in ("worse", "crashed")]

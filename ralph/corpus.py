@@ -32,8 +32,9 @@ class CorpusView(Protocol):
     async def source_of(self, claim_id: str) -> str:
         """The full train script of a claim (its patch applied along its lineage)."""
 
-    async def has_source(self, task_id: str, sha: str) -> bool:
-        """Whether any claim of the task already has this source hash (tried before, by anyone)."""
+    async def has_source(self, task_id: str, sha: str, tokens: int | None = None) -> bool:
+        """Whether any claim of the task already has this source hash (tried before, by anyone);
+        with ``tokens``, any such claim whose result ran at that budget (result.tokens)."""
 
     async def recent_negatives(self, task_id: str, n: int) -> list[CorpusEntry]:
         """The latest ``worse`` and ``crashed`` claims, newest first: what not to try again."""
@@ -78,8 +79,10 @@ class InMemoryCorpus:
         except KeyError:
             raise KeyError(f"unknown claim {claim_id[:12]}") from None
 
-    async def has_source(self, task_id: str, sha: str) -> bool:
-        return any(b["task"] == task_id and b["source_sha256"] == sha for _, b, _, _, _ in self._claims)
+    async def has_source(self, task_id: str, sha: str, tokens: int | None = None) -> bool:
+        return any(b["task"] == task_id and b["source_sha256"] == sha
+                   and (tokens is None or (b.get("result") or {}).get("tokens") == tokens)
+                   for _, b, _, _, _ in self._claims)
 
     async def recent_negatives(self, task_id: str, n: int) -> list[CorpusEntry]:
         bad = [self._entry(i, b) for i, b, _, _, _ in self._claims

@@ -111,11 +111,12 @@ class RalphLoop:
         return float(res.val_bpb)
 
     async def _publish_baseline(self, result: dict | None) -> None:
-        """Put the task's baseline claim in the corpus when it has none: the reference every root
-        claim's significance is tested against (protocol/SPEC.md 5.9). Its value is one run at our
-        seed; what counts is the swarm's fresh-seed reproductions of it."""
+        """Put the task's baseline claim at this node's budget in the corpus when it has none there:
+        the reference every root claim at that budget is tested against (protocol/SPEC.md 5.9; one
+        at another budget measures something else). Its value is one run at our seed; what counts is
+        the swarm's fresh-seed reproductions of it."""
         sha = source_sha256(self.task.body["source"])
-        if result is None or await self.corpus.has_source(self.task.id, sha):
+        if result is None or await self.corpus.has_source(self.task.id, sha, tokens=result.get("tokens")):
             return
         body = {"task": self.task.id, "parent": None, "patch": "", "source_sha256": sha,
                 "note": "the task baseline: the reference root claims are tested against", "outcome": "improved",

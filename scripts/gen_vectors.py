@@ -514,7 +514,9 @@ EST_NOISE = {EST_TASK: {"cpu": {"sigma": "0.003", "seeds": 8}, "cuda": {"sigma":
 EST_SELF = "me"
 EST_TRUST = {"me": "1", "op": "1", "v1": "0.6", "v2": "0.25", "a1": "0.5", "sybil": "0"}  # others: 0
 EST_BASE_SOURCE = hashlib.sha256(TASK_BODY["source"].encode()).hexdigest()
+EST_HALF = RESULT["tokens"] // 2
 # name, author, created_at, parent (a name, "absent" for an id nobody holds, or None), patch, outcome, source, claimed
+# [, result.tokens: RESULT's unless given]
 EST_CLAIMS = [
     ("base-crashed", "a2", 50, None, "", "crashed", "base", None),
     ("base-fake", "sybil", 10, None, "", "worse", "fake", "1.000000"),  # empty patch, not the task's source
@@ -530,6 +532,11 @@ EST_CLAIMS = [
     ("c8", "a2", 270, "c1", "+h\n", "improved", "c8", "1.368000"),
     ("c9", "a1", 280, "c1", "+i\n", "crashed", "c9", None),
     ("c10", "a2", 290, "base", "+a\n", "improved", "c1", "1.374000"),  # a copy of c1's source
+    # At half the budget (EST_HALF tokens): a baseline run of its own, not a copy of "base"; a root
+    # claim and a child of c1 (a parent at another budget), both tested against base-half.
+    ("base-half", "a1", 120, None, "", "worse", "base", "1.452000", EST_HALF),
+    ("c11", "a2", 300, None, "+j\n", "improved", "c11", "1.430000", EST_HALF),
+    ("c12", "a1", 310, "c1", "+k\n", "improved", "c12", "1.440000", EST_HALF),
 ]
 # voter, claim, created_at, verdict, val_bpb, device, fresh
 EST_VOTES = [
@@ -564,6 +571,11 @@ EST_VOTES = [
     ("me", "c8", 300, "reproduced", "1.371000", "cpu", True),
     ("op", "c8", 300, "reproduced", "1.369000", "mps", True),
     ("me", "c10", 300, "reproduced", "1.379000", "cpu", True),
+    *[(v, "base-half", 300, "reproduced", x, "cpu", True) for v, x in
+      (("me", "1.451000"), ("op", "1.449000"), ("v1", "1.453000"))],
+    *[(v, "c11", 320, "reproduced", x, "cpu", True) for v, x in
+      (("me", "1.431000"), ("op", "1.429000"), ("v1", "1.432000"))],
+    *[(v, "c12", 320, "reproduced", x, "cpu", True) for v, x in (("me", "1.450000"), ("op", "1.454000"))],
 ]
 EST_THRESHOLDS = [("cpu", "cpu"), ("cpu", "cuda"), ("cuda", "cuda"), ("mps", "mps"), ("cpu", "mps")]
 
@@ -574,8 +586,8 @@ def estimate_vectors() -> dict:
     sources = {c[6]: EST_BASE_SOURCE if c[6] == "base" else _hex("source", c[6]) for c in EST_CLAIMS}
     claims = [{"name": name, "id": ids[name], "author": keys[author], "created_at": at,
                "parent": None if parent is None else ids[parent], "patch": patch, "outcome": outcome,
-               "source_sha256": sources[source], "claimed_bpb": claimed}
-              for name, author, at, parent, patch, outcome, source, claimed in EST_CLAIMS]
+               "source_sha256": sources[source], "claimed_bpb": claimed, "tokens": (rest or [RESULT["tokens"]])[0]}
+              for name, author, at, parent, patch, outcome, source, claimed, *rest in EST_CLAIMS]
     votes = [{"id": _hex("vote", f"{n}"), "voter": keys[voter], "claim": ids[claim], "created_at": at,
               "verdict": verdict, "val_bpb": value, "device": device, "fresh": fresh}
              for n, (voter, claim, at, verdict, value, device, fresh) in enumerate(EST_VOTES)]
@@ -591,7 +603,8 @@ def estimate_vectors() -> dict:
     envs = [Envelope(c["id"], c["author"], c["created_at"], SWARM, "claim",
                      {"task": EST_TASK, "parent": c["parent"], "patch": c["patch"], "source_sha256": c["source_sha256"],
                       "note": "", "outcome": c["outcome"],
-                      "result": None if c["claimed_bpb"] is None else {**RESULT, "val_bpb": c["claimed_bpb"]}},
+                      "result": None if c["claimed_bpb"] is None else {**RESULT, "val_bpb": c["claimed_bpb"],
+                                                                       "tokens": c["tokens"]}},
                      "00" * 64) for c in claims]
     facts = [VoteFact(v["id"], v["voter"], v["claim"], v["verdict"], v["val_bpb"], v["created_at"], v["fresh"],
                       v["device"]) for v in votes]
@@ -616,7 +629,8 @@ def estimate_vectors() -> dict:
                   for dc, dv in EST_THRESHOLDS]
     return {
         "description": "SPEC.md 5.8 and 5.9: one task's claims and votes as plain data (ids are only ids here; "
-                       "nothing is signed), the voters' trust in the node's view (absent: 0), the node's noise "
+                       "nothing is signed; tokens: the claim's result.tokens, its budget), the voters' trust in the node's "
+                       "view (absent: 0), the node's noise "
                        "table (file format of 5.8) and the task's tolerance. fresh: the vote carries a seed_proof. "
                        "expected: per claim, its estimate (mean, se, sigma: 6 decimals; n), its reference, z and p "
                        "(6 significant digits; null without a test) and state; board: the verified list, best first "

@@ -209,26 +209,52 @@ def is_baseline_claim(claim: Envelope, baseline_sha: str | None) -> bool:
             and body.get("source_sha256") == baseline_sha and body.get("outcome") != "crashed")
 
 
-def baseline_claim(claims: Iterable[Envelope], baseline_sha: str | None) -> Envelope | None:
-    """The task's baseline claim: the earliest (created_at, id) baseline run in the corpus. Every
-    claim without a parent is tested against its estimate."""
-    runs = [c for c in claims if is_baseline_claim(c, baseline_sha)]
-    return min(runs, key=lambda c: (c.created_at, c.id)) if runs else None
+def result_tokens(claim: Envelope) -> int | None:
+    """The budget a claim ran at: its ``result.tokens`` (None without a result)."""
+    result = claim.body.get("result")
+    tokens = result.get("tokens") if isinstance(result, dict) else None
+    return tokens if isinstance(tokens, int) else None
+
+
+def baseline_claims(claims: Iterable[Envelope], baseline_sha: str | None) -> dict[int | None, Envelope]:
+    """The task's baseline claim at each budget (``result.tokens``): the earliest (created_at, id)
+    baseline run with those tokens. A val_bpb depends on the tokens trained on, so a claim is only
+    ever tested against a run at its own budget (protocol/SPEC.md 5.9)."""
+    out: dict[int | None, Envelope] = {}
+    for c in claims:
+        if is_baseline_claim(c, baseline_sha):
+            tokens = result_tokens(c)
+            if tokens not in out or (c.created_at, c.id) < (out[tokens].created_at, out[tokens].id):
+                out[tokens] = c
+    return out
+
+
+def reference_of(claim: Envelope, by_id: Mapping[str, Envelope], bases: Mapping[int | None, Envelope]) -> str | None:
+    """The id a claim is tested against: its parent, unless this node holds the parent and it ran at
+    another budget; then (and for a root claim) the task's baseline claim at the claim's budget."""
+    tokens = result_tokens(claim)
+    parent = claim.body.get("parent")
+    if parent is not None and (parent not in by_id or result_tokens(by_id[parent]) == tokens):
+        return parent  # a parent this node does not hold: the reference it names, without an estimate
+    base = bases.get(tokens)
+    return base.id if base is not None else None
 
 
 def significances(claims: Iterable[Envelope], statuses: Mapping[str, ClaimStatus],
                   baseline_sha: str | None = None) -> dict[str, Significance]:
-    """Each claim's test against its reference: its parent's estimate, or for a root claim the
-    task's baseline claim's (store/stats.py). The baseline claim itself is the ``baseline``.
-    ``baseline_sha``: SHA-256 of the task's source (protocol/SPEC.md 5.9)."""
+    """Each claim's test against its reference (``reference_of``): its parent's estimate, or the
+    task's baseline claim's at the claim's budget (store/stats.py). Baseline claims are the
+    ``baseline``. ``baseline_sha``: SHA-256 of the task's source (protocol/SPEC.md 5.9)."""
     claims = list(claims)
-    base = baseline_claim(claims, baseline_sha)
+    by_id = {c.id: c for c in claims}
+    bases = baseline_claims(claims, baseline_sha)
+    base_ids = {b.id for b in bases.values()}
     out: dict[str, Significance] = {}
     for claim in claims:
-        if base is not None and claim.id == base.id:
+        if claim.id in base_ids:
             out[claim.id] = Significance(BASELINE, None)
             continue
-        ref_id = claim.body.get("parent") or (base.id if base is not None else None)
+        ref_id = reference_of(claim, by_id, bases)
         ref = statuses.get(ref_id) if ref_id is not None else None
         sig = significance(statuses[claim.id].estimate, ref.estimate if ref else None, ref_id)
         if sig.state == SIGNIFICANT and statuses[claim.id].status != "verified":
@@ -264,11 +290,14 @@ def leaderboard(
     # author's created_at alone, which a copy can backdate; created_at and id only break ties.
     ranked = sorted((c for c in claims if c.body.get("outcome") != "crashed"),
                     key=lambda c: (received.get(c.id, math.inf), c.created_at, c.id))
-    first_by_source: dict[str, str] = {}
+    first_by_source: dict[object, str] = {}
     board = Leaderboard([], [], [], [], [], [])
     for claim in ranked:
         st = statuses[claim.id]
-        first = first_by_source.setdefault(claim.body["source_sha256"], claim.id)
+        # A baseline run at another budget is another measurement of the task's own source, not a copy.
+        key = (claim.body["source_sha256"], result_tokens(claim)) if is_baseline_claim(claim, baseline_sha) \
+            else claim.body["source_sha256"]
+        first = first_by_source.setdefault(key, claim.id)
         if first != claim.id:
             board.duplicates.append(_entry(claim, st, duplicate_of=first, sig=tests.get(claim.id)))
             continue

@@ -316,7 +316,8 @@ def _estimates_with_our_code(data: dict, tmp_path: Path) -> tuple[dict, list[str
     claims = [Envelope(c["id"], c["author"], c["created_at"], "public", "claim",
                        {"task": task, "parent": c["parent"], "patch": c["patch"], "source_sha256": c["source_sha256"],
                         "note": "", "outcome": c["outcome"],
-                        "result": None if c["claimed_bpb"] is None else {"val_bpb": c["claimed_bpb"]}}, "00" * 64)
+                        "result": None if c["claimed_bpb"] is None else {"val_bpb": c["claimed_bpb"],
+                                                                         "tokens": c["tokens"]}}, "00" * 64)
               for c in data["claims"]]
     facts = [VoteFact(v["id"], v["voter"], v["claim"], v["verdict"], v["val_bpb"], v["created_at"], v["fresh"],
                       v["device"]) for v in data["votes"]]
@@ -398,18 +399,30 @@ def _spec_estimates(data: dict) -> tuple[dict, list[str], list[str], list[str]]:
         sd = math.sqrt((SPEC_PRIOR_DF * prior + scatter) / (SPEC_PRIOR_DF + n - 1))
         estimates[c["id"]] = (float(mean), sd / math.sqrt(n), n, sd)
 
-    roots = [c for c in claims if c["parent"] is None and c["patch"] == "" and c["outcome"] != "crashed"
-             and c["source_sha256"] == data["task"]["source_sha256"]]
-    base = min(roots, key=lambda c: (c["created_at"], c["id"]))["id"] if roots else None
+    def is_base(c):
+        return (c["parent"] is None and c["patch"] == "" and c["outcome"] != "crashed"
+                and c["source_sha256"] == data["task"]["source_sha256"])
+
+    def tokens(c):  # a crashed claim has no result, so no budget
+        return c["tokens"] if c["claimed_bpb"] is not None else None
+
+    base_of: dict = {}  # result.tokens -> the baseline claim at that budget
+    for c in sorted(filter(is_base, claims), key=lambda c: (c["created_at"], c["id"])):
+        base_of.setdefault(tokens(c), c["id"])
+    bases = set(base_of.values())
     out = {}
     for c in claims:
         est = estimates[c["id"]]
         shown = None if est is None else {"mean": f"{est[0]:.6f}", "se": f"{est[1]:.6f}", "n": est[2],
                                           "sigma": f"{est[3]:.6f}"}
-        if c["id"] == base:
+        if c["id"] in bases:
             out[c["name"]] = {"estimate": shown, "state": "baseline", "reference": None, "p": None, "z": None}
             continue
-        ref = c["parent"] if c["parent"] is not None else base
+        parent = by_id.get(c["parent"])
+        if c["parent"] is not None and (parent is None or tokens(parent) == tokens(c)):
+            ref = c["parent"]
+        else:
+            ref = base_of.get(tokens(c))
         ref_est = estimates.get(ref) if ref in by_id else None
         if est is None or ref_est is None:
             out[c["name"]] = {"estimate": shown, "state": "not significant yet", "reference": ref, "p": None,
@@ -428,13 +441,13 @@ def _spec_estimates(data: dict) -> tuple[dict, list[str], list[str], list[str]]:
             state = "not significant yet"
         out[c["name"]] = {"estimate": shown, "state": state, "reference": ref, "p": f"{p:.6g}", "z": f"{z:.6g}"}
 
-    first: dict[str, str] = {}
+    first: dict = {}
     listed, duplicates = [], []
     for c in sorted((c for c in claims if c["outcome"] != "crashed"), key=lambda c: (c["created_at"], c["id"])):
-        if first.setdefault(c["source_sha256"], c["id"]) != c["id"]:
+        key = (c["source_sha256"], tokens(c)) if is_base(c) else c["source_sha256"]
+        if first.setdefault(key, c["id"]) != c["id"]:
             duplicates.append(c["name"])
-        elif c["outcome"] == "improved" or (c["parent"] is None and c["patch"] == ""
-                                             and c["source_sha256"] == data["task"]["source_sha256"]):
+        elif c["outcome"] == "improved" or is_base(c):
             listed.append(c)
 
     def rank(c):

@@ -83,6 +83,21 @@ async def test_first_step_measures_baseline_and_publishes_a_valid_claim(tmp_path
     assert "improved val_bpb" in report.line()
 
 
+@pytest.mark.parametrize("other_tokens, published", [(500, True), (1000, False)])
+async def test_the_baseline_claim_is_published_at_the_nodes_own_budget(tmp_path, other_tokens, published):
+    # A baseline run at another budget measures something else: it is no reference for claims at ours
+    # (protocol/SPEC.md 5.9), so the loop publishes its own; one at our budget is enough.
+    corpus = InMemoryCorpus()
+    other = {**toy_result(toy_bpb(SCRIPT) + 0.1), "tokens": other_tokens}
+    corpus.add({"task": ToyTask().id, "parent": None, "patch": "", "source_sha256": source_sha256(SCRIPT),
+                "note": "a baseline run elsewhere", "outcome": "improved", "result": other}, SCRIPT, own=False,
+               verified=False)  # a baseline claim is never a seed (its state is `baseline`)
+    loop, corpus, _ = make_loop(tmp_path, ListProposer(lr("0.03")), corpus=corpus)
+    await loop.step()
+    bases = [b for b in corpus.bodies if b["patch"] == "" and b["parent"] is None]
+    assert [b["result"]["tokens"] for b in bases] == [other_tokens] + ([1000] if published else [])
+
+
 @pytest.mark.parametrize("keep_threshold, tolerance, outcome", [
     (0.0, 0.01, "worse"),     # gain ~0.0069 is inside the task's tolerance: luck, not progress
     (0.0, 0.001, "improved"),
