@@ -82,17 +82,55 @@ class Identity:
         return cls.from_seed(bytes.fromhex(text))
 
 
+# Ed25519 by libsodium's rules (SPEC.md 7.1). OpenSSL (through ``cryptography``) checks S < L and
+# compares R's encoding with the one it computes, but takes a public key of small order (one such
+# key has a signature that verifies for every message: A = R = the neutral element, S = 0) and an
+# R of small order. libsodium's crypto_sign_verify_detached refuses both, and a public key whose
+# y is not reduced mod p; so do we, before OpenSSL checks the equation.
+_L = 2 ** 252 + 27742317777372353535851937790883648493  # order of the base point
+_P = 2 ** 255 - 19
+_Y_MASK = (1 << 255) - 1  # an encoding is y (255 bits, little-endian) and the sign of x in the top bit
+# The y coordinates of the eight points of order dividing 8 (the torsion subgroup): 0 (order 4),
+# 1 (the neutral element), p - 1 (order 2) and the two of order 8, plus p and p + 1, y = 0 and 1 not
+# reduced. x's sign bit is ignored: with it set these are the same points or their negatives, all
+# of small order. The list is libsodium's (ed25519_ref10.c, ge25519_has_small_order, <= 1.0.18);
+# tests/protocol/test_protocol_signatures.py checks it against the curve.
+_SMALL_ORDER_Y = frozenset((
+    0, 1, _P - 1, _P, _P + 1,
+    0x05fc536d880238b13933c6d305acdfd5f098eff289f4c345b027b2c28f95e826,
+    0x7a03ac9277fdc74ec6cc392cfa53202a0f67100d760b3cba4fd84d3d706a17c7,
+))
+
+
+def _canonical_point(encoding: bytes) -> bool:
+    """y < p and the point not of small order (libsodium's ge25519_is_canonical, has_small_order)."""
+    y = int.from_bytes(encoding, "little") & _Y_MASK
+    return y < _P and y not in _SMALL_ORDER_Y
+
+
 @functools.lru_cache(maxsize=4096)
 def _public_key(pubkey_hex: str) -> Ed25519PublicKey:
     # A node hears from a bounded set of authors, each many times: load each key once (loading
     # costs about 2% of a verify; scripts/bench/ingest). lru_cache keeps no exceptions, so a bad
     # key is refused every time.
-    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(pubkey_hex))
+    raw = bytes.fromhex(pubkey_hex)
+    if len(raw) != 32 or not _canonical_point(raw):
+        raise ValueError("not a usable Ed25519 public key: y not reduced, or a point of small order")
+    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 def verify(pubkey_hex: str, signature: bytes, message: bytes) -> bool:
-    """True when ``signature`` is ``pubkey_hex``'s Ed25519 signature of ``message``."""
+    """True when ``signature`` is ``pubkey_hex``'s Ed25519 signature of ``message`` by SPEC.md 7.1.
+
+    Refused besides what OpenSSL refuses: a public key of small order or with y not reduced; a
+    signature whose S is not below L, or whose R has small order or y not reduced. Then OpenSSL
+    checks [S]B = R + [k]A (cofactorless) with R's encoding compared byte for byte.
+    """
     try:
+        if len(signature) != 64 or int.from_bytes(signature[32:], "little") >= _L:
+            return False
+        if not _canonical_point(signature[:32]):
+            return False
         key = _public_key(pubkey_hex)
         key.verify(signature, message)
         return True

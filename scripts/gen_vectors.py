@@ -113,6 +113,9 @@ TASK_BODY = {
 }
 
 
+L_ED25519 = 2 ** 252 + 27742317777372353535851937790883648493  # SPEC.md 3.3
+
+
 def raw_sign(identity: Identity, swarm: str, kind: str, body, created_at: int) -> dict:
     """Sign an envelope by the definition, bypassing build()'s checks (for invalid vectors)."""
     env_id = hashlib.sha256(canon([1, swarm, identity.pubkey, created_at, kind, body])).hexdigest()
@@ -188,6 +191,15 @@ def invalid_vectors() -> list[dict]:
     add("signed by another key", {**d, "sig": mallory.sign(bytes.fromhex(d["id"])).hex()},
         "invalid: bad signature")
     add("signature of a different message", {**d, "sig": alice.sign(b"\x00" * 32).hex()}, "invalid: bad signature")
+    # SPEC.md 3.3: the neutral element as key and R, S = 0 satisfies [S]B = R + [k]A for every
+    # message (OpenSSL takes it); a key of small order is refused. And S + L, the malleated twin.
+    neutral = (1).to_bytes(32, "little").hex()
+    forged_id = hashlib.sha256(canon([1, SWARM, neutral, CREATED_AT, "vote", d["body"]])).hexdigest()
+    add("author a small-order key (its signature fits every message)",
+        {**d, "id": forged_id, "author": neutral, "sig": neutral + "00" * 32}, "invalid: bad signature")
+    s_plus_l = int.from_bytes(bytes.fromhex(d["sig"])[32:], "little") + L_ED25519
+    add("S + L (the malleated twin of a good signature)",
+        {**d, "sig": d["sig"][:64] + s_plus_l.to_bytes(32, "little").hex()}, "invalid: bad signature")
     add("author swapped", {**d, "author": mallory.pubkey}, "invalid: bad id")
     add("body changed", {**d, "body": {**d["body"], "reason": "crashed at step 4"}}, "invalid: bad id")
     add("created_at changed", {**d, "created_at": CREATED_AT - 1}, "invalid: bad id")
