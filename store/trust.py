@@ -35,6 +35,7 @@ evidence gets exactly 0, however many keys vouch for it: that is the Sybil resis
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
@@ -122,44 +123,93 @@ def _verdict(vote: VoteFact | None) -> str:
     return "reproduced" if vote is None else vote.verdict
 
 
+def same_seed(vote: VoteFact | None) -> str:
+    """What a vote says of a run at the claim's own seed: "ok" or "bad". That evidence is exact (the
+    same source and seed give the same curve), so only it can say that machines disagree. A full run
+    at a fresh seed (``fresh``) passed the spot check at the claim's seed first: its verdict is about
+    seed noise, and an honest claim misses its threshold once in a hundred runs (store/stats.py
+    mismatch_threshold), so two evaluators' fresh verdicts may differ on a deterministic claim.
+    None: the evaluator's own claim, its own run."""
+    if vote is None or vote.fresh or vote.verdict == "reproduced":
+        return "ok"
+    return "bad" if vote.verdict in ("mismatch", "failed") else "ok"
+
+
 def split_claims(evaluations: Mapping[str, Mapping[str, VoteFact | None]]) -> set[str]:
-    """Claims pre-trusted evaluators measured differently: non-deterministic, charged to the claim."""
-    return {claim for claim, by in evaluations.items()
-            if len({"ok" if _verdict(v) == "reproduced" else "bad" for v in by.values()}) > 1}
+    """Claims pre-trusted evaluators ran differently at the claim's own seed (``same_seed``):
+    non-deterministic, charged to the claim."""
+    return {claim for claim, by in evaluations.items() if len({same_seed(v) for v in by.values()}) > 1}
+
+
+FRESH_DIFFER = 0.02  # chance that a fresh-seed verdict on an honest claim differs from another (each misses 1 in 100)
+FRESH_DISTRUST_P = 1e-3  # fresh-seed disagreements distrust a key only when chance explains them this rarely
+
+
+def chance_of_at_least(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p): how often chance alone gives ``k`` misses in ``n`` runs."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    below = sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p
+                         + (n - i) * log_q) for i in range(k))
+    return max(0.0, 1.0 - below)
 
 
 def distrusted_keys(self_key: str, claim_authors: Mapping[str, str], votes: Iterable[VoteFact],
                     pretrusted: Iterable[str] = (), settings: "TrustSettings | None" = None) -> set[str]:
     """Keys whose claims or votes contradict the pre-trusted evaluators' own runs (never this node).
 
-    The author of a claim an evaluator found ``mismatch`` or ``failed`` (unless the claim is split);
-    a voter with contradicting verdicts on claims of ``distrust_authors`` distinct authors within
-    ``decay_s`` of the newest vote.
+    At the claim's own seed the evidence is exact (``same_seed``): the author of a claim an evaluator
+    found ``mismatch`` or ``failed`` there (unless the claim is split), and a voter whose verdict there
+    contradicts theirs on claims of ``distrust_authors`` distinct authors. At a fresh seed it is
+    statistical: an honest claim misses an evaluator's threshold once in a hundred runs, so one miss
+    charges nobody; a key is distrusted when its fresh-seed disagreements (its claims' values against
+    the evaluators' runs, its votes' verdicts against theirs) are at least two and more than chance
+    explains (``FRESH_DISTRUST_P``). That is how a claimed value no run reaches (a fabricated val_bpb
+    beside a genuine curve) shows. Only votes within ``decay_s`` of the newest vote count.
     """
     settings = settings or TrustSettings()
     votes = list(votes)
     pre = frozenset({self_key, *pretrusted})
     evaluations = evaluator_verdicts(pre, claim_authors, votes)
     split = split_claims(evaluations)
+    newest = max((v.created_at for v in votes), default=0)
+    recent = newest - settings.decay_s
     bad: set[str] = set()
+    fresh_runs: dict[str, int] = defaultdict(int)  # key -> fresh-seed comparisons
+    fresh_misses: dict[str, int] = defaultdict(int)  # key -> those that disagreed
+
+    def fresh(key: str, differ: bool) -> None:
+        fresh_runs[key] += 1
+        fresh_misses[key] += differ
+
     for claim, by in evaluations.items():
         if claim in split or claim not in claim_authors:
             continue
-        if any(_verdict(v) in ("mismatch", "failed") for v in by.values()):
-            bad.add(claim_authors[claim])
-    newest = max((v.created_at for v in votes), default=0)
+        for own in by.values():
+            if own is None:
+                continue
+            if same_seed(own) == "bad":
+                bad.add(claim_authors[claim])
+            elif own.fresh and own.verdict in AGREEING and own.created_at >= recent:
+                fresh(claim_authors[claim], own.verdict != "reproduced")
     charged: dict[str, set[str]] = defaultdict(set)  # voter -> authors of claims it contradicted
     for vote in votes:
         by = evaluations.get(vote.claim)
         if not by or vote.voter in pre or vote.claim in split or vote.verdict not in AGREEING:
             continue
-        if vote.created_at < newest - settings.decay_s:
+        if vote.created_at < recent:
             continue
-        theirs = "ok" if vote.verdict == "reproduced" else "bad"
-        ours = "ok" if _verdict(next(iter(by.values()))) == "reproduced" else "bad"
-        if theirs != ours:
+        ours = next(iter(by.values()))
+        if same_seed(vote) != same_seed(ours):
             charged[vote.voter].add(claim_authors.get(vote.claim, vote.claim))
+        elif vote.fresh:  # both passed the claim's seed: the verdicts at fresh seeds are about noise
+            fresh(vote.voter, vote.verdict != _verdict(ours))
     bad.update(voter for voter, authors in charged.items() if len(authors) >= settings.distrust_authors)
+    bad.update(key for key, misses in fresh_misses.items()
+               if misses >= 2 and chance_of_at_least(misses, fresh_runs[key], FRESH_DIFFER) < FRESH_DISTRUST_P)
     bad.discard(self_key)
     return bad
 

@@ -323,7 +323,8 @@ async def test_own_failed_audit_disputes_distrusts_the_author_and_charges_its_su
     assert view.distrusted == {farm[0]} and view.of(farm[0]) == 0.0 and view.power_of(farm[0]) == 0.0
     assert all(view.power_of(k) > 0 for k in farm[1:])  # one contradiction each: charged, not yet distrusted
 
-    await node.receive(cast(ME, made[1].id, "mismatch", "1.300000", at=NOW - 40))  # a second author's fake
+    # a second author's fake: its curve does not come out at its own seed (the spot check)
+    await node.receive(cast(ME, made[1].id, "mismatch", None, fresh=False, at=NOW - 40))
     view = await node.view()
     assert view.distrusted == set(farm)  # its author, and every supporter of both fakes
     assert sum(view.power_of(k) for k in farm) == 0.0 and sum(view.of(k) for k in farm) == 0.0
@@ -428,7 +429,8 @@ async def test_machine_dependent_claim_is_charged_to_the_claim(tmp_path):
     me = await Node.open(tmp_path / "me.sqlite3", ME, trusted=[OP])
     await me.receive(t, x, y)
     mine = [cast(ME, c.id, val=v) for c, v in ((x, "0.970400"), (y, "0.960300"))]
-    theirs = [cast(OP, c.id, "mismatch", v) for c, v in ((x, "1.070000"), (y, "1.060000"))]
+    # OP's spot check: its curve at the claim's own seed is not the claimed one (no fresh run follows)
+    theirs = [cast(OP, c.id, "mismatch", None, fresh=False) for c in (x, y)]
     await me.receive(mine[0])
     await me.receive(theirs[0])  # OP's machine measured x differently
     st = await me.r.claim_status(x.id)
@@ -452,6 +454,55 @@ async def test_machine_dependent_claim_is_charged_to_the_claim(tmp_path):
     view = await third.view()
     assert not view.distrusted and view.of(ME.pubkey) == view.of(OP.pubkey) == 1.0
     await third.close()
+
+
+async def test_a_fresh_seed_miss_is_noise_not_a_split_nor_a_charge(tmp_path):
+    # An honest claim misses an evaluator's fresh-seed threshold once in a hundred runs: OP's fresh run
+    # is off, ours is not. Both passed the claim's own seed, so the claim is deterministic, it stays
+    # verified with both values as samples, and nobody is charged for one miss.
+    t = task(ME)
+    x = claim(ident("x"), tid(t), "0.970000", at=NOW - 3000)
+    third = await Node.open(tmp_path / "third.sqlite3", ident("third"), trusted=[ME, OP])
+    await third.receive(t, x)
+    await third.receive(cast(ME, x.id, val="0.970400"), cast(OP, x.id, "mismatch", "0.985000"))
+    st = await third.r.claim_status(x.id)
+    assert st.status == "verified" and st.estimate.n == 2, st
+    view = await third.view()
+    assert not view.split and not view.distrusted
+    await third.close()
+
+
+async def test_claimed_values_no_fresh_run_reaches_distrust_their_author_once_chance_cannot_explain_them(tmp_path):
+    # A genuine curve beside a fabricated val_bpb passes the spot check; only fresh-seed runs show it.
+    # One miss is what an honest author gets once in a hundred runs; two misses in two runs are not.
+    t = task(ME)
+    liar, honest = ident("liar"), ident("honest")
+    me = await Node.open(tmp_path / "me.sqlite3", ME)
+    await me.receive(t)
+    fine = [claim(honest, tid(t), f"0.9{i}0000", at=NOW - 3000 + i) for i in range(6)]
+    await me.receive(*fine)
+    await me.receive(*[cast(ME, c.id, "mismatch" if i == 0 else "reproduced", f"0.9{i}1000" if i else "0.950000")
+                       for i, c in enumerate(fine)])  # one miss in six: chance
+    lies = [claim(liar, tid(t), f"0.5{i}0000", at=NOW - 2000 + i) for i in range(2)]
+    await me.receive(lies[0], cast(ME, lies[0].id, "mismatch", "0.990000"))
+    view = await me.view()
+    assert not view.distrusted and (await me.r.claim_status(lies[0].id)).status == "disputed"
+    await me.receive(lies[1], cast(ME, lies[1].id, "mismatch", "0.990000"))
+    view = await me.view()
+    assert view.distrusted == {liar.pubkey}
+    await me.close()
+
+
+def test_chance_of_at_least_is_the_binomial_tail():
+    from itertools import product
+
+    from store.trust import chance_of_at_least
+    for n, p in ((1, 0.02), (5, 0.02), (8, 0.3)):
+        for k in range(n + 2):
+            brute = sum(p ** sum(xs) * (1 - p) ** (n - sum(xs)) for xs in product((0, 1), repeat=n) if sum(xs) >= k)
+            assert chance_of_at_least(k, n, p) == pytest.approx(brute, abs=1e-12), (k, n, p)
+    assert chance_of_at_least(2, 2, 0.02) < 1e-3 < chance_of_at_least(2, 3, 0.02)
+    assert chance_of_at_least(3, 10_000, 0.02) == pytest.approx(1.0)  # no overflow at large n
 
 
 async def test_farm_power_cannot_take_an_operator_verified_claim_off_the_board(tmp_path):
