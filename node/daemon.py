@@ -31,6 +31,7 @@ from node.slots import DeviceSlots, detect_devices
 from node.telemetry import Telemetry
 from node.net.transport import PeerUnavailable
 from node.net.http import HttpTransport
+from node.net.conn import GuardedSite
 from node.net.swarmkey import SwarmKey, install_swarm_key
 from node.web import dashboard, metrics
 from node.web.shapes import leaderboard_json
@@ -54,6 +55,7 @@ class Node:
         self.swarm_key = None
         self._tasks: set[asyncio.Task] = set()
         self._runner: web.AppRunner | None = None
+        self.site: GuardedSite | None = None  # the listening socket; its guard caps and times connections
         self._session: aiohttp.ClientSession | None = None
         self._lan = None
         self._rng = random.Random()
@@ -79,10 +81,11 @@ class Node:
         self.tasks = TaskBook(self.replica)
         self.corpus = ReplicaCorpus(self.replica, self.tasks, self.identity.pubkey)
         app = self.make_app()
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        conn = s.connections
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=conn.idle_timeout_s)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.network.host, s.network.port)
-        await site.start()
+        self.site = GuardedSite(self._runner, s.network.host, s.network.port, conn, on_event=self.metrics_event)
+        await self.site.start()
         port = self._runner.addresses[0][1]
         host = s.network.host
         advertised = list(s.network.advertise) or [to_address(f"{_reachable_host(host, s)}:{port}", what="listen")]

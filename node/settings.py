@@ -10,6 +10,7 @@ from protocol import is_hex
 from store.stats import NoiseTable
 
 from node.errors import UserError
+from node.net.conn import ConnSettings
 from node.net.gossip import GossipSettings
 from node.net.ratelimit import RateSettings
 
@@ -34,6 +35,7 @@ class NodeSettings:
     network: NetworkSettings = field(default_factory=NetworkSettings)
     gossip: GossipSettings = field(default_factory=GossipSettings)
     rate: RateSettings = field(default_factory=RateSettings)
+    connections: ConnSettings = field(default_factory=ConnSettings)  # read deadlines and caps (node/net/conn.py)
     trusted: tuple[str, ...] = ()
     ralph: bool = True
     reproduce: bool = True

@@ -82,7 +82,7 @@ class Identity:
         return cls.from_seed(bytes.fromhex(text))
 
 
-# Ed25519 by libsodium's rules (SPEC.md 7.1). OpenSSL (through ``cryptography``) checks S < L and
+# Ed25519 by libsodium's rules (SPEC.md 3.3). OpenSSL (through ``cryptography``) checks S < L and
 # compares R's encoding with the one it computes, but takes a public key of small order (one such
 # key has a signature that verifies for every message: A = R = the neutral element, S = 0) and an
 # R of small order. libsodium's crypto_sign_verify_detached refuses both, and a public key whose
@@ -120,7 +120,7 @@ def _public_key(pubkey_hex: str) -> Ed25519PublicKey:
 
 
 def verify(pubkey_hex: str, signature: bytes, message: bytes) -> bool:
-    """True when ``signature`` is ``pubkey_hex``'s Ed25519 signature of ``message`` by SPEC.md 7.1.
+    """True when ``signature`` is ``pubkey_hex``'s Ed25519 signature of ``message`` by SPEC.md 3.3.
 
     Refused besides what OpenSSL refuses: a public key of small order or with y not reduced; a
     signature whose S is not below L, or whose R has small order or y not reduced. Then OpenSSL
