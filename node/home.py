@@ -1,6 +1,7 @@
 """The node's home directory: identity key, config file, database, caches."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from protocol import Identity, KeyFileError
 from protocol.fileio import write_atomic
 
 from node.errors import UserError
-from node.settings import default_config
+from node.settings import check_config_keys, default_config
 
 
 
@@ -45,21 +46,51 @@ class Home:
         return self.key_path.exists()
 
     def init(self, swarm: str | None = None) -> tuple[Identity, bool]:
-        """Create identity and config when missing; keep an existing key. Returns (identity, created)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        created = False
-        if self.key_path.exists():
-            identity = self.identity()
-        else:
-            identity = Identity.generate()
-            identity.save(self.key_path)
-            created = True
-        config = self.config() if self.config_path.exists() else default_config()
-        if swarm:
-            config["swarm"] = swarm
-        self.save_config(config)
-        self.cache_dir.mkdir(exist_ok=True)
+        """Create identity and config when missing; keep an existing key. Returns (identity, created).
+        A home that cannot be written is a UserError naming it."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            created = False
+            if self.key_path.exists():
+                identity = self.identity()
+            else:
+                identity = Identity.generate()
+                identity.save(self.key_path)
+                created = True
+            config = self.config() if self.config_path.exists() else default_config()
+            if swarm:
+                config["swarm"] = swarm
+            self.save_config(config)
+            self.cache_dir.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the home {self.path}: {exc.strerror or exc}"
+                            + (f" ({exc.filename})" if exc.filename and str(exc.filename) != str(self.path) else "")) from None
         return identity, created
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / "node.lock"
+
+    def lock(self) -> Any:
+        """Hold this home for one node: an exclusive lock on ``node.lock`` (released by the kernel
+        when the process ends, however it ends). A second node on the same home gets a UserError
+        at once, naming the pid that holds it. Returns the open file; keep it open."""
+        try:
+            handle = open(self.lock_path, "a+")
+        except OSError as exc:
+            raise UserError(f"cannot lock the home {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise UserError(f"another node is running on {self.path} (pid {holder}); stop it or give another --home")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        return handle
 
     def identity(self) -> Identity:
         try:
@@ -78,6 +109,7 @@ class Home:
             raise UserError(f"config file {self.config_path} is not valid JSON: {exc}") from None
         if not isinstance(loaded, dict):
             raise UserError(f"config file {self.config_path} must hold a JSON object")
+        check_config_keys(loaded, self.config_path)
         return {**default_config(), **loaded}
 
     def save_config(self, config: dict[str, Any]) -> None:

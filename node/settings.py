@@ -66,6 +66,39 @@ def to_address(value: str, *, what: str) -> str:
     return f"http://{host}:{port}"
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N; the one list node and experiment accept
+BUDGET_SCALE_MIN, BUDGET_SCALE_MAX = 0.0001, 1.0  # a fraction of the task's token budget, never more
+# Every key config.json may hold; another is refused (a typo must not be silently ignored).
+CONFIG_KEYS = ("swarm", "listen", "bootstrap", "trusted", "lan", "lan_interface", "run_untrusted", "verify_share",
+               "task", "budget_scale", "device", "swarm_key_file", "ralph")
+
+
+def check_device(value: Any) -> str:
+    """A device the node and ``experiment`` can run on: auto, cpu, cuda, cuda:N or mps."""
+    text = str(value).strip()
+    if text in DEVICES or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise UserError(f"unknown device {text!r} (auto, cpu, cuda, cuda:N, mps)")
+
+
+def check_budget_scale(value: Any) -> float:
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        scale = float("nan")
+    if not BUDGET_SCALE_MIN <= scale <= BUDGET_SCALE_MAX:  # also refuses nan
+        raise UserError(f"budget scale must be in [{BUDGET_SCALE_MIN:g}, {BUDGET_SCALE_MAX:g}] "
+                        f"(a fraction of the task's token budget), got {value}")
+    return scale
+
+
+def check_config_keys(config: Mapping[str, Any], where: Any) -> None:
+    unknown = sorted(set(config) - set(CONFIG_KEYS))
+    if unknown:
+        raise UserError(f"config file {where}: unknown key {', '.join(map(repr, unknown))} "
+                        f"(known: {', '.join(CONFIG_KEYS)})")
+
+
 def default_config() -> dict[str, Any]:
     """The config file a new home gets, and what a missing key reads as: the dataclasses' defaults."""
     node, network = NodeSettings(home=Path(".")), NetworkSettings()
@@ -103,7 +136,8 @@ def settings_from(home: Path, config: Mapping[str, Any], flags: Mapping[str, Any
         home=Path(home), swarm=pick("swarm"), network=network, gossip=gossip, trusted=keys,
         ralph=flags.get("ralph", base.ralph), reproduce=flags.get("reproduce", base.reproduce), task=pick("task"),
         run_untrusted=pick("run_untrusted"), verify_share=float(pick("verify_share")),
-        budget_scale=float(pick("budget_scale", base.budget_scale)), device=pick("device", base.device))
+        budget_scale=check_budget_scale(pick("budget_scale", base.budget_scale)),
+        device=check_device(pick("device", base.device)))
 
 
 NOISE_FILE = "noise.json"

@@ -1,6 +1,6 @@
 """The ``ralphswarm`` command: the edge where named errors become one line and an exit code.
 
-Commands are grouped by concern in the modules of this package (corpus, trainer, node, demo); each
+Commands are grouped by concern in the modules of this package (corpus, views, trainer, node, demo); each
 exposes ``register(group)`` and is registered here, explicitly. What they share (the --home option)
 lives in ``common``, the client for a running node in ``client``.
 """
@@ -11,7 +11,7 @@ import click
 
 from protocol import ProtocolError
 
-from node.cli import corpus, demo, node, trainer
+from node.cli import corpus, demo, node, trainer, views
 from node.errors import UserError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +20,7 @@ def cli() -> None:
     """ralphswarm: a peer-to-peer client for distributed autoresearch."""
 
 
-for _module in (corpus, trainer, node, demo):
+for _module in (corpus, views, trainer, node, demo):
     _module.register(cli)
 
 

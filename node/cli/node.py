@@ -14,18 +14,22 @@ from protocol.fileio import write_atomic
 from ralph.settings import RalphSettings, SettingsError
 
 from node.cli.client import ask, running_address, runtime_path
-from node.cli.common import get_home, home_option
+from node.cli.common import budget_scale_option, device_option, echo_json, get_home, home_option, when
+from node.ids import short
 from node.daemon import Node
 from node.errors import UserError
 from node.extension import Extension
 from node.home import Home
 from node.net.swarmkey import generate_swarm_key
 from node.reproduce import Reproducer
+from trainer.tasks import TaskRegistry
 from node.settings import NodeSettings, settings_from
 
 
-async def run_node(settings: NodeSettings, home: Home, extensions: list[Extension] | None = None) -> None:
-    node = Node(settings, home.identity())
+async def run_node(settings: NodeSettings, home: Home, extensions: list[Extension] | None = None,
+                   echo=None) -> None:
+    say = echo or click.echo
+    node = Node(settings, home.identity(), echo=echo)
     node.extensions.extend(extensions or [])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -36,23 +40,65 @@ async def run_node(settings: NodeSettings, home: Home, extensions: list[Extensio
     except OSError as exc:
         await node.stop()
         raise UserError(f"cannot listen on {settings.network.host}:{settings.network.port}: {exc.strerror}") from None
+    except BaseException:
+        await node.stop()  # whatever failed, nothing of the node stays running (no hang)
+        raise
     runtime = runtime_path(home)
     key_file = settings.network.swarm_key_file
     write_atomic(runtime, json.dumps({"address": node.address, "pid": os.getpid(), "swarm": node.swarm,
                                       "swarm_key_file": str(key_file.resolve()) if key_file else None}).encode(),
                  mode=0o644)  # atomic: a CLI call racing the start never reads half of it
-    click.echo(f"listening: {node.address}")
-    click.echo(f"pubkey: {node.identity.pubkey}")
-    click.echo(f"swarm: {node.swarm}", nl=True)
+    say(f"listening: {node.address}")
+    say(f"pubkey: {node.identity.pubkey}")
+    say(f"swarm: {node.swarm}")
     for line in node.startup_notes():
-        click.echo(line)
+        say(line)
     try:
         await stop.wait()
     finally:
-        click.echo("stopping: finishing writes and closing the database")
+        say("stopping: finishing writes and closing the database")
         await node.stop()
         runtime.unlink(missing_ok=True)
-        click.echo("stopped")
+        say("stopped")
+
+
+async def check_task(home: Home, settings: NodeSettings) -> None:
+    """The node's --task is a built-in task or one of the corpus: checked before start-up work."""
+    from node.cli.corpus import open_replica  # the corpus commands' replica opener
+
+    from node.corpus import TaskBook
+
+    registry = TaskRegistry()
+    if home.exists:
+        async with open_replica(home) as replica:
+            book = TaskBook(replica)
+            found = await book.find(settings.task)
+            registry = book.registry
+    else:  # a new home's corpus is empty: the built-in tasks only
+        found = registry.find(settings.task)
+    if found is None:
+        names = ", ".join(sorted({t.name for t in registry.all()}))
+        raise UserError(f"unknown task {settings.task!r} (known: {names}, or a task id of the corpus)")
+
+
+def line_sink(quiet: bool, log_file: Path | None):
+    """Where the node's lines go: the terminal (event lines not with --quiet) and, with --log-file,
+    appended to that file, every line (a file that cannot be opened is refused before start-up)."""
+    handle = None
+    if log_file is not None:
+        try:
+            handle = open(log_file, "a", encoding="utf-8", buffering=1)
+        except OSError as exc:
+            raise UserError(f"cannot open --log-file {log_file}: {exc.strerror or exc}") from None
+
+    def echo(line: str) -> None:
+        event = line[:2].isdigit() and line[2:3] == ":"  # an event line starts with its HH:MM:SS
+        if not (quiet and event):
+            click.echo(line)
+        if handle is not None:
+            handle.write(line + "\n")
+
+    return echo
 
 
 RALPH_FLAGS = [
@@ -75,6 +121,13 @@ def ralph_options(fn):
     return fn
 
 
+def ralph_settings(config: dict, ralph_flags: dict) -> RalphSettings:
+    try:
+        return RalphSettings.from_sources(config.get("ralph"), ralph_flags)
+    except SettingsError as exc:
+        raise UserError(str(exc)) from None
+
+
 def make_extensions(settings: NodeSettings, config: dict, ralph_flags: dict,
                     ralph_steps: int | None = None) -> list[Extension]:
     """The loops a node runs besides gossip: its own Ralph loop(s) and the reproduction scheduler."""
@@ -82,11 +135,7 @@ def make_extensions(settings: NodeSettings, config: dict, ralph_flags: dict,
     if settings.ralph:
         from node.ralph_runner import RalphRunner  # heavy: ralph.proposers imports anthropic (~1-2 s)
 
-        try:
-            ralph = RalphSettings.from_sources(config.get("ralph"), ralph_flags)
-        except SettingsError as exc:
-            raise UserError(str(exc)) from None
-        extensions.append(RalphRunner(ralph, max_steps=ralph_steps))
+        extensions.append(RalphRunner(ralph_settings(config, ralph_flags), max_steps=ralph_steps))
     if settings.reproduce:
         extensions.append(Reproducer())
     return extensions
@@ -110,39 +159,56 @@ def register(cli: click.Group) -> None:
     @click.option("--sync-interval", type=click.FloatRange(min=0.1), default=None,
                   help="Seconds between reconciliations with a random peer (default 30).")
     @click.option("--task", default=None, help="Task the own loop works on (default from config: tiny).")
-    @click.option("--device", default=None, help="auto | cpu | cuda | mps (default auto).")
-    @click.option("--budget-scale", type=click.FloatRange(min=0.0001, max=1.0), default=None,
-                  help="Fraction of the task's token budget for own experiments (demos, tests).")
+    @device_option(None)
+    @budget_scale_option(None, "Fraction of the task's token budget for own experiments (demos, tests).")
     @click.option("--run-untrusted", type=click.Choice(["sandbox", "trusted", "never"]), default=None,
                   help="Run strangers' code only in a working sandbox (default), also without one, or never.")
     @click.option("--verify-share", type=click.FloatRange(0.0, 1.0), default=None,
                   help="Most compute share spent reproducing while the own loop has work (default 0.3).")
     @click.option("--ralph-steps", type=click.IntRange(min=1), default=None,
                   help="Stop the own loop after this many experiments (the node keeps serving and reproducing).")
+    @click.option("--quiet", is_flag=True, help="Print only start-up, warnings and errors; no event lines.")
+    @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                  help="Also append every line (event lines included) to this file.")
     @ralph_options
     def node(home: Path | None, listen, bootstrap, swarm, swarm_key_file, lan, lan_interface, advertise, ralph,
              reproduce, trusted, sync_interval, task, device, budget_scale, run_untrusted, verify_share,
-             ralph_steps, **ralph_flags) -> None:
+             ralph_steps, quiet, log_file, **ralph_flags) -> None:
         """Run a node until SIGINT or SIGTERM."""
         logging.basicConfig(level=logging.INFO if os.environ.get("RALPHSWARM_DEBUG") else logging.WARNING,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         h = get_home(home)
-        if not h.exists:
-            identity, _ = h.init(swarm=swarm)
-            click.echo(f"initialised {h.path} (pubkey {identity.pubkey})")
+        # Every check before any start-up work: flags (click), config, settings, task, Ralph settings, the lock.
         config = h.config()
-        settings = settings_from(h.path, config, dict(
+        flags = dict(
             listen=listen, bootstrap=bootstrap, swarm=swarm, swarm_key_file=swarm_key_file, lan=lan,
             lan_interface=lan_interface, advertise=advertise, ralph=ralph, reproduce=reproduce, trusted=trusted,
             sync_interval=sync_interval, task=task, device=device, budget_scale=budget_scale,
-            run_untrusted=run_untrusted, verify_share=verify_share))
-        asyncio.run(run_node(settings, h, make_extensions(settings, config, ralph_flags, ralph_steps)))
+            run_untrusted=run_untrusted, verify_share=verify_share)
+        settings = settings_from(h.path, config, flags)
+        if ralph:
+            ralph_settings(config, ralph_flags)
+        echo = line_sink(quiet, log_file)
+        asyncio.run(check_task(h, settings))
+        if not h.exists:
+            identity, _ = h.init(swarm=swarm)
+            click.echo(f"initialised {h.path} (pubkey {identity.pubkey})")
+            config = h.config()
+            settings = settings_from(h.path, config, flags)
+        lock = h.lock()  # held until this process ends
+        try:
+            asyncio.run(run_node(settings, h, make_extensions(settings, config, ralph_flags, ralph_steps), echo=echo))
+        finally:
+            lock.close()
 
     @cli.command("swarm-key")
     @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
     def swarm_key(file: Path) -> None:
         """Create a new private-swarm key FILE (mode 0600); share it only with the swarm's nodes."""
-        generate_swarm_key(file)
+        try:
+            generate_swarm_key(file)
+        except OSError as exc:
+            raise UserError(f"cannot write {file}: {exc.strerror or exc}") from None
         click.echo(f"wrote {file}; start nodes with: ralphswarm node --swarm NAME --swarm-key-file {file}")
 
     @cli.command()
@@ -167,7 +233,13 @@ def register(cli: click.Group) -> None:
         if as_json:
             click.echo(json.dumps(table, indent=2))
             return
-        for p in table.get("peers", []):
+        rows = table.get("peers", [])
+        if not rows:
+            click.echo("no peers yet")
+            return
+        click.echo(f"{'address':<28} {'pubkey':<12} {'score':>6} {'state':<8} {'source':<9} {'last contact':<26} last error")
+        for p in rows:
             state = "cooling" if p["cooling"] else "active"
-            click.echo(f"{p['address']:<28} {(p['pubkey'] or '?')[:12]:<12} score {p['score']:>6} {state:<8} "
-                       f"{p['source']:<9} {p['last_error'] or ''}")
+            seen = when(p.get("last_contact"))
+            click.echo(f"{p['address']:<28} {short(p['pubkey']) if p['pubkey'] else '?':<12} {p['score']:>6} "
+                       f"{state:<8} {p['source']:<9} {seen:<26} {p['last_error'] or ''}")

@@ -1,6 +1,7 @@
 """CLI commands of the inner loop: ``ralphswarm task list|show`` and ``ralphswarm experiment``."""
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -14,17 +15,22 @@ from trainer.experiment import ExperimentResult, RunSettings, run_experiment
 from trainer.patches import PatchError, apply_patch, source_sha256
 from trainer.tasks import Task, TaskError, TaskRegistry, resolve_task
 
-from node.cli.common import get_home, home_option
+from node import ids
+from node.cli.common import budget_scale_option, device_option, get_home, home_option
 from node.errors import UserError
 from node.home import Home
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 CRASHED_EXIT = 2  # the experiment ran and crashed: a result, not a usage error
 
 
 def _task(name_or_id: str) -> Task:
+    """A built-in task by name, or by any unique prefix of 6+ hex digits of its id (node/ids.py)."""
+    registry = TaskRegistry()
+    text = name_or_id.strip()
+    if registry.find(text) is None and ids.is_prefix(text):
+        text = ids.pick(text, registry.ids(), "task id")  # "not found" / "ambiguous" in one line
     try:
-        return resolve_task(name_or_id)
+        return resolve_task(text)
     except TaskError as exc:
         raise UserError(str(exc)) from None
 
@@ -39,12 +45,27 @@ def _summary(task: Task) -> dict:
 
 
 def resolve_parent_source(home: Home, parent_id: str, *, task: Task) -> str:
-    """The source a ``--parent`` claim id stands for. Only the task baseline (named by the task id)
-    resolves until the corpus is wired in here: look the claim up in the replica at home.db_path,
-    walk its lineage and apply the patches root-first."""
+    """The source a ``--parent`` stands for: "baseline" or the task's id is the task's own script;
+    else a claim of this home's replica (any unique id prefix of 6+ hex digits), its source rebuilt
+    along its lineage and checked (node/cli/views.py). The claim must be of the task run."""
     if parent_id in (task.id, "baseline"):
         return task.source
-    raise UserError(f"unknown parent {parent_id[:16]}: no such claim in the local corpus ({home.db_path})")
+    if not home.exists:
+        raise UserError(f"unknown parent {parent_id[:16]}: no corpus in {home.path} (run: ralphswarm init)")
+    from node.cli.views import claim_source  # the replica and the corpus, only when a claim is named
+
+    full, source = asyncio.run(claim_source(home, parent_id))
+    if full != task.id and asyncio.run(_claim_task(home, full)) not in (task.id, None):
+        raise UserError(f"parent {ids.short(full)} is a claim of another task than {task.name}; give --task")
+    return source
+
+
+async def _claim_task(home: Home, claim_id: str) -> str | None:
+    from node.cli.corpus import open_replica
+
+    async with open_replica(home) as replica:
+        env = await replica.get(claim_id)
+    return env.body["task"] if env is not None and env.kind == "claim" else None
 
 
 def _echo_task_table(tasks: list[Task]) -> None:
@@ -133,11 +154,10 @@ def register(group: click.Group) -> None:
     @click.option("--task", "task_name", default=None, help="Task name or id (default: the config's task).")
     @click.option("--patch", "patch_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
                   help="Unified diff to apply to the parent's source.")
-    @click.option("--parent", default=None, help="Parent claim id (default: the task baseline).")
+    @click.option("--parent", default=None, help="Parent claim (id prefix, 6+ hex; default: the task baseline).")
     @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
-    @click.option("--budget-scale", type=float, default=1.0, show_default=True,
-                  help="Fraction of the task's token budget to train on.")
-    @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+    @budget_scale_option(1.0)
+    @device_option("auto")
     @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=None,
                   help="Wall-clock limit of training in seconds.")
     @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
@@ -146,10 +166,10 @@ def register(group: click.Group) -> None:
         """Train the task's script (optionally patched) in the sandbox and measure val_bpb."""
         h = get_home(home)
         task = _task(task_name or str(h.config()["task"]))
-        if not (budget_scale > 0 and budget_scale <= 100):
-            raise UserError(f"--budget-scale must be in (0, 100], got {budget_scale}")
-        if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
-            raise UserError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N, mps)")
+        try:
+            h.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create {h.cache_dir}: {exc.strerror or exc}") from None
         source = resolve_parent_source(h, parent, task=task) if parent else task.source
         if patch_file is not None:
             try:

@@ -16,12 +16,16 @@ from aiohttp import web
 
 from protocol import is_hex, task_id
 
+from node import ids
+from node.errors import UserError
 from node.net.api import NODE, BadRequest
 from node.net.swarmkey import AUTH_HEADER
+from node.web.progress import experiment_rows, progress_json
 from node.web.shapes import leaderboard_json, message_json
 
 STATIC = Path(__file__).resolve().parent / "static"
-FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css",
+         "favicon.svg": "image/svg+xml"}
 # The page runs only its own script and style: a note or diff that slipped past escaping still
 # could not load or run anything.
 HEADERS = {
@@ -30,7 +34,7 @@ HEADERS = {
                                "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'",
     "X-Content-Type-Options": "nosniff",
 }
-LOCAL_PATHS = ("/", "/static/", "/api/", "/metrics")
+LOCAL_PATHS = ("/", "/static/", "/api/", "/metrics", "/favicon.ico")
 
 
 def local_view(request: web.Request) -> bool:
@@ -107,12 +111,16 @@ async def leaderboard(request: web.Request) -> web.Response:
 async def claim(request: web.Request) -> web.Response:
     """A claim as this node sees it, plus the loss curves of the claim and of every reproduction."""
     node = request.app[NODE]
-    claim_id = request.match_info["id"]
-    if not is_hex(claim_id, 64):
-        raise BadRequest("invalid: claim id must be 64 lower-case hex")
+    text = request.match_info["id"]
+    if not ids.is_prefix(text):
+        raise BadRequest(f"invalid: a claim id is {ids.MIN_PREFIX} to 64 lower-case hex digits")
+    try:  # any unique prefix, as the CLI takes it (node/ids.py)
+        claim_id, _ = await ids.resolve(node.replica, text, kinds=("claim",))
+    except UserError as exc:
+        if exc.message.startswith("ambiguous"):
+            raise BadRequest(exc.message, status=409) from None
+        raise BadRequest("unknown claim", status=404) from None
     env = await node.replica.get(claim_id)
-    if env is None or env.kind != "claim":
-        raise BadRequest("unknown claim", status=404)
     out = await message_json(node.replica, env)
     trust = await node.replica.trust()
     trusted = node.replica.trusted_set()
@@ -160,6 +168,14 @@ async def lineage(request: web.Request) -> web.Response:
     return web.json_response({"task": task, "nodes": nodes})
 
 
+async def progress(request: web.Request) -> web.Response:
+    """This node's own experiments on a task, as the progress chart draws them (node/web/progress.py)."""
+    node = request.app[NODE]
+    task = await _task_param(request)
+    rows = experiment_rows(await node.replica.claims(task), node.identity.pubkey)
+    return web.json_response({"task": task, **progress_json(rows)})
+
+
 async def activity(request: web.Request) -> web.Response:
     """What the node is doing now: its experiments (one per busy device; "experiment" is the most
     recently started), the reproduction queue, recent events."""
@@ -185,10 +201,12 @@ async def activity(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", _static("index.html"))
-    for name in ("app.js", "style.css"):
+    for name in ("app.js", "style.css", "favicon.svg"):
         app.router.add_get(f"/static/{name}", _static(name))
+    app.router.add_get("/favicon.ico", _static("favicon.svg"))  # what browsers ask for unprompted
     app.router.add_get("/api/tasks", tasks)
     app.router.add_get("/api/leaderboard", leaderboard)
     app.router.add_get("/api/claim/{id}", claim)
     app.router.add_get("/api/lineage", lineage)
+    app.router.add_get("/api/progress", progress)
     app.router.add_get("/api/activity", activity)

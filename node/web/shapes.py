@@ -10,6 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from node.ids import short
+
+# What "support" counts, said wherever it is shown (CLI, dashboard, API).
+SUPPORT_UNIT = ("trusted weight of reproducing votes, in runs: 1.0 = one run by this node or by a key "
+                "its operator trusts; keys trust was passed on to weigh less")
+OWN_UNVERIFIED = "own, unverified by others"
+
 
 def estimate_json(estimate: Any) -> dict[str, Any] | None:
     """``{"mean", "se", "sigma": decimal strings, "n": int}`` (store/stats.py Estimate), or None."""
@@ -21,11 +28,31 @@ def significance_json(significance: Any) -> dict[str, Any] | None:
     return None if significance is None else significance.to_json()
 
 
-def entry_json(entry: Any) -> dict[str, Any]:
+def rank_value(entry_or_json: Any) -> float | None:
+    """The value the board ranks by, as a number: the estimate's mean, else val_bpb."""
+    e = entry_or_json
+    est = e["estimate"] if isinstance(e, dict) else estimate_json(getattr(e, "estimate", None))
+    value = est["mean"] if est else (e["val_bpb"] if isinstance(e, dict) else e.val_bpb)
+    return float(value) if value is not None else None
+
+
+def is_baseline(claim: Any) -> bool:
+    """A run of the task's own source: no parent, empty patch (SPEC 5.9)."""
+    return claim.body["parent"] is None and claim.body["patch"] == ""
+
+
+def entry_json(entry: Any, self_key: str | None = None) -> dict[str, Any]:
+    """``own_unverified``: this node's own claim that no other key has voted on yet: the board
+    counts the node's own run as support, but nobody else has checked it, so the CLI and the
+    dashboard list it apart as "own, unverified by others" and rank only the rest."""
     claim = entry.claim
     return {
         "claim": claim.id,
+        "short": short(claim.id),
         "author": claim.author,
+        "own": claim.author == self_key,
+        "own_unverified": claim.author == self_key and entry.status == "verified" and entry.votes == 0,
+        "baseline": is_baseline(claim),
         "created_at": claim.created_at,
         "parent": claim.body["parent"],
         "source_sha256": claim.body["source_sha256"],
@@ -44,17 +71,40 @@ def entry_json(entry: Any) -> dict[str, Any]:
     }
 
 
+def _baseline(lists: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """The task's baseline as the board knows it: its verified baseline run (the best measured:
+    most samples), else a pending one; ``val_bpb`` is its rank value (estimate mean or val_bpb)."""
+    for section in ("verified", "pending"):
+        runs = [e for e in lists[section] if e["baseline"] and rank_value(e) is not None]
+        if runs:
+            best = max(runs, key=lambda e: ((e["estimate"] or {}).get("n", 0), -rank_value(e)))
+            return {"claim": best["claim"], "short": best["short"], "status": section,
+                    "val_bpb": f"{rank_value(best):.6f}"}
+    return None
+
+
 async def leaderboard_json(replica: Any, task_id: str) -> dict[str, Any]:
+    """The board (SPEC 10.2.8) plus what explains it: ``support_unit``, the ``baseline`` (claim and
+    val_bpb) and each entry's ``delta`` from it (negative: better), ``own_unverified`` per entry
+    and ``ranked``: the ids of the verified entries ranked, in order (own unverified ones left out)."""
     board = await replica.leaderboard(task_id)
-    return {
-        "task": task_id,
-        "verified": [entry_json(e) for e in board.verified],
-        "pending": [entry_json(e) for e in board.pending],
-        "disputed": [entry_json(e) for e in board.disputed],
-        "over_budget": [entry_json(e) for e in getattr(board, "over_budget", [])],
-        "non_deterministic": [entry_json(e) for e in getattr(board, "non_deterministic", [])],
-        "duplicates": [entry_json(e) for e in getattr(board, "duplicates", [])],
+    me = getattr(replica, "self_key", None)
+    lists = {
+        "verified": [entry_json(e, me) for e in board.verified],
+        "pending": [entry_json(e, me) for e in board.pending],
+        "disputed": [entry_json(e, me) for e in board.disputed],
+        "over_budget": [entry_json(e, me) for e in getattr(board, "over_budget", [])],
+        "non_deterministic": [entry_json(e, me) for e in getattr(board, "non_deterministic", [])],
+        "duplicates": [entry_json(e, me) for e in getattr(board, "duplicates", [])],
     }
+    base = _baseline(lists)
+    for entries in lists.values():
+        for e in entries:
+            value = rank_value(e)
+            e["delta"] = (f"{value - float(base['val_bpb']):+.6f}" if base is not None and value is not None
+                          else None)
+    return {"task": task_id, **lists, "baseline": base, "support_unit": SUPPORT_UNIT,
+            "ranked": [e["claim"] for e in lists["verified"] if not e["own_unverified"]]}
 
 
 async def message_json(replica: Any, env: Any) -> dict[str, Any]:
@@ -83,7 +133,7 @@ async def message_json(replica: Any, env: Any) -> dict[str, Any]:
         out["votes"] = [
             {"id": v.id, "voter": v.author, "verdict": v.body["verdict"], "reason": v.body["reason"],
              "val_bpb": (v.body["result"] or {}).get("val_bpb"), "fresh": "seed_proof" in v.body,
-             "created_at": v.created_at}
+             "created_at": v.created_at, "seed": (v.body["result"] or {}).get("seed")}
             for v in votes
         ]
     return out

@@ -116,7 +116,7 @@ def mixed_file(tmp_path: Path) -> tuple[Path, list, dict[int, str]]:
         b"",                                                 # 4 blank: skipped, still counted as a line
         claim(AUTHOR, "elsewhere", n=3).canonical(),         # 5 wrong swarm
         canon(forged_sig),                                   # 6 forged signature
-        json.dumps(claim(AUTHOR, n=4).to_dict()).encode(),   # 7 valid but not canonical (spaces)
+        json.dumps(claim(AUTHOR, n=4).to_dict()).encode(),   # 7 valid, another JSON spelling: stored canonical
         canon(tampered),                                     # 8 body changed after signing
         canon(stolen),                                       # 9 author swapped
         b'{"id": 1, "kind": "claim"',                        # 10 truncated
@@ -126,10 +126,10 @@ def mixed_file(tmp_path: Path) -> tuple[Path, list, dict[int, str]]:
         good2.canonical(),                                   # 14 accepted (its forged copy was refused)
     ]
     reasons = {2: "invalid: not JSON", 5: "invalid: wrong swarm", 6: "invalid: bad signature",
-               7: "invalid: not canonical", 8: "invalid: bad id", 9: "invalid: bad id", 10: "invalid: not JSON",
+               8: "invalid: bad id", 9: "invalid: bad id", 10: "invalid: not JSON",
                11: "invalid: not UTF-8", 12: "invalid: from the future",
                13: "invalid: schema: envelope (not an object)"}
-    return write_lines(tmp_path / "mixed.jsonl", lines), [good1, good2], reasons
+    return write_lines(tmp_path / "mixed.jsonl", lines), [good1, good2, claim(AUTHOR, n=4)], reasons
 
 
 def import_report(proc) -> tuple[dict[int, str], str]:
@@ -147,7 +147,7 @@ def test_import_counts_and_names_each_rejected_line(tmp_path):
     init(home)
     path, goods, expected = mixed_file(tmp_path)
     reasons, counts = import_report(cli("import", str(path), home=home))
-    assert counts == "accepted 2  duplicate 1  rejected 10"
+    assert counts == "accepted 3  duplicate 1  rejected 9"
     assert set(reasons) == set(expected)
     for line, reason in expected.items():
         assert reasons[line].startswith(reason), (line, reasons[line])
@@ -165,7 +165,7 @@ def test_import_through_a_running_node_reports_the_same(tmp_path):
     try:
         path, goods, expected = mixed_file(tmp_path)
         reasons, counts = import_report(cli("import", str(path), home=node.home))
-        assert counts == "accepted 2  duplicate 1  rejected 10"
+        assert counts == "accepted 3  duplicate 1  rejected 9"
         assert set(reasons) == set(expected)
         expected[11] = "invalid: "  # the line travels as text: its bad bytes arrive replaced
         for line, reason in expected.items():
@@ -319,9 +319,9 @@ def test_trust_list_shows_every_key_ranking_uses(ranked_home):
 @pytest.mark.slow  # several CLI processes: 3.3 s
 def test_show_and_trust_refuse_bad_input(ranked_home):
     home, claims = ranked_home
-    assert_error(cli("show", "f" * 64, home=home), "no message")
-    assert_error(cli("show", "not-an-id", home=home), "64 lower-case hex")
-    assert_error(cli("show", claims[0].id.upper(), home=home), "64 lower-case hex")
+    assert_error(cli("show", "f" * 64, home=home), "not found")
+    assert_error(cli("show", "not-an-id", home=home), "is not an id", "6 to 64 lower-case hex")
+    assert_error(cli("show", claims[0].id.upper(), home=home), "is not an id")
     assert_error(cli("trust", "add", "abc", home=home), "64 lower-case hex")
     assert_error(cli("trust", "remove", "Z" * 64, home=home), "64 lower-case hex")
     assert_error(cli("leaderboard", "--task", "no-such-task", home=home), "unknown task")
@@ -360,7 +360,10 @@ def test_leaderboard_and_show_give_the_fresh_seed_estimate_p_and_state(tmp_path)
     """Luck is not progress: with fresh-seed votes from two trusted keys, the board ranks by mean ±
     se (n) with each claim's state, keeps the claimant's value apart, and `show` prints p and the
     reference (tests/dashboard_corpus.py, the luck task)."""
+    from tests.dashboard_corpus import AUTHOR as LUCK_AUTHOR
     from tests.dashboard_corpus import LUCK, TRUSTED, TRUSTED2, make_luck
+
+    AUTHOR_OF_LUCK = LUCK_AUTHOR.pubkey
 
     home = tmp_path / "node"
     init(home)
@@ -388,18 +391,24 @@ def test_leaderboard_and_show_give_the_fresh_seed_estimate_p_and_state(tmp_path)
     # by the task's name, as a table wide enough for one line a row
     proc = cli("leaderboard", "--task", "luck", home=home, env={"COLUMNS": "200"})
     assert proc.returncode == 0, err(proc)
+    # columns: # claim author mean Δ state reproduced claimed votes support note
     rows = {cells[1]: cells for line in out(proc).splitlines()
-            if len(cells := [c.strip() for c in line.split("│")[1:-1]]) == 9 and cells[0].isdigit()}
+            if len(cells := [c.strip() for c in line.split("│")[1:-1]]) == 11 and cells[0] in "1234-"}
     first = rows[luck.significant.id[:12]]
-    assert first[:2] == ["1", luck.significant.id[:12]] and first[2] == "1.4780 ± 0.0021 (n 2)"
-    assert first[3].startswith("significant (p 1.5e-15") and first[5] == "1.470000"
-    assert rows[luck.not_yet.id[:12]][2:4] == ["1.4970 ± 0.0030 (n 1)", "not significant yet (p 0.43)"]
-    assert rows[luck.baseline.id[:12]][3] == "baseline" and rows[luck.no_gain.id[:12]][3] == "no gain (p 1)"
-    assert rows[luck.hacked.id[:12]][2:4] == ["1.5040 ± 0.0019 (n 2)", "no gain (p 1)"]
+    assert first[:3] == ["1", luck.significant.id[:12], AUTHOR_OF_LUCK[:8]] and first[3] == "1.4780 ± 0.0021 (n 2)"
+    assert first[4] == "-0.024000"  # from the baseline's estimate, 1.502000
+    assert first[5].startswith("significant (p 1.5e-15") and first[7] == "1.470000"
+    assert rows[luck.not_yet.id[:12]][3:6] == ["1.4970 ± 0.0030 (n 1)", "-0.005000", "not significant yet (p 0.43)"]
+    assert rows[luck.baseline.id[:12]][4:6] == ["+0.000000", "baseline"]
+    assert rows[luck.no_gain.id[:12]][5] == "no gain (p 1)"
+    assert rows[luck.hacked.id[:12]][0] == "-"  # disputed: not ranked
+    assert rows[luck.hacked.id[:12]][3:6] == ["1.5040 ± 0.0019 (n 2)", "+0.002000", "no gain (p 1)"]
+    assert "baseline val_bpb 1.502000 (claim " + luck.baseline.id[:12] in out(proc)
+    assert "support: trusted weight of reproducing votes, in runs" in " ".join(out(proc).split())
     narrow = out(cli("leaderboard", "--task", LUCK, home=home, env={"COLUMNS": "80"}))  # fewer columns, no p
     assert all(len(line) <= 80 for line in narrow.splitlines())
-    assert re.search(rf"│ 1 +│ {luck.significant.id[:12]} │ 1\.4780 ± 0\.0021 \(n 2\) │ significant +│ 1\.470000 │",
-                     narrow), narrow
+    assert re.search(rf"│ 1 +│ {luck.significant.id[:12]} │ {AUTHOR_OF_LUCK[:8]} │ 1\.4780 ± 0\.0021 \(n 2\) │ "
+                     r"significant +│ 1\.470000 │", narrow), narrow
 
     text = out(cli("show", luck.significant.id, home=home))
     assert "estimate 1.4780 ± 0.0021 (n 2)" in text

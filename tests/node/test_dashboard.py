@@ -273,11 +273,11 @@ def test_dashboard_in_a_browser(node, corpus, browser):
         board = page.locator("#leaderboard .verified tbody tr")
         board.first.wait_for()
         assert board.count() == 2
-        assert corpus.best.id[:10] in board.nth(0).inner_text() and "1.3920" in board.nth(0).inner_text()
+        assert corpus.best.id[:12] in board.nth(0).inner_text() and "1.3920" in board.nth(0).inner_text()
         assert page.locator("#leaderboard .pending tbody tr").count() == 1
         assert page.locator("#leaderboard .disputed tbody tr").count() == 1
         over = page.locator("#leaderboard .over-budget tbody tr")
-        assert over.count() == 1 and corpus.over_budget.id[:10] in over.inner_text()
+        assert over.count() == 1 and corpus.over_budget.id[:12] in over.inner_text()
         assert over.locator(".badge.over-budget").inner_text() == "over budget"
         assert page.locator("#lineage .lnode").count() == 7  # the baseline and six claims
         assert page.locator("#peers tbody tr").count() == 1
@@ -293,7 +293,7 @@ def test_dashboard_in_a_browser(node, corpus, browser):
         votes = page.locator("#claim .votes tbody tr")
         assert votes.count() == 2
         assert {votes.nth(i).locator(".badge").inner_text() for i in range(2)} == {"reproduced", "failed"}
-        assert TRUSTED.pubkey[:10] in page.locator("#claim .votes").inner_text()
+        assert TRUSTED.pubkey[:12] in page.locator("#claim .votes").inner_text()
         assert page.locator("#claim .value.reproduced").inner_text() == "1.4150"
         assert page.locator("#claim pre.diff .add").count() == 1 == page.locator("#claim pre.diff .del").count()
         page.screenshot(path=str(ARTIFACTS / "dashboard-claim.png"), full_page=True)
@@ -340,7 +340,7 @@ def test_dashboard_in_a_browser(node, corpus, browser):
         assert "n = 2" in page.locator("#claim .samples").inner_text()
         p_line = page.locator("#claim .p-value").inner_text()
         assert p_line.startswith("p = 1.5e-15") and "z = 8.09" in p_line, p_line
-        assert page.locator("#claim .reference a").inner_text() == luck.baseline.id[:10]
+        assert page.locator("#claim .reference a").inner_text() == luck.baseline.id[:12]
         assert "1.5020 ± 0.0021 (n = 2)" in page.locator("#claim .luck").inner_text()
         assert page.locator("#claim .votes .fresh").count() == 2
         page.screenshot(path=str(ARTIFACTS / "dashboard-luck-claim.png"), full_page=True)

@@ -27,7 +27,9 @@ function svg(tag, attrs, ...children) {
   for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   return node;
 }
-const short = (id) => (id ? id.slice(0, 10) : "—");
+// One id rule (node/ids.py): ids are shown as their first 12 hex digits, as the CLI prints them.
+const SHORT = 12;
+const short = (id) => (id ? id.slice(0, SHORT) : "—");
 const bpb = (v) => (v === null || v === undefined ? "—" : Number(v).toFixed(4));
 const seconds = (v) => (v === null || v === undefined ? "—" : `${Number(v).toFixed(1)} s`);
 // A status or verdict may hold a space ("over budget"): one class name, "over-budget".
@@ -171,9 +173,16 @@ function leaderboardSection(lb) {
   // The board ranks by the estimated mean, or by the reproduced value while a claim has no estimate:
   // the rank value is the bold one. The claimant's own value is shown apart, never ranked.
   const mean = (e, rank) => el(rank && e.estimate ? "strong" : "span", { class: "estimate", text: estimateText(e.estimate) });
-  const ranked = lb.verified.map((e, i) => [String(i + 1), claimLink(e.claim), note(e), stateBadge(e.significance),
-    mean(e, true), samples(e.estimate), el(e.estimate ? "span" : "strong", { text: bpb(e.val_bpb) }),
-    bpb(e.claimed_bpb), String(e.votes), e.support.toFixed(2)]);
+  // This node's own claims nobody else has voted on are listed apart, never ranked: every node's
+  // board then agrees on #1 once votes have flowed.
+  const delta = (e) => el("span", { class: "delta", text: e.delta === null || e.delta === undefined ? "—" : e.delta });
+  const byAuthor = (e) => el("span", { class: "mono muted", title: e.author, text: e.own ? "own" : short(e.author) });
+  const ranked = lb.verified.filter((e) => !e.own_unverified).map((e, i) => [String(i + 1), claimLink(e.claim), note(e),
+    stateBadge(e.significance), mean(e, true), samples(e.estimate), el(e.estimate ? "span" : "strong", { text: bpb(e.val_bpb) }),
+    bpb(e.claimed_bpb), String(e.votes), e.support.toFixed(2), delta(e), byAuthor(e)]);
+  const ownUnverified = lb.verified.filter((e) => e.own_unverified).map((e) => [claimLink(e.claim), note(e),
+    bpb(e.claimed_bpb), delta(e), el("span", { class: "muted small", text: "own run only: no other node has voted yet" })]);
+  const base = lb.baseline;
   const pending = lb.pending.map((e) => [claimLink(e.claim), note(e), stateBadge(e.significance), mean(e),
     samples(e.estimate), bpb(e.claimed_bpb), String(e.votes), author(e)]);
   const disputed = lb.disputed.map((e) => [claimLink(e.claim), note(e), stateBadge(e.significance), mean(e),
@@ -186,12 +195,20 @@ function leaderboardSection(lb) {
     samples(e.estimate), bpb(e.claimed_bpb), e.support.toFixed(2), e.against.toFixed(2), author(e)]);
   return el("section", { id: "leaderboard" },
     el("h2", {}, "Leaderboard ", el("span", { class: "muted small", text: `task ${short(lb.task)}` })),
+    el("p", { class: "baseline-line" }, base
+      ? ["baseline val_bpb ", el("strong", { class: "baseline-value", text: base.val_bpb }), " (claim ", claimLink(base.claim),
+        `, ${base.status}); Δ: each entry's difference from it (negative is better)`]
+      : "baseline val_bpb: not measured yet (no baseline run on the board)"),
     el("p", { class: "muted small legend-text", text: "Ranked by the mean val_bpb of trusted reproductions at fresh " +
       "seeds (± standard error, n runs). State: the test against the parent, or the task baseline; significant " +
-      "at p < 0.01. The claimant's own run is shown apart: it may be the luckiest of many seeds." }),
+      "at p < 0.01. The claimant's own run is shown apart: it may be the luckiest of many seeds. Support: " +
+      (lb.support_unit || "") + "." }),
     el("div", { class: "verified" }, table(["#", "claim", "note", "state", "mean ± se", "n", "reproduced", "claimed",
-      "votes", "support"], ranked,
+      "votes", "support (runs)", "Δ", "author"], ranked,
       "No verified claims yet: claims enter the board once this node or keys it trusts reproduce them.")),
+    el("h3", { title: "this node's own claims, measured by this node only: listed apart until another node votes" },
+      "Own, unverified by others ", el("span", { class: "count", text: String(ownUnverified.length) })),
+    el("div", { class: "own-unverified" }, table(["claim", "note", "own val_bpb", "Δ", ""], ownUnverified, "none")),
     el("h3", {}, "Pending ", el("span", { class: "count", text: String(pending.length) })),
     el("div", { class: "pending" }, table(["claim", "note", "state", "mean ± se", "n", "claimed", "votes", "author"],
       pending, "none")),
@@ -206,6 +223,64 @@ function leaderboardSection(lb) {
       "Non-deterministic ", el("span", { class: "count", text: String(nonDeterministic.length) })),
     el("div", { class: "non-deterministic" }, table(["claim", "note", "mean ± se", "n", "claimed", "support", "against",
       "author"], nonDeterministic, "none")));
+}
+
+// The progress chart (autoresearch's progress.png): this node's experiments in order, each a dot
+// (kept ones green), the running best of the kept ones as a step line, the baseline as a dashed line.
+function progressChart(pr) {
+  const W = 680, H = 260, m = { l: 60, r: 16, t: 16, b: 40 };
+  const root = svg("svg", { class: "chart progress", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "progress" });
+  const pts = pr.points || [];
+  if (!pts.length) {
+    root.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "axis" },
+      "no experiment of this node on this task yet"));
+    return root;
+  }
+  const vals = pts.map((p) => p.val_bpb);
+  let yLo = Math.min(...vals), yHi = Math.max(...vals);
+  const pad = (yHi - yLo) * 0.08 || 0.01;
+  yLo -= pad; yHi += pad;
+  const xMax = Math.max(1, pts.length - 1);
+  const x = (v) => m.l + (v / xMax) * (W - m.l - m.r);
+  const y = (v) => H - m.b - ((v - yLo) / (yHi - yLo)) * (H - m.t - m.b);
+  for (const t of niceTicks(yLo, yHi, 5)) {
+    root.append(svg("line", { x1: m.l, x2: W - m.r, y1: y(t), y2: y(t), class: "grid" }));
+    root.append(svg("text", { x: m.l - 6, y: y(t) + 4, "text-anchor": "end", class: "axis" }, t.toString()));
+  }
+  for (const t of niceTicks(0, xMax, Math.min(8, xMax))) {
+    if (Number.isInteger(t)) root.append(svg("text", { x: x(t), y: H - m.b + 16, "text-anchor": "middle", class: "axis" }, String(t)));
+  }
+  root.append(svg("text", { x: (W + m.l) / 2, y: H - 6, "text-anchor": "middle", class: "axis" }, "experiment #"));
+  if (pr.baseline !== null && pr.baseline !== undefined) {
+    root.append(svg("line", { x1: m.l, x2: W - m.r, y1: y(pr.baseline), y2: y(pr.baseline), class: "baseline-line",
+      stroke: "#555", "stroke-dasharray": "5 4" }));
+  }
+  const fr = pr.frontier || [];
+  if (fr.length) {
+    const steps = [];
+    fr.forEach((f, i) => {
+      const next = i + 1 < fr.length ? fr[i + 1].x : xMax;
+      steps.push(`${i ? "L" : "M"}${x(f.x).toFixed(1)},${y(f.val_bpb).toFixed(1)}`, `L${x(next).toFixed(1)},${y(f.val_bpb).toFixed(1)}`);
+    });
+    root.append(svg("path", { d: steps.join(" "), class: "frontier", stroke: "#27ae60", fill: "none", "stroke-width": 2 }));
+  }
+  for (const p of pts) {
+    const dot = svg("circle", { cx: x(p.x).toFixed(1), cy: y(p.val_bpb).toFixed(1), r: p.kept ? 5 : 3.5,
+      class: p.kept ? "point kept" : "point discarded", fill: p.kept ? "#2ecc71" : "#bbbbbb",
+      stroke: p.kept ? "#1d2b4f" : "none" });
+    dot.append(svg("title", {}, `${p.short} ${p.val_bpb.toFixed(6)} ${p.kept ? "kept" : "discarded"}: ${p.description}`));
+    root.append(dot);
+  }
+  return root;
+}
+
+function progressSection(pr) {
+  const best = pr.best === null || pr.best === undefined ? "—" : pr.best.toFixed(6);
+  const base = pr.baseline === null || pr.baseline === undefined ? "—" : pr.baseline.toFixed(6);
+  return el("section", { id: "progress" }, el("h2", {}, "This node's progress"),
+    el("p", { class: "muted small", text: `${pr.experiments} experiments · ${pr.kept} kept · ${pr.crashed} crashed · ` +
+      `baseline ${base} · best kept ${best} (dots: experiments, green: kept; line: running best; dashed: baseline)` }),
+    el("div", { class: "chart-box" }, progressChart(pr)));
 }
 
 function lineageSection(lin) {
@@ -331,7 +406,7 @@ function claimView(c) {
 
 // -- routing and polling -----------------------------------------------------------------------
 function route() {
-  const m = location.hash.match(/^#\/claim\/([0-9a-f]{64})$/);
+  const m = location.hash.match(/^#\/claim\/([0-9a-f]{6,64})$/);
   return m ? { page: "claim", id: m[1] } : { page: "home" };
 }
 
@@ -360,8 +435,8 @@ async function refresh() {
       if (current() && changed("view", c)) fill(view, claimView(c));
     } else {
       const q = `?task=${state.task}`;
-      const [lb, lin] = await Promise.all([api(`/api/leaderboard${q}`), api(`/api/lineage${q}`)]);
-      if (current() && changed("view", [lb, lin])) fill(view, leaderboardSection(lb), lineageSection(lin));
+      const [lb, lin, pr] = await Promise.all([api(`/api/leaderboard${q}`), api(`/api/lineage${q}`), api(`/api/progress${q}`)]);
+      if (current() && changed("view", [lb, lin, pr])) fill(view, leaderboardSection(lb), progressSection(pr), lineageSection(lin));
     }
   } catch (err) {
     document.getElementById("offline").hidden = false;
