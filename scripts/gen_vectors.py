@@ -524,6 +524,7 @@ EST_TASK = task_id(TASK_BODY)  # tolerance "0.01": sigma 0.01 / 3 for a device c
 EST_NOISE = {EST_TASK: {"cpu": {"sigma": "0.003", "seeds": 8}, "cuda": {"sigma": "0.0015", "seeds": 8}},
              "ee" * 32: {"mps": {"sigma": "0.5", "seeds": 8}}}  # another task's noise: not ours
 EST_SELF = "me"
+EST_PRETRUSTED = ("me", "op")  # the node and an operator-trusted key
 EST_TRUST = {"me": "1", "op": "1", "v1": "0.6", "v2": "0.25", "a1": "0.5", "sybil": "0"}  # others: 0
 EST_BASE_SOURCE = hashlib.sha256(TASK_BODY["source"].encode()).hexdigest()
 EST_HALF = RESULT["tokens"] // 2
@@ -620,7 +621,8 @@ def estimate_vectors() -> dict:
                      "00" * 64) for c in claims]
     facts = [VoteFact(v["id"], v["voter"], v["claim"], v["verdict"], v["val_bpb"], v["created_at"], v["fresh"],
                       v["device"]) for v in votes]
-    view = TrustView({keys[k]: float(w) for k, w in EST_TRUST.items()}, frozenset(), frozenset({keys[EST_SELF]}))
+    view = TrustView({keys[k]: float(w) for k, w in EST_TRUST.items()}, frozenset(),
+                     frozenset(keys[k] for k in EST_PRETRUSTED))
     grouped = ranking.group_votes(facts)
     statuses = {e.id: ranking.claim_status(e, grouped.get(e.id, []), view, keys[EST_SELF],
                                            ranking.RankingSettings(), sigma_of) for e in envs}
@@ -642,7 +644,8 @@ def estimate_vectors() -> dict:
     return {
         "description": "SPEC.md 5.8 and 5.9: one task's claims and votes as plain data (ids are only ids here; "
                        "nothing is signed; tokens: the claim's result.tokens, its budget), the voters' trust in the node's "
-                       "view (absent: 0), the node's noise "
+                       "view (absent: 0; pretrusted: the node and the keys its operator trusts, the rest have earned "
+                       "power), the node's noise "
                        "table (file format of 5.8) and the task's tolerance. fresh: the vote carries a seed_proof. "
                        "expected: per claim, its estimate (mean, se, sigma: 6 decimals; n), its reference, z and p "
                        "(6 significant digits; null without a test) and state; board: the verified list, best first "
@@ -654,6 +657,7 @@ def estimate_vectors() -> dict:
         "task": {"id": EST_TASK, "tolerance": tolerance, "source_sha256": EST_BASE_SOURCE},
         "noise": EST_NOISE,
         "self": keys[EST_SELF],
+        "pretrusted": [keys[k] for k in EST_PRETRUSTED],
         "trust": {keys[k]: w for k, w in EST_TRUST.items()},
         "keys": keys,
         "claims": claims,

@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from protocol import Envelope
 
-from .stats import BASELINE, NOT_YET, SIGNIFICANT, Estimate, Significance, estimate, significance
+from .stats import BASELINE, NOT_YET, SIGNIFICANT, Z_MISMATCH, Estimate, Significance, estimate, significance
 from .trust import TrustView, VoteFact, latest_votes
 
 # The seed noise of a sample's device class (result.device) for the claim's task: store/stats.py NoiseTable.
@@ -111,10 +111,31 @@ def fresh_samples(current: Iterable[VoteFact], trust: TrustView, sigma_of: Sigma
     ``reproduced`` and ``mismatch`` votes that carry a seed_proof and a value, from voters with voting
     power (pre-trusted, or agreement earned with a pre-trusted key: protocol/SPEC.md 5.9). Walk trust
     is not enough: keys that vouch for each other pass it around, power they cannot (store/trust.py).
-    Unweighted: power decides who is heard, not how loud."""
-    return [(float(v.val_bpb), sigma_of(v.device)) for v in current
-            if v.fresh and v.val_bpb is not None and v.verdict in ("reproduced", "mismatch")
-            and trust.power_of(v.voter) > 0]
+    Unweighted: power decides who is heard, not how loud.
+
+    Earned power can be had by guessing (``reproduced`` early on every claim is right more often
+    than not), and a made-up value cannot be told from a run. So where pre-trusted keys ran the claim
+    (``P``: their samples), the others are heard only as far as P can check them: at most |P| of
+    them (the most powerful first, then by (created_at, id)), each within Z_MISMATCH of P's mean given
+    both noises; what keys this node does not pre-trust say never outnumbers what its own runs say.
+    Without P, every key with power is heard (the claim is verified only with trusted support)."""
+    fresh = [v for v in current if v.fresh and v.val_bpb is not None and v.verdict in ("reproduced", "mismatch")]
+    pre = [(float(v.val_bpb), sigma_of(v.device)) for v in fresh
+           if v.voter in trust.pretrusted and v.voter not in trust.distrusted]
+    others = sorted((v for v in fresh if v.voter not in trust.pretrusted and trust.power_of(v.voter) > 0),
+                    key=lambda v: (-trust.power_of(v.voter), v.created_at, v.id))
+    if not pre:
+        return [(float(v.val_bpb), sigma_of(v.device)) for v in others]
+    mean = math.fsum(x for x, _ in pre) / len(pre)
+    noise = math.fsum(s * s for _, s in pre) / len(pre) / len(pre)  # the variance of P's mean
+    heard: list[tuple[float, float]] = []
+    for v in others:
+        if len(heard) >= len(pre):
+            break
+        x, s = float(v.val_bpb), sigma_of(v.device)
+        if abs(x - mean) <= Z_MISMATCH * math.sqrt(s * s + noise):
+            heard.append((x, s))
+    return pre + heard
 
 
 def claim_status(

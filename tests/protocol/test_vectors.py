@@ -321,7 +321,7 @@ def _estimates_with_our_code(data: dict, tmp_path: Path) -> tuple[dict, list[str
               for c in data["claims"]]
     facts = [VoteFact(v["id"], v["voter"], v["claim"], v["verdict"], v["val_bpb"], v["created_at"], v["fresh"],
                       v["device"]) for v in data["votes"]]
-    view = TrustView({k: float(w) for k, w in data["trust"].items()}, frozenset(), frozenset({data["self"]}))
+    view = TrustView({k: float(w) for k, w in data["trust"].items()}, frozenset(), frozenset(data["pretrusted"]))
     grouped = ranking.group_votes(facts)
 
     def sigma_of(device: str | None) -> float:
@@ -385,10 +385,17 @@ def _spec_estimates(data: dict) -> tuple[dict, list[str], list[str], list[str]]:
 
     estimates = {}
     for c in claims:
-        samples = [(Fraction(float(v["val_bpb"])), Fraction(sigma(v["device"])))
-                   for (claim, voter), v in latest.items()
-                   if claim == c["id"] and voter != c["author"] and v["verdict"] in ("reproduced", "mismatch")
-                   and v["fresh"] and v["val_bpb"] is not None and trust(voter) > 0]
+        heard = [v for (claim, voter), v in latest.items()
+                 if claim == c["id"] and voter != c["author"] and v["verdict"] in ("reproduced", "mismatch")
+                 and v["fresh"] and v["val_bpb"] is not None and trust(voter) > 0]
+        pre = [v for v in heard if v["voter"] in data["pretrusted"]]
+        rest = sorted((v for v in heard if v not in pre), key=lambda v: (-trust(v["voter"]), v["created_at"], v["id"]))
+        if pre:
+            m = sum(Fraction(float(v["val_bpb"])) for v in pre) / len(pre)
+            var = sum(Fraction(sigma(v["device"])) ** 2 for v in pre) / len(pre) ** 2
+            rest = [v for v in rest if abs(float(v["val_bpb"]) - float(m))
+                    <= SPEC_Z_MISMATCH * math.sqrt(sigma(v["device"]) ** 2 + float(var))][:len(pre)]
+        samples = [(Fraction(float(v["val_bpb"])), Fraction(sigma(v["device"]))) for v in pre + rest]
         n = len(samples)
         if n == 0:
             estimates[c["id"]] = None
