@@ -30,6 +30,7 @@ from .stats import NoiseTable, Significance
 from .trust import TrustSettings, TrustView, VoteFact, compute_trust
 
 SQL_CHUNK = 500  # ids per IN (...) query, well under SQLite's bound-parameter limit
+TASK_CACHE = 64  # tasks whose view a replica keeps computed (a swarm has a few)
 VOTE_COLUMNS = "id, author, claim, verdict, vote_bpb, created_at, fresh, device, rowid, claim_received_at"
 
 
@@ -91,6 +92,11 @@ class Replica:
         self._write_lock = asyncio.Lock()
         self._trust: TrustView | None = None
         self._trust_generation = 0
+        # Per-task caches, valid while _trust_generation is unchanged (every stored claim or vote and
+        # every trust change bumps it): a dashboard polling the board recomputes nothing in between.
+        self._task_bodies: dict[str, dict] = {}  # task messages are immutable: kept once found
+        self._status_cache: dict[str, tuple[int, list[Envelope], dict[str, ClaimStatus]]] = {}
+        self._board_cache: dict[str, tuple[int, Leaderboard]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -424,8 +430,24 @@ class Replica:
         return ranking.significances(claims, statuses, await self._baseline_sha(claim.body["task"])).get(claim_id)
 
     async def _task_body(self, task_id: str) -> dict | None:
+        body = self._task_bodies.get(task_id)
+        if body is not None:
+            return body
         rows = await self._fetchall("SELECT raw FROM messages WHERE kind = 'task' AND task = ? LIMIT 1", (task_id,))
-        return _envelope(rows[0][0]).body if rows else None
+        if not rows:
+            return None
+        if len(self._task_bodies) >= TASK_CACHE:
+            self._task_bodies.clear()
+        body = self._task_bodies[task_id] = _envelope(rows[0][0]).body
+        return body
+
+    def _cached(self, cache: dict, task_id: str, generation: int, value: tuple) -> None:
+        """Keep a task's computed view if nothing was stored meanwhile and the task is known (a task
+        message arriving bumps no generation: without it the view had no noise and no baseline)."""
+        if generation == self._trust_generation and task_id in self._task_bodies:
+            if len(cache) >= TASK_CACHE:
+                cache.clear()
+            cache[task_id] = (generation, *value)
 
     async def _baseline_sha(self, task_id: str) -> str | None:
         """SHA-256 of the task's source: the baseline claim's source (protocol/SPEC.md 5.9)."""
@@ -446,6 +468,10 @@ class Replica:
         return for_claim
 
     async def _statuses(self, task_id: str) -> tuple[list[Envelope], dict[str, ClaimStatus]]:
+        generation = self._trust_generation
+        hit = self._status_cache.get(task_id)
+        if hit is not None and hit[0] == generation:
+            return hit[1], hit[2]
         claims = await self.claims(task_id)
         view = await self._trust_view()
         sigma_of = await self._sigma_of(task_id)
@@ -456,6 +482,7 @@ class Replica:
         statuses = {c.id: ranking.claim_status(c, by_claim.get(c.id, []), view, self.self_key,
                                                self.settings.ranking, sigma_of(c) if sigma_of else None)
                     for c in claims}
+        self._cached(self._status_cache, task_id, generation, (claims, statuses))
         return claims, statuses
 
     async def received_at(self, message_id: str) -> int | None:
@@ -464,14 +491,20 @@ class Replica:
         return rows[0][0] if rows else None
 
     async def _board(self, task_id: str) -> tuple[Leaderboard, dict[str, ClaimStatus]]:
+        generation = self._trust_generation
         claims, statuses = await self._statuses(task_id)
+        hit = self._board_cache.get(task_id)
+        if hit is not None and hit[0] == generation:
+            return hit[1], statuses
         own = dict(await self._fetchall(
             "SELECT id, received_at FROM messages WHERE task = ? AND kind = 'claim'", (task_id,)))
         votes = [_vote(r) for r in await self._fetchall(
             f"SELECT {VOTE_COLUMNS} FROM messages WHERE kind = 'vote' AND claim_received_at IS NOT NULL AND claim IN "
             "(SELECT id FROM messages WHERE task = ? AND kind = 'claim')", (task_id,))]
         received = ranking.receipt_times(claims, own, votes, await self._trust_view())
-        return ranking.leaderboard(claims, statuses, await self._baseline_sha(task_id), received), statuses
+        board = ranking.leaderboard(claims, statuses, await self._baseline_sha(task_id), received)
+        self._cached(self._board_cache, task_id, generation, (board,))
+        return board, statuses
 
     async def leaderboard(self, task_id: str) -> Leaderboard:
         return (await self._board(task_id))[0]
