@@ -2,10 +2,12 @@
 
 A claim carries a patch against its parent's source; its full source is rebuilt by applying the
 patches along its lineage from the task baseline, and checked against the claim's source_sha256
-(protocol/SPEC.md 5.3). Sources are cached by claim id (they never change: messages are immutable).
+(protocol/SPEC.md 5.3). Sources are cached by claim id (they never change: messages are immutable),
+in a cache bounded in bytes; the rebuild is bounded in depth and size (ReplicaCorpus).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from ralph.corpus import CorpusEntry
@@ -14,7 +16,16 @@ from trainer.tasks import Task, TaskRegistry
 
 
 class SourceError(Exception):
-    """A claim whose source cannot be rebuilt: unknown parent, patch that does not apply, hash mismatch."""
+    """A claim whose source cannot be rebuilt: unknown parent, patch that does not apply, hash mismatch,
+    a lineage too deep or a source too big."""
+
+
+class MissingAncestor(SourceError):
+    """An ancestor this replica does not hold (yet): the claim waits for it."""
+
+    def __init__(self, ancestor: str, message: str):
+        super().__init__(message)
+        self.ancestor = ancestor
 
 
 class TaskBook:
@@ -46,44 +57,82 @@ class TaskBook:
 
 
 class ReplicaCorpus:
-    """``ralph.corpus.CorpusView`` over the node's replica, from the node's own point of view."""
+    """``ralph.corpus.CorpusView`` over the node's replica, from the node's own point of view.
 
-    MAX_CACHE = 4096
+    Rebuilding is bounded (issue 17): a lineage deeper than MAX_CHAIN_DEPTH links, or a source that
+    grows past MAX_SOURCE_BYTES at any link, is refused (``SourceError``: a reproducer votes it
+    ``failed`` without building further); a claim whose ancestor the replica lacks raises
+    ``MissingAncestor`` (it waits for the ancestor rather than being voted on). Rebuilt sources are
+    kept in an LRU cache of at most MAX_CACHE_BYTES, and the rebuild starts from the nearest cached
+    ancestor."""
+
+    MAX_CHAIN_DEPTH = 1024  # links from the task's source to a claim
+    MAX_SOURCE_BYTES = 512 * 1024  # a rebuilt source (task sources are at most 64 KiB; patches add 64 KiB a link)
+    MAX_CACHE_BYTES = 32 * 1024 * 1024  # rebuilt sources kept (UTF-8 bytes)
 
     def __init__(self, replica: Any, tasks: TaskBook, own_key: str):
         self.replica = replica
         self.tasks = tasks
         self.own_key = own_key
-        self._sources: dict[str, str] = {}
+        self._sources: OrderedDict[str, str] = OrderedDict()  # claim id -> source, least recently used first
+        self._cache_bytes = 0
+
+    @property
+    def cache_bytes(self) -> int:
+        return self._cache_bytes
+
+    def _cached(self, claim_id: str) -> str | None:
+        source = self._sources.get(claim_id)
+        if source is not None:
+            self._sources.move_to_end(claim_id)
+        return source
+
+    def _remember(self, claim_id: str, source: str) -> None:
+        size = len(source.encode("utf-8"))
+        if claim_id in self._sources or size > self.MAX_CACHE_BYTES // 4:
+            return
+        self._sources[claim_id] = source
+        self._cache_bytes += size
+        while self._cache_bytes > self.MAX_CACHE_BYTES:
+            _, old = self._sources.popitem(last=False)
+            self._cache_bytes -= len(old.encode("utf-8"))
 
     async def source_of(self, claim_id: str) -> str:
-        if claim_id in self._sources:
-            return self._sources[claim_id]
-        chain = []
+        cached = self._cached(claim_id)
+        if cached is not None:
+            return cached
         env = await self.replica.get(claim_id)
         if env is None or env.kind != "claim":
             raise SourceError(f"unknown claim {claim_id[:12]}")
-        lineage = await self.replica.lineage(claim_id)
-        ancestors = lineage["ancestors"]
-        chain = [*ancestors, env]
         task = await self.tasks.get(env.body["task"])
         if task is None:
             raise SourceError(f"unknown task {env.body['task'][:12]}")
-        if chain[0].body["parent"] is not None:
-            raise SourceError(f"missing ancestor {chain[0].body['parent'][:12]} of claim {claim_id[:12]}")
-        source = task.source
-        for link in chain:
-            if link.id in self._sources:
-                source = self._sources[link.id]
-                continue
+        # walk up to the task's source or the nearest cached ancestor, never further than the bound
+        chain, source, seen = [env], task.source, {claim_id}
+        parent = env.body["parent"]
+        while parent is not None:
+            cached = self._cached(parent)
+            if cached is not None:
+                source = cached
+                break
+            if len(chain) >= self.MAX_CHAIN_DEPTH or parent in seen:
+                raise SourceError(f"lineage of claim {claim_id[:12]} deeper than {self.MAX_CHAIN_DEPTH} links")
+            seen.add(parent)
+            link = await self.replica.get(parent)
+            if link is None or link.kind != "claim":
+                raise MissingAncestor(parent, f"missing ancestor {parent[:12]} of claim {claim_id[:12]}")
+            chain.append(link)
+            parent = link.body["parent"]
+        for link in reversed(chain):
             try:
                 source = apply_patch(source, link.body["patch"])
             except PatchError as exc:
                 raise SourceError(f"patch of {link.id[:12]} does not apply: {exc}") from None
+            if len(source.encode("utf-8")) > self.MAX_SOURCE_BYTES:
+                raise SourceError(f"source of {link.id[:12]} is over {self.MAX_SOURCE_BYTES // 1024} KiB")
             if source_sha256(source) != link.body["source_sha256"]:
                 raise SourceError(f"source of {link.id[:12]} does not match its source_sha256")
-            if len(self._sources) < self.MAX_CACHE:
-                self._sources[link.id] = source
+            self._remember(link.id, source)
         return source
 
     def _entry(self, env: Any, val_bpb: str | None) -> CorpusEntry:

@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from protocol import PROTOCOL_VERSION, Envelope, Identity, build, task_id
-from store import Replica, StoreSettings
+from store import Replica, StoreSettings, VerifyPool
 from trainer.tasks import Task, TaskError
 
 from node import VERSION
@@ -23,7 +23,7 @@ from node.net import api
 from node.errors import UserError
 from node.net.gossip import Gossip
 from node.net.peers import PeerTable
-from node.net.ratelimit import RateLimiter
+from node.net.ratelimit import RateLimiter, RateSettings
 from node.corpus import ReplicaCorpus, TaskBook
 from node.extension import Extension
 from node.settings import NodeSettings, load_noise, to_address
@@ -49,6 +49,9 @@ class Node:
         self.gossip: Gossip | None = None
         self.peers = PeerTable(self_pubkey=identity.pubkey)
         self.rate_limiter = RateLimiter(settings.rate)
+        # fetch answers' bytes per client address (node/net/api.py fetch): a token bucket in bytes
+        self.fetch_limiter = RateLimiter(RateSettings(rate=api.FETCH_PEER_RATE_BPS, burst=api.FETCH_PEER_BURST_BYTES))
+        self.bytes_out_fetch = 0
         self.address: str | None = None
         self.bytes_in = 0
         self.started_at = time.time()
@@ -95,7 +98,8 @@ class Node:
         transport = HttpTransport(self._session, self_address=self.address, swarm_key=self.swarm_key)
         self.transport = transport
         self.gossip = Gossip(self.replica, transport, self.peers, own_key=self.identity.pubkey,
-                             settings=s.gossip, rng=self._rng, on_accepted=self._on_accepted)
+                             settings=s.gossip, rng=self._rng, on_accepted=self._on_accepted,
+                             verifier=VerifyPool(), on_progress=self.echo)
         await self.publish_peer_record(advertised)
         await self.publish_task()
         for addr in s.network.bootstrap:
@@ -140,6 +144,10 @@ class Node:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+        if self.gossip is not None:
+            await self.gossip.fetcher.close()
+            if self.gossip.verifier is not None:
+                await asyncio.to_thread(self.gossip.verifier.close)
         if self.replica is not None:
             await self.replica.close()
 
@@ -273,7 +281,9 @@ class Node:
         return {
             "bytes_received": self.bytes_in + self.transport.bytes_in,  # request bodies served + answers read
             "bytes_sent": self.transport.bytes_out,
+            "bytes_fetch_served": self.bytes_out_fetch,  # envelope bytes in /v1/fetch answers
             "gossip": {k: v for k, v in vars(g).items()},
+            "catchup": self.gossip.catchup_json(),
             "events": dict(self.telemetry.events),
             "counters": {**self.telemetry.counters, **{f"busy_s_{k}": v for k, v in self.slots.busy_s.items()}},
         }

@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import OrderedDict
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from node.baseline_time import BaselineTime, BaselineTimes
-from node.corpus import SourceError
+from node.corpus import MissingAncestor, SourceError
 from node.device_run import DeviceRun, on_device
 from node.extension import NodeView
 from node.scheduler import (Candidate, QueueItem, Scheduler, SchedulerSettings, may_reproduce, verdict_from_budget,
@@ -40,6 +41,7 @@ from node.telemetry import Counter, vote_counter
 from node.threads import run_in_daemon_thread
 
 log = logging.getLogger(__name__)
+MAX_WAITING = 10_000  # missing ancestors with claims waiting for them (the oldest forgotten first)
 MAX_REASON_CHARS = 1000  # vote.reason is capped at 4 KiB of UTF-8 (protocol/limits.py)
 
 
@@ -66,6 +68,7 @@ class Reproducer:
         self._voted: set[str] = set()  # claims this node voted on (cached: a vote never goes away)
         self._checked: set[str] = set()  # claims whose votes were looked up for one of ours
         self._attempted: set[str] = set()  # claims the worker took, voted or not: never retried this run
+        self._waiting: OrderedDict[str, set[str]] = OrderedDict()  # missing ancestor -> claims waiting for it
         self._dirty = asyncio.Event()
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -94,9 +97,19 @@ class Reproducer:
             await asyncio.wait(self._tasks, timeout=self.worker.stop_timeout_s)
         self._tasks = []
 
+    def _wait_for(self, ancestor: str, claim: str) -> None:
+        """``claim`` waits for ``ancestor`` (bounded: the oldest waits are forgotten first)."""
+        self._waiting.setdefault(ancestor, set()).add(claim)
+        self._waiting.move_to_end(ancestor)
+        while len(self._waiting) > MAX_WAITING:
+            self._waiting.popitem(last=False)
+
     def on_accepted(self, envelopes: list) -> None:
         own = self.node.identity.pubkey if self.node is not None else None
         for env in envelopes:
+            for claim in self._waiting.pop(env.id, ()):  # its ancestor arrived: try it again
+                self._attempted.discard(claim)
+                self._dirty.set()
             if env.kind == "vote" and env.author == own:
                 self._voted.add(env.body["claim"])
             if env.kind in ("claim", "vote", "task"):
@@ -215,6 +228,9 @@ class Reproducer:
             return await self._vote(item.claim, "refused", None, why)
         try:
             source = await node.corpus.source_of(item.claim)
+        except MissingAncestor as exc:  # not the author's fault, perhaps: wait for the ancestor, vote nothing
+            self._wait_for(exc.ancestor, item.claim)
+            return None
         except SourceError as exc:
             return await self._vote(item.claim, "failed", None, f"source: {exc}")
         claimed = env.body["result"]

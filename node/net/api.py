@@ -19,13 +19,17 @@ from aiohttp import web
 from protocol import ProtocolError, canon, is_hex, parse
 
 from node.net.negentropy import NegentropyError
-from node.net.swarmkey import read_body
+from node.net.swarmkey import PLAIN_BODY, read_body
 
 log = logging.getLogger(__name__)
 
 NODE: web.AppKey[Any] = web.AppKey("node", object)
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a push batch of envelopes (each <= 256 KiB)
 MAX_IDS = 1000  # ids per announce/fetch, envelopes per push
+MAX_FETCH_ANSWER_BYTES = 16 * 1024 * 1024  # a fetch answer's bytes at most (the client's cap, SPEC.md 10.5)
+FETCH_CHUNK = 8  # envelopes read from the replica at a time while a fetch answer streams
+FETCH_PEER_RATE_BPS = 4 * 1024 * 1024  # fetch answer bytes per second per client address, sustained ...
+FETCH_PEER_BURST_BYTES = 64 * 1024 * 1024  # ... after a burst of this many (a catch-up)
 PEER_HEADER = "X-Ralphswarm-Peer"  # the sender's own address (its peer record's), a hint (SPEC.md 10)
 
 
@@ -133,10 +137,61 @@ async def get_message(request: web.Request) -> web.Response:
     return _raw_json(raw)
 
 
-async def fetch(request: web.Request) -> web.Response:
-    ids = _ids(await _body(request))
-    raws = await request.app[NODE].replica.get_many_raw(ids)
-    return _raw_json(b'{"messages":[' + b",".join(raws) + b"]}")
+async def fetch(request: web.Request) -> web.StreamResponse:
+    """Streamed (SPEC.md 10.2.4): the envelopes are read FETCH_CHUNK at a time and written as they
+    come, so an answer costs the node a chunk of memory, not its size; it stops before the envelope
+    that would take it past MAX_FETCH_ANSWER_BYTES or past what the client's address may still read
+    (``Node.fetch_limiter``, bytes per second per address). In a private swarm the answer is sealed
+    whole, so it is built in memory, under the same cap."""
+    node = request.app[NODE]
+    ids = list(dict.fromkeys(_ids(await _body(request))))
+    key, now = request.remote or "?", time.monotonic()
+    chunks = (ids[i:i + FETCH_CHUNK] for i in range(0, len(ids), FETCH_CHUNK))
+    pending: list[bytes] = []
+    for chunk in chunks:  # the first stored envelope decides between an answer and 429
+        pending = await node.replica.get_many_raw(chunk)
+        if pending:
+            break
+    if pending:
+        wait = node.fetch_limiter.take(key, now, len(pending[0]))
+        if wait > 0:
+            node.metrics_event("fetch_bytes_limited")
+            return _error(429, "rate limited (bytes)", headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+    sealed = PLAIN_BODY in request
+    out: list[bytes] = []
+    resp: web.StreamResponse | None = None
+    if not sealed:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'{"messages":[')
+    size, first, charged = len(b'{"messages":[]}'), True, True
+    while pending:
+        for raw in pending:
+            if size + len(raw) + 1 > MAX_FETCH_ANSWER_BYTES or (
+                    not charged and node.fetch_limiter.take(key, time.monotonic(), len(raw)) > 0):
+                node.metrics_event("fetch_answer_cut")
+                pending = []
+                break
+            charged = False
+            piece = raw if first else b"," + raw
+            first = False
+            size += len(piece)
+            node.bytes_out_fetch += len(raw)
+            if resp is not None:
+                await resp.write(piece)
+            else:
+                out.append(piece)
+        else:
+            pending = []
+            for chunk in chunks:
+                pending = await node.replica.get_many_raw(chunk)
+                if pending:
+                    break
+    if resp is None:
+        return _raw_json(b'{"messages":[' + b"".join(out) + b"]}")
+    await resp.write(b"]}")
+    await resp.write_eof()
+    return resp
 
 
 async def announce(request: web.Request) -> web.Response:

@@ -245,3 +245,34 @@ async def test_stop_during_a_run_returns_within_seconds(tmp_path, cache, honest)
     # joined); the rest of stop (loops cancelled, server and database closed) is in-process work
     assert time.monotonic() - started < FAST.stop_timeout_s + SLACK_S
     assert not node.slots.in_use  # the slot was handed back
+
+
+async def test_a_missing_parent_is_waited_for_not_voted_failed(tmp_path, cache):
+    # A claim whose parent this node lacks gets no vote (issue 17: every reproducer used to vote it
+    # failed); it waits, and is tried again when the parent arrives. Both are unbuildable here (a
+    # wrong source_sha256), so both are voted failed at once, without a run, when they can be built.
+    node, rep = await start_node(tmp_path, cache)
+    try:
+        new = TINY.source + "# parent\n"
+        parent = build(AUTHOR, "public", "claim", {
+            "task": TINY.id, "parent": None, "patch": make_patch(TINY.source, new), "source_sha256": "0" * 64,
+            "note": "parent", "outcome": "improved", "result": claim_env(new, _fake_result()).body["result"]})
+        child = build(AUTHOR, "public", "claim", {
+            **parent.body, "parent": parent.id, "patch": make_patch(new, new + "# child\n"), "note": "child"})
+        await offer(node, child)
+        deadline = time.monotonic() + 20
+        while parent.id not in rep._waiting and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert rep._waiting.get(parent.id) == {child.id}
+        assert await own_votes(node, child.id) == []
+        await offer(node, parent)
+        vote = await wait_vote(node, child.id, timeout=20)
+        assert vote.body["verdict"] == "failed" and "source_sha256" in vote.body["reason"]
+        assert parent.id not in rep._waiting
+    finally:
+        await node.stop()
+
+
+def _fake_result() -> dict:
+    return {"val_bpb": "1.400000", "curve": [[0, "5.545177"], [BUDGET // 2, "2.000000"]], "tokens": BUDGET,
+            "seed": 0, "wall_s": "1.0", "device": "cpu", "torch": "2.13.0", "flops_per_token": 1000}
