@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 import random
 import time
 from typing import Any, Awaitable, Callable
@@ -14,7 +15,7 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from protocol import PROTOCOL_VERSION, Envelope, Identity, build, task_id
+from protocol import PROTOCOL_VERSION, Envelope, Identity, build, is_hex, task_id
 from store import Replica, StoreSettings, VerifyPool
 from trainer.tasks import Task, TaskError
 
@@ -31,12 +32,15 @@ from node.slots import DeviceSlots, detect_devices
 from node.telemetry import Telemetry
 from node.net.transport import PeerUnavailable
 from node.net.http import HttpTransport
+from node.net.admission import Admission, is_public_host
 from node.net.conn import GuardedSite
 from node.net.swarmkey import SwarmKey, install_swarm_key
 from node.web import dashboard, metrics
 from node.web.shapes import leaderboard_json
 
 log = logging.getLogger(__name__)
+
+INBOUND_RETRY_S = 600.0  # an inbound address refused at dial-back is not dialled again for this long
 
 
 class Node:
@@ -48,6 +52,10 @@ class Node:
         self.replica: Replica | None = None
         self.gossip: Gossip | None = None
         self.peers = PeerTable(self_pubkey=identity.pubkey)
+        # who may enter the table (node/net/admission.py): non-public ranges only in a local swarm
+        self.admission = Admission(allow_private=_local_swarm(settings))
+        self._inbound: set[str] = set()  # inbound addresses being dialled back
+        self._refused: OrderedDict[str, float] = OrderedDict()  # inbound addresses refused -> when
         self.rate_limiter = RateLimiter(settings.rate)
         # fetch answers' bytes per client address (node/net/api.py fetch): a token bucket in bytes
         self.fetch_limiter = RateLimiter(RateSettings(rate=api.FETCH_PEER_RATE_BPS, burst=api.FETCH_PEER_BURST_BYTES))
@@ -192,15 +200,52 @@ class Node:
 
     # -- discovery -----------------------------------------------------------------------------
     def learn_inbound(self, address: str) -> None:
-        if address not in self.peers and address.startswith("http://") and len(address) < 256:
-            self.peers.add(address, source="inbound")
+        """A client named its address (X-Ralphswarm-Peer): a candidate, dialled back before it enters
+        the table (node/net/admission.py); never more than max_pending at a time."""
+        address = address.rstrip("/") if isinstance(address, str) else address
+        if address in self.peers or address in self._inbound or address in self.peers.self_addresses:
+            return
+        refused_at = self._refused.get(address)
+        if refused_at is not None and time.monotonic() - refused_at < INBOUND_RETRY_S:
+            return
+        if len(self._inbound) >= self.admission.settings.max_pending or not self.admission.address_ok(address):
+            return
+        self._inbound.add(address)
+        self.spawn(self._dial_back(address), "dial back")
+
+    async def _dial_back(self, address: str) -> None:
+        try:
+            st = await self.transport.status(address)
+        except PeerUnavailable:
+            st = None
+        finally:
+            self._inbound.discard(address)
+        key = st.get("pubkey") if isinstance(st, dict) else None
+        if st is None or st.get("swarm") != self.swarm or not is_hex(key, 64) or key == self.identity.pubkey \
+                or self._addresses_of(key) >= self.admission.settings.max_per_author:
+            self.metrics_event("inbound_refused")
+            self._refused[address] = time.monotonic()  # not dialled again for a while (bounded)
+            self._refused.move_to_end(address)
+            while len(self._refused) > 4096:
+                self._refused.popitem(last=False)
+            return
+        if self.peers.add(address, pubkey=key, source="inbound") is not None:
+            self.metrics_event("inbound_admitted")
+
+    def _addresses_of(self, pubkey: str) -> int:
+        return sum(1 for p in self.peers.all() if p.pubkey == pubkey)
 
     async def _on_accepted(self, envelopes: list[Envelope], origin: str | None) -> None:
         for env in envelopes:
             if env.kind == "peer" and env.author != self.identity.pubkey \
                     and env.body["expires_at"] > time.time():
                 for address in env.body["addresses"]:
-                    self.peers.add(address, pubkey=env.author, source="exchange")
+                    address = address.rstrip("/")
+                    if address in self.peers or address in self.peers.self_addresses:
+                        continue
+                    if self.admission.from_record(address, env.author, origin or "direct",
+                                                  self._addresses_of(env.author)):
+                        self.peers.add(address, pubkey=env.author, source="exchange")
         for ext in self.extensions:
             ext.on_accepted(envelopes)
 
@@ -219,6 +264,11 @@ class Node:
         if peer is not None and isinstance(st.get("pubkey"), str):
             if st["pubkey"] == self.identity.pubkey:
                 self.peers.remove(address)  # ourselves under another address
+                return False
+            if peer.pubkey is not None and peer.pubkey != st["pubkey"] and peer.source == "exchange":
+                # a record's author named an address another key answers at: not the author's
+                self.metrics_event("peer_key_mismatch")
+                self.peers.remove(address)
                 return False
             peer.pubkey = st["pubkey"]
         try:
@@ -320,6 +370,14 @@ class Node:
 
     async def leaderboard_json(self, task_id: str) -> dict[str, Any]:
         return await leaderboard_json(self.replica, task_id)
+
+
+def _local_swarm(settings: NodeSettings) -> bool:
+    """A LAN or private swarm, or a node that itself listens on a non-public address (a lab, tests):
+    addresses in non-public ranges are taken there, and refused on a public node."""
+    n = settings.network
+    return bool(n.lan or n.swarm_key_file is not None
+                or not is_public_host(n.host) and n.host not in ("0.0.0.0", "::", ""))
 
 
 def _reachable_host(host: str, settings: NodeSettings) -> str:

@@ -1,0 +1,97 @@
+"""Who may enter the peer table (issue 17 item 5): addresses a stranger hands us are checked before the
+node dials them or keeps them. docs/design.md, "Discovery and swarms".
+
+- **Ranges**: outside a LAN or private swarm, an address whose host is a loopback, private, link-local,
+  multicast, reserved or unspecified IP (or ``localhost``, ``*.local``) is refused: a stranger must not
+  make the node dial into its operator's network. A node that itself listens on such an address is in
+  a local swarm and takes them (tests, a lab).
+- **Per author**: at most ``max_per_author`` addresses of one key in the table (a peer record lists a
+  few; a farm of fresh keys each listing many cannot fill it).
+- **Per announcing peer**: at most ``max_per_origin`` addresses learned from the records one peer (or
+  one client address) sent us, so one request of many fresh-key records plants a handful, not the
+  table.
+- **Inbound** (``X-Ralphswarm-Peer``): the address is only a candidate, at most ``max_pending`` at a
+  time; the node dials it back (``Node._dial_back``) and adds it only if it answers ``/v1/status``
+  in our swarm with a key that is not ours.
+"""
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    max_per_author: int = 4
+    max_per_origin: int = 16
+    max_origins: int = 1024  # origins remembered (the oldest forgotten first)
+    max_pending: int = 64  # inbound candidates waiting to be dialled back
+
+
+def host_of(address: str) -> str | None:
+    """The host of an ``http://host:port`` address, or None when it is not one."""
+    if not isinstance(address, str) or not address.startswith("http://") or len(address) > 255:
+        return None
+    try:
+        parts = urlsplit(address)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname or port is None or parts.path not in ("", "/") or parts.query or parts.username:
+        return None
+    return parts.hostname
+
+
+def is_public_host(host: str) -> bool:
+    """A host a public node may dial: a global IP, or a DNS name that is not local by its form."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        name = host.lower().rstrip(".")
+        return not (name == "localhost" or name.endswith((".localhost", ".local", ".internal", ".lan"))
+                    or "." not in name)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class Admission:
+    def __init__(self, *, allow_private: bool, settings: AdmissionSettings | None = None):
+        self.allow_private = allow_private
+        self.settings = settings or AdmissionSettings()
+        self.by_origin: OrderedDict[str, set[str]] = OrderedDict()
+        self.counters: dict[str, int] = {}
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def address_ok(self, address: str) -> bool:
+        host = host_of(address)
+        if host is None:
+            self._count("refused_malformed")
+            return False
+        if not self.allow_private and not is_public_host(host):
+            self._count("refused_range")
+            return False
+        return True
+
+    def from_record(self, address: str, author: str, origin: str, author_addresses: int) -> bool:
+        """May ``address`` from ``author``'s peer record, sent by ``origin``, enter the table, given that
+        ``author_addresses`` of the author's are in it already?"""
+        if not self.address_ok(address):
+            return False
+        if author_addresses >= self.settings.max_per_author:
+            self._count("refused_per_author")
+            return False
+        learned = self.by_origin.get(origin)
+        if learned is None:
+            learned = self.by_origin[origin] = set()
+            while len(self.by_origin) > self.settings.max_origins:
+                self.by_origin.popitem(last=False)
+        if address not in learned and len(learned) >= self.settings.max_per_origin:
+            self._count("refused_per_origin")
+            return False
+        learned.add(address)
+        return True
