@@ -8,6 +8,7 @@ autoresearch notebook does (node/web/progress.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,8 @@ def register(cli: click.Group) -> None:
             plot_png(progress, tmp, f"ralphswarm {name}")
             tmp.replace(out)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # where nothing could be written, nothing is left
+                tmp.unlink(missing_ok=True)
             raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
         best = "-" if progress["best"] is None else f"{progress['best']:.6f}"
         click.echo(f"wrote {out}: {progress['experiments']} experiments, {progress['kept']} kept, best {best}, "

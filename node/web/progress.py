@@ -30,7 +30,7 @@ def experiment_rows(claims: list[Any], self_key: str) -> list[dict[str, Any]]:
     """The node's own claims among ``claims`` (one task), oldest first, its earliest baseline run
     moved to the front; each row with the results.tsv fields plus the claim id and time."""
     mine = sorted((c for c in claims if c.author == self_key), key=lambda c: (c.created_at, c.id))
-    baselines = [c for c in mine if is_baseline(c)]
+    baselines = [c for c in mine if is_baseline(c) and c.body["outcome"] != "crashed"]
     if baselines:
         mine.remove(baselines[0])
         mine.insert(0, baselines[0])
