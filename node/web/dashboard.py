@@ -151,7 +151,9 @@ async def lineage(request: web.Request) -> web.Response:
     task = await _task_param(request)
     claims = await node.replica.claims(task)
     board = await node.replica.leaderboard(task)
-    rank = {e.claim.id: i + 1 for i, e in enumerate(board.verified)}
+    me = node.identity.pubkey  # own claims nobody else has voted on are not ranked (node/web/shapes.py)
+    ranked = [e for e in board.verified if not (e.claim.author == me and e.votes == 0)]
+    rank = {e.claim.id: i + 1 for i, e in enumerate(ranked)}
     entries = {e.claim.id: e for group in (board.verified, board.pending, board.disputed, board.over_budget,
                                            board.non_deterministic, board.duplicates) for e in group}
     ids = {c.id for c in claims}

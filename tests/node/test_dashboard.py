@@ -369,3 +369,70 @@ def test_private_swarm_dashboard_is_clear_on_loopback_only(tmp_path):
         assert err.value.code == 401  # only reads go through in clear
     finally:
         assert node.stop() == 0
+
+
+# -- this node's own experiments: the progress chart, and own claims nobody else has checked --------
+
+def test_progress_chart_and_own_unverified_claims_in_a_browser(tmp_path, browser):
+    """A node whose home holds its own experiments (signed with its own key, as its loop publishes
+    them): /api/progress gives autoresearch's points, running best and baseline; the page draws
+    them; its own claims, verified by its own run only, are listed apart as "own, unverified by
+    others", never ranked, and the lineage gives them no rank either."""
+    from tests.node.test_cli_views import TINY, Experiments
+    from tests.nodeproc import cli
+
+    from protocol import Identity
+
+    home = tmp_path / "node"
+    assert cli("init", home=home).returncode == 0
+    exp = Experiments(Identity.load(home / "identity.key"))
+    node = NodeProcess(home, *FAST).start()
+    try:
+        report = node.push([c.canonical() for c in exp.all])
+        assert len(report["accepted"]) == len(exp.all), report
+        status, pr = get_json(node, f"/api/progress?task={TINY.id}")
+        assert status == 200 and (pr["experiments"], pr["kept"], pr["crashed"]) == (6, 3, 2)
+        assert [(p["short"], p["val_bpb"], p["kept"]) for p in pr["points"]] == [
+            (exp.baseline.id[:12], 1.95, True), (exp.kept.id[:12], 1.94, True),
+            (exp.discarded.id[:12], 1.99, False), (exp.kept2.id[:12], 1.93, True)]
+        assert pr["frontier"] == [{"x": 0, "val_bpb": 1.95}, {"x": 1, "val_bpb": 1.94}, {"x": 3, "val_bpb": 1.93}]
+        assert pr["baseline"] == 1.95 and pr["best"] == 1.93
+        status, lb = get_json(node, f"/api/leaderboard?task={TINY.id}")
+        own = {e["claim"] for e in lb["verified"] if e["own_unverified"]}
+        assert own == {exp.baseline.id, exp.kept.id, exp.kept2.id} and lb["ranked"] == []
+        assert lb["baseline"]["claim"] == exp.baseline.id and lb["baseline"]["val_bpb"] == "1.950000"
+        assert {e["claim"]: e["delta"] for e in lb["verified"]}[exp.kept2.id] == "-0.020000"
+        assert "1.0 = one run by this node" in lb["support_unit"]
+        status, lin = get_json(node, f"/api/lineage?task={TINY.id}")
+        assert all(n["rank"] is None for n in lin["nodes"])
+        status, c = get_json(node, f"/api/claim/{exp.kept2.id[:8]}")  # any unique prefix, as the CLI takes
+        assert status == 200 and c["envelope"]["id"] == exp.kept2.id
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            page = context.new_page()
+            problems: list[str] = []
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+            page.goto(node.address + "/")
+            page.select_option("#task", TINY.id)
+            page.locator("#progress svg circle.point").first.wait_for()
+            assert page.locator("#progress svg circle.point").count() == 4
+            assert page.locator("#progress svg circle.point.kept").count() == 3
+            assert page.locator("#progress svg path.frontier").count() == 1
+            assert page.locator("#progress svg line.baseline-line").count() == 1
+            assert "6 experiments · 3 kept · 2 crashed" in page.locator("#progress").inner_text()
+            own_rows = page.locator("#leaderboard .own-unverified tbody tr")
+            assert own_rows.count() == 3
+            assert page.locator("#leaderboard .verified tbody tr").count() == 0
+            assert "baseline val_bpb 1.950000" in page.locator("#leaderboard .baseline-line").inner_text()
+            page.locator("#progress").scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "dashboard-progress.png"), full_page=True)
+            page.goto(f"{node.address}/#/claim/{exp.kept2.id[:8]}")
+            page.locator(f'#claim[data-claim="{exp.kept2.id}"]').wait_for()
+            assert problems == [], problems
+        finally:
+            context.close()
+    finally:
+        assert node.stop() == 0
