@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from ralph.corpus import CorpusEntry
+from ralph.corpus import CorpusEntry, Observation, observation_of
 from trainer.patches import PatchError, apply_patch, source_sha256
 from trainer.tasks import Task, TaskRegistry
 
@@ -69,6 +69,7 @@ class ReplicaCorpus:
     MAX_CHAIN_DEPTH = 1024  # links from the task's source to a claim
     MAX_SOURCE_BYTES = 512 * 1024  # a rebuilt source (task sources are at most 64 KiB; patches add 64 KiB a link)
     MAX_CACHE_BYTES = 32 * 1024 * 1024  # rebuilt sources kept (UTF-8 bytes)
+    MAX_OBSERVATIONS = 2000  # the newest claims the optimizer and the duplicate check read per step
 
     def __init__(self, replica: Any, tasks: TaskBook, own_key: str):
         self.replica = replica
@@ -161,3 +162,16 @@ class ReplicaCorpus:
             return None
         best = min(mine, key=lambda c: float(c.body["result"]["val_bpb"]))
         return self._entry(best, best.body["result"]["val_bpb"])
+
+    async def observations(self, task_id: str) -> list[Observation]:
+        """The task's newest MAX_OBSERVATIONS claims with their sources, oldest first (claims whose
+        source cannot be rebuilt are left out): the optimizer's trial history, the tried scripts."""
+        claims = sorted(await self.replica.claims(task_id), key=lambda c: (c.created_at, c.id))[-self.MAX_OBSERVATIONS:]
+        out = []
+        for c in claims:
+            try:
+                source = await self.source_of(c.id)
+            except SourceError:
+                continue
+            out.append(observation_of(c.id, c.body, source, c.author == self.own_key))
+        return out

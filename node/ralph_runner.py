@@ -57,7 +57,8 @@ class RalphRunner:
         for i in range(self.settings.agent_count):
             # Seeded by identity and agent: two nodes must not walk the same mutation sequence.
             seed = int.from_bytes(hashlib.sha256(f"{node.identity.pubkey}:{i}".encode()).digest()[:4], "big")
-            proposer = select_proposer(self.settings, self.env, home=home, seed=seed)
+            proposer = select_proposer(self.settings, self.env, home=home, seed=seed,
+                                       study_path=memory_path(home, task.id, i).with_suffix(".optuna.journal"))
             self.proposer_line = getattr(proposer, "description", type(proposer).__name__)
             memory = Memory.load(memory_path(home, task.id, i), self.settings.memory_type, self.settings.memory_depth)
             loop = RalphLoop(task, node.corpus, proposer, self.settings, memory, self._publish, self._run,

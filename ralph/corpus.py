@@ -24,6 +24,48 @@ class CorpusEntry:
     parent: str | None = None
 
 
+@dataclass(frozen=True)
+class Observation:
+    """One claim of the task as a trial: its full source and what it measured (whoever ran it).
+
+    The optimizer proposers read these as their trial history, the loop as the set of tried sources
+    and the dead ends. ``val_bpb`` is the claimant's value (None when crashed), at ``tokens``."""
+
+    claim_id: str
+    source: str
+    val_bpb: float | None
+    tokens: int | None
+    outcome: str  # improved | worse | crashed
+    note: str = ""
+    parent: str | None = None
+    curve: tuple = ()  # ((tokens, loss), ...) as the claim's result reports it
+    own: bool = False
+
+    @property
+    def over_budget(self) -> bool:
+        """Published as worse because it trained longer than the task's compute cap (loop.py)."""
+        return "[over budget:" in self.note
+
+
+def observation_of(claim_id: str, body: dict, source: str, own: bool) -> Observation:
+    """An Observation from a claim body; numbers a peer wrote that do not parse read as unknown."""
+    result = body.get("result") or {}
+    try:
+        bpb = float(result["val_bpb"]) if result else None
+        bpb = bpb if bpb is not None and bpb == bpb and abs(bpb) != float("inf") else None
+    except (KeyError, TypeError, ValueError):
+        bpb = None
+    tokens = result.get("tokens") if isinstance(result.get("tokens"), int) else None
+    curve: list = []
+    for point in result.get("curve") or []:
+        try:
+            curve.append((int(point[0]), float(point[1])))
+        except (TypeError, ValueError, IndexError):
+            break
+    return Observation(claim_id, source, bpb, tokens, str(body.get("outcome", "")), str(body.get("note", "")),
+                       body.get("parent"), tuple(curve), own)
+
+
 @runtime_checkable
 class CorpusView(Protocol):
     async def top_entries(self, task_id: str, k: int) -> list[CorpusEntry]:
@@ -41,6 +83,9 @@ class CorpusView(Protocol):
 
     async def own_best(self, task_id: str) -> CorpusEntry | None:
         """This node's own best measured claim of the task, verified or not."""
+
+    async def observations(self, task_id: str) -> list[Observation]:
+        """Every claim of the task whose source can be rebuilt, oldest first (the trial history)."""
 
 
 class InMemoryCorpus:
@@ -93,3 +138,6 @@ class InMemoryCorpus:
         mine = [self._entry(i, b) for i, b, _, own, _ in self._claims
                 if own and b["task"] == task_id and b["outcome"] == "improved"]
         return min(mine, key=lambda e: e.val_bpb, default=None)
+
+    async def observations(self, task_id: str) -> list[Observation]:
+        return [observation_of(i, b, src, own) for i, b, src, own, _ in self._claims if b["task"] == task_id]

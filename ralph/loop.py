@@ -27,12 +27,13 @@ from protocol.limits import MAX_NOTE_BYTES, MAX_PATCH_BYTES, MAX_SOURCE_BYTES
 from protocol.schemas import validate_claim
 from trainer.patches import make_patch, source_sha256
 
-from .context import Seed, build_context, pick_seed
-from .corpus import CorpusView
+from .context import Seed, build_context, crash_tail, pick_seed
+from .corpus import CorpusView, Observation
 from .hyperparams import diff_constants
 from .memory import Memory, Record, summarize
 from .proposers.base import ProposalError, Proposer, Usage
 from .settings import RalphSettings
+from .space import source_key
 
 log = logging.getLogger("ralph.loop")
 
@@ -92,6 +93,7 @@ class RalphLoop:
         self.rng = rng or random.Random()
         self.threshold = settings.effective_keep_threshold(task.tolerance)
         self.busy = False  # a step is under way (run())
+        self._keys: dict[str, str] = {}  # claim id -> space.source_key of its source
 
     async def _measure(self, source: str, scale: float) -> float | None:
         """This node's own val_bpb for a seed source at a budget scale, cached in memory."""
@@ -103,6 +105,8 @@ class RalphLoop:
         if not res.outcome_ok or res.val_bpb is None:
             log.warning("ralph: measuring seed %s at %g budget crashed: %s", sha[:12], scale, res.reason)
             return None
+        if scale == 1.0:
+            self._remember_tokens(res.result)
         if source == self.task.body["source"]:
             self._remember_baseline_time(res.result)
             if scale == 1.0:
@@ -127,6 +131,30 @@ class RalphLoop:
             log.error("ralph: baseline claim invalid, not published: %s", e.reason)
             return
         await self.publish(body)
+
+    def _remember_tokens(self, result: dict | None) -> None:
+        """This loop's full training budget in tokens: the budget observations must share to count."""
+        tokens = (result or {}).get("tokens")
+        if isinstance(tokens, int) and self.memory.tokens != tokens:
+            self.memory.tokens = tokens
+            self.memory.save()
+
+    async def _observations(self) -> list[Observation]:
+        """The corpus' claims of the task with their sources (an old CorpusView without the method: none)."""
+        get = getattr(self.corpus, "observations", None)
+        if get is None:
+            return []
+        try:
+            return list(await get(self.task.id))
+        except Exception as e:  # noqa: BLE001 - the history is an aid: a failure costs it, not the step
+            log.warning("ralph: reading the corpus' observations failed: %s", e)
+            return []
+
+    def _key(self, obs: Observation) -> str:
+        key = self._keys.get(obs.claim_id)
+        if key is None:
+            key = self._keys[obs.claim_id] = source_key(obs.source)
+        return key
 
     # -- the compute cap -----------------------------------------------------------------------
 
@@ -188,19 +216,33 @@ class RalphLoop:
             if bpb is None:
                 return StepReport("baseline_failed", seed, reason="the task baseline crashed; see the experiment log")
             seed = dataclasses.replace(seed, val_bpb=bpb)
-        context = await build_context(self.task, seed, top, self.corpus, self.memory.render(),
-                                      self.threshold, n_negatives=s.top_k)
+        observations = await self._observations()
+        tried = {self._key(o) for o in observations} | self.memory.tried_keys()
+        tried.add(source_key(baseline))
+        tokens = self.memory.tokens
+        seed_curve = next((o.curve for o in reversed(observations) if o.curve and o.val_bpb is not None
+                           and source_sha256(o.source) == seed.source_sha256
+                           and (tokens is None or o.tokens == tokens)), ())
+        last = self.memory.last
+        context = await build_context(
+            self.task, seed, top, self.corpus, self.memory.render(), self.threshold, n_negatives=s.top_k,
+            observations=tuple(observations), tokens=tokens, tried=frozenset(tried),
+            last_crash=str(last.get("crash", "")), seed_curve=seed_curve, last_attempt=str(last.get("note", "")),
+            last_curve=tuple(tuple(p) for p in last.get("curve", [])))
         try:
             proposal = await asyncio.to_thread(self.proposer.propose, context)
         except ProposalError as e:
             log.warning("ralph: proposal failed: %s", e)
-            return StepReport("proposal_failed", seed, reason=str(e))
+            return StepReport("proposal_failed", seed, reason=str(e), usage=getattr(e, "usage", None) or Usage())
         sha = source_sha256(proposal.source)
+        key = source_key(proposal.source)
         changes = [list(c) for c in diff_constants(seed.source, proposal.source)]
         reason = await self._duplicate(sha, seed)
+        if not reason and key in tried:
+            reason = f"source {sha[:12]} equals a tried script but for comments, spacing or number spelling"
         if reason:
             log.info("ralph: skipped: %s (%s)", reason, proposal.note)
-            self._remember(seed, proposal.note, changes, None, "skipped", None, proposal.usage)
+            self._remember(seed, proposal.note, changes, None, "skipped", None, proposal.usage, key)
             return StepReport("skipped", seed, proposal.note, reason=reason, usage=proposal.usage)
         patch = make_patch(seed.source, proposal.source)
         if len(proposal.source.encode()) > MAX_SOURCE_BYTES or len(patch.encode()) > MAX_PATCH_BYTES:
@@ -228,7 +270,8 @@ class RalphLoop:
         claim_id = await self.publish(body)
         claim_id = claim_id if isinstance(claim_id, str) else getattr(claim_id, "id", None)
         val_bpb = float(result["val_bpb"]) if result else None
-        self._remember(seed, remembered, changes, val_bpb, outcome, claim_id, proposal.usage)
+        self._remember(seed, remembered, changes, val_bpb, outcome, claim_id, proposal.usage, key)
+        self.memory.remember_run(remembered, result, crash_tail(reason) if outcome == "crashed" else "")
         usage = proposal.usage + await self._maybe_rewrite_strategy()
         report = StepReport("published", seed, body["note"], outcome, val_bpb, claim_id, reason, screened_out, usage)
         log.info("%s", report.line())
@@ -259,13 +302,14 @@ class RalphLoop:
         res = await self.run_experiment(self.task, source, seed=s.train_seed, budget_scale=1.0)
         if not res.outcome_ok or res.result is None:
             return "crashed", None, res.reason or "crashed", False
+        self._remember_tokens(res.result)
         improved = float(res.val_bpb) < seed.val_bpb - self.threshold
         return ("improved" if improved else "worse"), res.result, "", False
 
     def _remember(self, seed: Seed, note: str, changes: list, val_bpb: float | None, outcome: str,
-                  claim_id: str | None, usage: Usage) -> None:
+                  claim_id: str | None, usage: Usage, key: str = "") -> None:
         self.memory.add(Record(self.memory.next_step, seed.claim_id or "baseline", seed.val_bpb, note, changes,
-                               val_bpb, outcome, outcome == "improved", claim_id, usage.cost_usd))
+                               val_bpb, outcome, outcome == "improved", claim_id, usage.cost_usd, key))
 
     async def _maybe_rewrite_strategy(self) -> Usage:
         """Every coordinator_frequency experiments, compress memory into a new strategy note."""

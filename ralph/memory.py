@@ -31,6 +31,7 @@ class Record:
     kept: bool
     claim_id: str | None = None
     cost_usd: float = 0.0
+    key: str = ""  # space.source_key of the proposed script: what is never proposed twice
 
     def line(self) -> str:
         bpb = "crashed" if self.outcome == "crashed" else ("-" if self.val_bpb is None else f"{self.val_bpb:.6f}")
@@ -48,6 +49,10 @@ class Memory:
     strategy: str = ""
     since_rewrite: int = 0  # experiments recorded since the strategy note was last rewritten
     measurements: dict[str, float] = field(default_factory=dict)  # "sha@scale" -> val_bpb, own runs
+    # What the last run taught (context.py shows it to an LLM): its note and loss curve, the tail
+    # of the last crash's traceback, and this loop's training budget in tokens.
+    last: dict = field(default_factory=dict)  # {"note": str, "curve": [[tokens, loss], ...], "crash": str}
+    tokens: int | None = None
 
     @classmethod
     def load(cls, path: Path, memory_type: str = "full", memory_depth: int = 20) -> "Memory":
@@ -59,6 +64,8 @@ class Memory:
             [Record(**r) for r in data.get("records", [])],
             data.get("strategy", ""), int(data.get("since_rewrite", 0)),
             {k: float(v) for k, v in data.get("measurements", {}).items()},
+            data.get("last", {}) if isinstance(data.get("last"), dict) else {},
+            data.get("tokens") if isinstance(data.get("tokens"), int) else None,
         )
 
     def save(self) -> None:
@@ -68,6 +75,8 @@ class Memory:
             "strategy": self.strategy,
             "since_rewrite": self.since_rewrite,
             "measurements": self.measurements,
+            "last": self.last,
+            "tokens": self.tokens,
         })
 
     @property
@@ -86,6 +95,20 @@ class Memory:
     def remember_measurement(self, sha: str, scale: float, val_bpb: float) -> None:
         self.measurements[f"{sha}@{scale:g}"] = val_bpb
         self.save()
+
+    def remember_run(self, note: str, result: dict | None, crash: str = "") -> None:
+        """The last run's note and loss curve; a crash's traceback tail stays until the next crash."""
+        curve = []
+        for point in (result or {}).get("curve") or []:
+            try:
+                curve.append([int(point[0]), float(point[1])])
+            except (TypeError, ValueError, IndexError):
+                break
+        self.last = {"note": note, "curve": curve, "crash": crash or self.last.get("crash", "")}
+        self.save()
+
+    def tried_keys(self) -> set[str]:
+        return {r.key for r in self.records if r.key}
 
     def due_for_rewrite(self, frequency: int) -> bool:
         return self.memory_type == "strategy" and self.since_rewrite >= frequency

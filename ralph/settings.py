@@ -12,6 +12,10 @@ from typing import Any, Mapping
 
 DEFAULT_MODEL = "claude-sonnet-5-5"  # a current Sonnet among anthropic 2.12.0's ModelParam literals
 MEMORY_TYPES = ("full", "strategy")
+PROPOSERS = ("mutate", "tpe", "cmaes", "llm", "hybrid")
+DEFAULT_PROPOSER = "tpe"  # without a key; scripts/bench/search measured it (README, "The outer loop")
+LLM_APIS = ("anthropic", "openai")
+EDIT_FORMATS = ("auto", "diff", "whole")
 
 
 class SettingsError(ValueError):
@@ -32,6 +36,12 @@ class RalphSettings:
     model: str = DEFAULT_MODEL  # Anthropic model when ANTHROPIC_API_KEY is set
     daily_spend_usd: float = 5.0  # Anthropic spend cap per UTC day; 0 disables the API proposer
     train_seed: int = 0  # the training seed, fixed so differences come from the change, not the draw
+    # "" = hybrid with an LLM key, else DEFAULT_PROPOSER; mutate | tpe | cmaes | llm | hybrid
+    proposer: str = ""
+    llm_share: float = 0.3  # hybrid: share of proposals the LLM makes (code changes) instead of the optimizer
+    llm_api: str = "anthropic"  # anthropic (Messages API) | openai (Chat Completions, any compatible server)
+    llm_base_url: str = ""  # the LLM server; "" = ANTHROPIC_BASE_URL / OPENAI_BASE_URL, else the vendor's
+    edit_format: str = "auto"  # diff | whole | auto (diff for Claude and GPT models, whole files for others)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -117,3 +127,10 @@ def validate(s: RalphSettings) -> None:
          f"model must be a model name like {DEFAULT_MODEL!r}, got {s.model!r}")
     need(0.0 <= s.daily_spend_usd <= 100_000.0, f"daily_spend_usd must be in [0, 100000], got {s.daily_spend_usd}")
     need(0 <= s.train_seed < 2**31, f"train_seed must be in [0, 2^31), got {s.train_seed}")
+    need(s.proposer in ("", *PROPOSERS), f"proposer must be one of {'|'.join(PROPOSERS)}, got {s.proposer!r}")
+    need(0.0 <= s.llm_share <= 1.0, f"llm_share must be in [0, 1], got {s.llm_share}")
+    need(s.llm_api in LLM_APIS, f"llm_api must be one of {'|'.join(LLM_APIS)}, got {s.llm_api!r}")
+    need(s.edit_format in EDIT_FORMATS, f"edit_format must be one of {'|'.join(EDIT_FORMATS)}, got {s.edit_format!r}")
+    need(s.llm_base_url == "" or (len(s.llm_base_url) <= 2048 and s.llm_base_url.startswith(("http://", "https://"))
+                                  and not any(c.isspace() for c in s.llm_base_url)),
+         f"llm_base_url must be an http(s) URL, got {s.llm_base_url!r}")

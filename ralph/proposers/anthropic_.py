@@ -15,7 +15,7 @@ import anthropic
 
 from ..context import Context
 from .base import Proposal, ProposalError, Usage
-from .prompt import proposal_request, summary_request
+from .prompt import edit_format, proposal_request, summary_request
 from .reply import parse_reply
 from .retry import GaveUp, RetryPolicy, call_with_retry
 from .spend import SpendLedger, cost_usd
@@ -28,6 +28,7 @@ class AnthropicConfig:
     max_tokens: int = 4096
     timeout_s: float = 120.0
     retry: RetryPolicy = RetryPolicy()
+    edit_format: str = "auto"  # diff | whole | auto (prompt.edit_format)
 
 
 class AnthropicProposer:
@@ -39,7 +40,9 @@ class AnthropicProposer:
         self.ledger = SpendLedger(ledger_dir, config.daily_spend_usd)
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self.description = f"proposer: anthropic ({config.model})"
+        self.format = edit_format(config.model, config.edit_format)
+        where = "" if base_url is None else f" at {base_url}"
+        self.description = f"proposer: anthropic ({config.model}{where}, {self.format} edits)"
 
     def _call(self, request: dict[str, Any]) -> tuple[str, Usage]:
         self.ledger.check()
@@ -68,11 +71,11 @@ class AnthropicProposer:
                      cost_usd(self.config.model, u.input_tokens, u.output_tokens, cache_read, cache_write))
 
     def propose(self, context: Context) -> Proposal:
-        text, usage = self._call(proposal_request(context, self.config.model, self.config.max_tokens))
+        text, usage = self._call(proposal_request(context, self.config.model, self.config.max_tokens, self.format))
         try:
             source, note = parse_reply(text, context.seed.source)
         except ProposalError as e:
-            raise ProposalError(f"{e} (cost ${usage.cost_usd:.4f})") from None
+            raise ProposalError(f"{e} (cost ${usage.cost_usd:.4f})", usage) from None
         return Proposal(source, note, usage)
 
     def summarize(self, previous: str, history: str, depth: int) -> tuple[str, Usage]:
@@ -80,7 +83,7 @@ class AnthropicProposer:
         on a ProposalError."""
         text, usage = self._call(summary_request(previous, history, self.config.model, depth, 1024))
         if not text.strip():
-            raise ProposalError("empty strategy note in reply")
+            raise ProposalError("empty strategy note in reply", usage)
         return text.strip(), usage
 
 

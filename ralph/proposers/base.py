@@ -11,7 +11,12 @@ if TYPE_CHECKING:
 class ProposalError(Exception):
     """No usable proposal: the reason is one line (``patch does not apply: ...``, ``spend cap reached``).
 
-    A proposal that fails is never run and never published."""
+    A proposal that fails is never run and never published. ``usage`` is what the failed attempt
+    cost (a paid reply that held no usable change still counts towards the node's spend)."""
+
+    def __init__(self, message: str, usage: "Usage | None" = None) -> None:
+        super().__init__(message)
+        self.usage = usage if usage is not None else Usage()
 
 
 @dataclass(frozen=True)

@@ -178,14 +178,51 @@ def test_strategy_summary_through_the_api(server, tmp_path):
 
 
 def test_select_proposer_by_environment(tmp_path, server):
+    from ralph.proposers import HybridProposer, OptimizerProposer
+    from ralph.settings import DEFAULT_PROPOSER
     s = RalphSettings()
     offline = select_proposer(s, {}, home=tmp_path)
-    assert isinstance(offline, OfflineProposer)
-    assert offline.description == "proposer: offline mutation (no ANTHROPIC_API_KEY)"
-    online = select_proposer(s, {"ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": server.base_url},
-                             home=tmp_path)
-    assert isinstance(online, AnthropicProposer) and online.description == "proposer: anthropic (claude-sonnet-5-5)"
+    assert isinstance(offline, OptimizerProposer) and offline.sampler_name == DEFAULT_PROPOSER
+    assert offline.description.endswith("(no ANTHROPIC_API_KEY)")
+    assert isinstance(select_proposer(s.merged({"proposer": "mutate"}), {}, home=tmp_path), OfflineProposer)
+    assert select_proposer(s.merged({"proposer": "cmaes"}), {}, home=tmp_path).sampler_name == "cmaes"
+    asked = select_proposer(s.merged({"proposer": "llm"}), {}, home=tmp_path)  # no key: says so, runs offline
+    assert isinstance(asked, OptimizerProposer) and "--proposer llm needs an LLM" in asked.description
+    env = {"ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": server.base_url}
+    hybrid = select_proposer(s, env, home=tmp_path)  # with a key the default is the hybrid
+    assert isinstance(hybrid, HybridProposer) and hybrid.share == 0.3
+    assert "30% of proposals by anthropic (claude-sonnet-5-5 at http://127.0.0.1" in hybrid.description
+    online = select_proposer(s.merged({"proposer": "llm"}), env, home=tmp_path)
+    assert isinstance(online, AnthropicProposer)
+    assert online.description == f"proposer: anthropic (claude-sonnet-5-5 at {server.base_url}, diff edits)"
     server.script(text_reply(GOOD))
     online.config = AnthropicConfig(s.model, s.daily_spend_usd, retry=RetryPolicy(attempts=1))
     assert online.propose(make_context()).source == NEW
     assert (tmp_path / "spend").is_dir()
+    # --llm-base-url beats ANTHROPIC_BASE_URL, and a local server needs no key
+    local = select_proposer(s.merged({"proposer": "llm", "llm_base_url": server.base_url, "model": "qwen3-8b"}),
+                            {"ANTHROPIC_BASE_URL": "http://192.0.2.1:9"}, home=tmp_path)
+    assert isinstance(local, AnthropicProposer) and local.format == "whole"  # not known for diffs
+    local.config = AnthropicConfig("qwen3-8b", s.daily_spend_usd, retry=RetryPolicy(attempts=1))
+    server.script(text_reply(f"Note: whole file\n```python\n{NEW}```"))
+    assert local.propose(make_context()).source == NEW
+    assert server.requests[-1].api_key == "no-key"
+    assert "whole new train.py" in server.requests[-1].body["system"][0]["text"]
+    assert isinstance(select_proposer(s.merged({"daily_spend_usd": 0}), env, home=tmp_path), OptimizerProposer)
+
+
+def test_edit_format_setting_reaches_the_prompt(server, tmp_path):
+    for fmt, marker in (("diff", "unified diff"), ("whole", "whole new train.py")):
+        p = AnthropicProposer(AnthropicConfig("claude-sonnet-5-5", 5.0, retry=RetryPolicy(attempts=1), edit_format=fmt),
+                              api_key="sk-test", ledger_dir=tmp_path / "spend", base_url=server.base_url)
+        server.script(text_reply(GOOD))
+        p.propose(make_context())
+        assert marker in server.requests[-1].body["system"][0]["text"]
+
+
+def test_failed_reply_carries_what_it_cost(server, tmp_path):
+    server.script(text_reply("no change here", input_tokens=1000, output_tokens=100))
+    p, _ = make(server, tmp_path)
+    with pytest.raises(ProposalError) as info:
+        p.propose(make_context())
+    assert info.value.usage.input_tokens == 1000 and info.value.usage.cost_usd > 0
