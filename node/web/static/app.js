@@ -333,7 +333,10 @@ function renderActivity(a) {
     el("span", { text: loops }),
     s ? el("span", { text: `devices ${s.devices.join(", ")} (${s.free} free) · reproduction share ${(100 * s.reproduce_share).toFixed(0)}%` }) : null,
     el("span", { text: `experiments ${a.counters.experiments_run || 0} run / ${a.counters.experiments_kept || 0} kept · ` +
-      `reproductions ${a.counters.reproductions_run || 0}` }));
+      `reproductions ${a.counters.reproductions_run || 0}` }),
+    el("span", { class: "proposer-usage", text: `proposer ${(a.counters.proposer_input_tokens || 0) + (a.counters.proposer_cache_read_tokens || 0) +
+      (a.counters.proposer_cache_write_tokens || 0)} tokens in / ${a.counters.proposer_output_tokens || 0} out · ` +
+      `$${(a.counters.proposer_cost_usd || 0).toFixed(4)}` }));
   const queue = a.queue.map((q) => [claimLink(q.claim), String(q.priority ?? ""), el("span", { class: "muted small", text: q.reason || "" })]);
   const recent = a.recent.map((r) => el("li", {}, el("span", { class: "muted small", text: ago(r.at) }), " ", r.text));
   fill(document.querySelector("#activity .body"), now, facts,
