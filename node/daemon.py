@@ -40,6 +40,7 @@ from node.web.shapes import leaderboard_json
 
 log = logging.getLogger(__name__)
 
+TRUST_INTERVAL_S = 2.0  # trust recomputed at most this often (store/replica.py, trust_min_interval_s)
 INBOUND_RETRY_S = 600.0  # an inbound address refused at dial-back is not dialled again for this long
 
 
@@ -87,7 +88,8 @@ class Node:
             self.swarm_key = SwarmKey.load(s.network.swarm_key_file, self.swarm)
         self.replica = await Replica.open(s.home / "replica.sqlite3", swarm=self.swarm,
                                           self_key=self.identity.pubkey, trusted=list(s.trusted),
-                                          settings=StoreSettings(noise=load_noise(s.home)))
+                                          settings=StoreSettings(noise=load_noise(s.home),
+                                                                 trust_min_interval_s=TRUST_INTERVAL_S))
         self.slots = DeviceSlots(devices=["cpu"] if s.device == "cpu" else detect_devices())
         self.tasks = TaskBook(self.replica)
         self.corpus = ReplicaCorpus(self.replica, self.tasks, self.identity.pubkey)

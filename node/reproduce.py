@@ -132,6 +132,9 @@ class Reproducer:
                 await self.rebuild()
             except Exception:
                 log.exception("reproduce: rebuilding the queue failed")
+            replica = self.node.replica
+            if not replica.trust_current:  # planned with a trust view older than the messages: again soon
+                asyncio.get_running_loop().call_later(replica.settings.trust_min_interval_s, self._dirty.set)
 
     async def rebuild(self) -> list[QueueItem]:
         candidates, budgets = await self._candidates()

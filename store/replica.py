@@ -13,6 +13,7 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from time import monotonic as _monotonic  # the trust interval's clock (tests swap time.time)
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
@@ -50,6 +51,11 @@ class StoreSettings:
     # WAL pages before an automatic checkpoint (default 1000 = 4 MiB): a 500-message batch into a
     # 20k-message replica writes about 900 pages, and each checkpoint costs a copy and an fsync.
     wal_autocheckpoint: int = 4000
+    # Trust is recomputed (in a worker thread, off the event loop) at most this often: a reader
+    # within this many seconds of the last computation gets that view even if votes arrived since.
+    # 0: always current (the library's default); the node sets a few seconds (node/daemon.py), so a
+    # flood of votes costs one computation per interval, not one per batch (issue 17).
+    trust_min_interval_s: float = 0.0
 
 
 def _envelope(raw: bytes) -> Envelope:
@@ -90,7 +96,11 @@ class Replica:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
-        self._trust: TrustView | None = None
+        self._trust: TrustView | None = None  # the latest computed view, current or not
+        self._trust_gen = -1  # the generation it was computed at
+        self._trust_at = 0.0  # when (_monotonic())
+        self._trust_task: asyncio.Future | None = None  # a computation under way (shared by its readers)
+        self._trust_task_gen = -1
         self._trust_generation = 0
         # Per-task caches, valid while _trust_generation is unchanged (every stored claim or vote and
         # every trust change bumps it): a dashboard polling the board recomputes nothing in between.
@@ -390,20 +400,40 @@ class Replica:
     # -- trust and ranking -------------------------------------------------------------------
 
     def _invalidate_trust(self) -> None:
-        self._trust = None
-        self._trust_generation += 1
+        self._trust_generation += 1  # the view computed before stays, as a stale one
 
     async def _trust_view(self) -> TrustView:
-        if self._trust is not None:
-            return self._trust
-        generation = self._trust_generation
+        """The current trust view; or, within ``trust_min_interval_s`` of the last computation, that
+        one. Computed in a worker thread; readers arriving meanwhile share the computation."""
+        view, generation = self._trust, self._trust_generation
+        if view is not None and (self._trust_gen == generation
+                                 or _monotonic() - self._trust_at < self.settings.trust_min_interval_s):
+            return view
+        task = self._trust_task
+        if task is None or task.done() or (self._trust_task_gen != generation
+                                           and self.settings.trust_min_interval_s <= 0):
+            task = self._trust_task = asyncio.ensure_future(self._compute_trust(generation))
+            self._trust_task_gen = generation
+        return await asyncio.shield(task)
+
+    @property
+    def trust_current(self) -> bool:
+        """False while readers are served a trust view older than the messages stored."""
+        return self._trust_gen == self._trust_generation
+
+    async def _compute_trust(self, generation: int) -> TrustView:
         claims = await self._fetchall("SELECT id, author, claimed_bpb FROM messages WHERE kind = 'claim'")
-        authors = {cid: author for cid, author, _ in claims}
-        values = {cid: value for cid, _, value in claims}
-        votes = [_vote(r) for r in await self._fetchall(f"SELECT {VOTE_COLUMNS} FROM messages WHERE kind = 'vote'")]
-        view = compute_trust(self.self_key, self.trusted_set(), authors, votes, self.settings.trust, values)
-        if generation == self._trust_generation:  # nothing was ingested while we computed
-            self._trust = view
+        rows = await self._fetchall(f"SELECT {VOTE_COLUMNS} FROM messages WHERE kind = 'vote'")
+        trusted, settings = self.trusted_set(), self.settings.trust
+
+        def work() -> TrustView:  # rows to facts and the computation: both in the worker thread
+            authors = {cid: author for cid, author, _ in claims}
+            values = {cid: value for cid, _, value in claims}
+            return compute_trust(self.self_key, trusted, authors, [_vote(r) for r in rows], settings, values)
+
+        view = await asyncio.to_thread(work)
+        if generation >= self._trust_gen:  # never replace a view of later messages by an older one
+            self._trust, self._trust_gen, self._trust_at = view, generation, _monotonic()
         return view
 
     async def trust(self) -> dict[str, float]:
@@ -444,7 +474,8 @@ class Replica:
     def _cached(self, cache: dict, task_id: str, generation: int, value: tuple) -> None:
         """Keep a task's computed view if nothing was stored meanwhile and the task is known (a task
         message arriving bumps no generation: without it the view had no noise and no baseline)."""
-        if generation == self._trust_generation and task_id in self._task_bodies:
+        # and only if computed with the current trust view (not a stale one within the interval)
+        if generation == self._trust_generation == self._trust_gen and task_id in self._task_bodies:
             if len(cache) >= TASK_CACHE:
                 cache.clear()
             cache[task_id] = (generation, *value)
