@@ -27,8 +27,9 @@ from protocol.limits import MAX_NOTE_BYTES, MAX_PATCH_BYTES, MAX_SOURCE_BYTES
 from protocol.schemas import validate_claim
 from trainer.patches import make_patch, source_sha256
 
-from .context import Seed, build_context, crash_tail, pick_seed
-from .corpus import CorpusView, Observation
+from .context import Seed, baseline_seed, build_context, crash_tail, pick_seed
+from .corpus import CorpusEntry, CorpusView, Observation
+from .islands import archive, choose
 from .hyperparams import diff_constants
 from .memory import Memory, Record, summarize
 from .proposers.base import ProposalError, Proposer, Usage
@@ -150,6 +151,29 @@ class RalphLoop:
             log.warning("ralph: reading the corpus' observations failed: %s", e)
             return []
 
+    async def _island_seed(self, top: list[CorpusEntry], observations: list[Observation],
+                           baseline_bpb: float | None) -> Seed:
+        """The seed from the archive of islands (ralph/islands.py): trusted entries only, the
+        verified top and this node's own measured claims at its budget."""
+        tokens = self.memory.tokens
+        candidates = [e for e in top if e.val_bpb is not None]
+        for o in observations:
+            if (o.own and o.outcome == "improved" and o.val_bpb is not None and not o.over_budget
+                    and (tokens is None or o.tokens == tokens)):
+                candidates.append(CorpusEntry(o.claim_id, source_sha256(o.source), o.val_bpb, o.note, "",
+                                              o.outcome, o.parent))
+        own = await self.corpus.own_best(self.task.id)
+        if own is not None and own.val_bpb is not None:
+            candidates.append(own)
+        islands = archive(candidates, baseline_bpb, observations, self.memory.records, self.settings.islands)
+        island = choose(islands, self.rng, self.settings.exploration, self.threshold)
+        if island.best is None:
+            return baseline_seed(self.task, baseline_bpb)
+        entry = island.best
+        source = await self.corpus.source_of(entry.claim_id)
+        origin = "top" if any(e.claim_id == entry.claim_id for e in top) else "own"
+        return Seed(entry.claim_id, source, source_sha256(source), entry.val_bpb, origin, entry.note)
+
     def _key(self, obs: Observation) -> str:
         key = self._keys.get(obs.claim_id)
         if key is None:
@@ -209,14 +233,17 @@ class RalphLoop:
         s = self.settings
         top = await self.corpus.top_entries(self.task.id, s.top_k)
         baseline = self.task.body["source"]
-        seed = await pick_seed(self.task, self.corpus, top, self.rng, s.exploration,
-                               self.memory.measurement(source_sha256(baseline), 1.0))
+        baseline_bpb = self.memory.measurement(source_sha256(baseline), 1.0)
+        observations = await self._observations()
+        if s.islands > 0:
+            seed = await self._island_seed(top, observations, baseline_bpb)
+        else:
+            seed = await pick_seed(self.task, self.corpus, top, self.rng, s.exploration, baseline_bpb)
         if seed.val_bpb is None:  # the baseline, never measured here: needed to judge improvement
             bpb = await self._measure(baseline, 1.0)
             if bpb is None:
                 return StepReport("baseline_failed", seed, reason="the task baseline crashed; see the experiment log")
             seed = dataclasses.replace(seed, val_bpb=bpb)
-        observations = await self._observations()
         tried = {self._key(o) for o in observations} | self.memory.tried_keys()
         tried.add(source_key(baseline))
         tokens = self.memory.tokens

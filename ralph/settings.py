@@ -33,6 +33,7 @@ class RalphSettings:
     coordinator_frequency: int = 5  # rewrite the strategy note every N experiments
     keep_threshold: float = 0.0  # required improvement in val_bpb; raised to the task tolerance
     top_k: int = 5  # top entries shown to the proposer and eligible as seeds
+    islands: int = 4  # lineages kept as seeds besides the baseline (ralph/islands.py); 0: epsilon-greedy over top_k
     model: str = DEFAULT_MODEL  # Anthropic model when ANTHROPIC_API_KEY is set
     daily_spend_usd: float = 5.0  # Anthropic spend cap per UTC day; 0 disables the API proposer
     train_seed: int = 0  # the training seed, fixed so differences come from the change, not the draw
@@ -123,6 +124,7 @@ def validate(s: RalphSettings) -> None:
     need(1 <= s.coordinator_frequency <= 10_000, f"coordinator_frequency must be >= 1, got {s.coordinator_frequency}")
     need(0.0 <= s.keep_threshold < 10.0, f"keep_threshold must be in [0, 10), got {s.keep_threshold}")
     need(1 <= s.top_k <= 100, f"top_k must be in [1, 100], got {s.top_k}")
+    need(0 <= s.islands <= 100, f"islands must be in [0, 100], got {s.islands}")
     need(bool(s.model.strip()) and len(s.model) <= 128 and not any(c.isspace() for c in s.model),
          f"model must be a model name like {DEFAULT_MODEL!r}, got {s.model!r}")
     need(0.0 <= s.daily_spend_usd <= 100_000.0, f"daily_spend_usd must be in [0, 100000], got {s.daily_spend_usd}")

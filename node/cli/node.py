@@ -118,6 +118,7 @@ RALPH_FLAGS = [
     ("--llm-api", click.Choice(["anthropic", "openai"]), "LLM API: Anthropic Messages or OpenAI Chat Completions."),
     ("--llm-base-url", str, "LLM server URL (default ANTHROPIC_BASE_URL / OPENAI_BASE_URL); a local one needs no key."),
     ("--edit-format", click.Choice(["auto", "diff", "whole"]), "How the LLM writes its change (auto: by model)."),
+    ("--islands", int, "Lineages kept as seeds besides the baseline (0: epsilon-greedy over the top entries)."),
 ]
 
 
