@@ -257,3 +257,31 @@ def test_observation_of_hostile_numbers():
     assert observation_of("c" * 64, {"outcome": "crashed", "result": None}, SCRIPT, True).val_bpb is None
     assert math.isinf(float("inf")) and observation_of(
         "c" * 64, {"outcome": "worse", "result": {"val_bpb": "inf"}}, SCRIPT, True).val_bpb is None
+
+
+def test_hostile_observations_cannot_break_the_proposer(tmp_path):
+    """Peers' claims with absurd constants and numbers: clipped into the space or left out; the
+    proposal stays feasible and within the cap."""
+    swarm = Swarm()
+    absurd = [("MODEL_DIM = 64", "MODEL_DIM = 0"), ("MATRIX_LR = 0.02", "MATRIX_LR = -5.0"),
+              ("ADAM_BETA2 = 0.95", "ADAM_BETA2 = 7.0"), ("DEPTH = 2", "DEPTH = 10" + "0" * 400),
+              ("TOTAL_BATCH_SIZE = 2048", "TOTAL_BATCH_SIZE = 3")]
+    for n, (old, new) in enumerate(absurd):
+        src = SCRIPT.replace(old, new)
+        for val in ("-1e308", "nan", "0.000001", "1e308"):
+            body = {"task": "ab" * 32, "parent": None, "source_sha256": source_sha256(src + val), "patch": "x",
+                    "note": "[over budget: x]" if n == 4 else "peer", "outcome": "improved",
+                    "result": {"val_bpb": val, "tokens": 1000, "curve": "not a curve"}}
+            swarm.corpus.add(body, src + f"# {val}\n", own=False)
+    observations = tuple(asyncio.run(swarm.corpus.observations("ab" * 32)))
+    for sampler in ("tpe", "cmaes"):
+        proposer = OptimizerProposer(sampler, seed=0)
+        context = _with(make_context(val_bpb=toy_bpb(SCRIPT)), observations=observations, tokens=1000,
+                        baseline_source=SCRIPT, compute_cap=2.0)
+        for _ in range(3):
+            proposal = proposer.propose(context)
+            values = values_of(proposal.source)
+            assert Space.of(SCRIPT).feasible(values) and within_cap(values, values_of(SCRIPT), 2.0)[0]
+        (study, _, _), = proposer._studies.values()
+        values = [t.value for t in study.get_trials() if t.user_attrs.get("claim")]
+        assert values and all(math.isfinite(v) for v in values)  # nan left out; no trial broke the study
