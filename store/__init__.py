@@ -7,8 +7,9 @@ from .ingest import IngestReport
 from .ranking import ClaimStatus, Entry, Leaderboard, RankingSettings
 from .replica import Replica, StoreSettings
 from .trust import TrustSettings, TrustView, VoteFact, compute_trust
+from .verify import VerifyPool
 
 __all__ = [
     "Replica", "StoreSettings", "StoreError", "IngestReport", "ClaimStatus", "Entry", "Leaderboard",
-    "RankingSettings", "TrustSettings", "TrustView", "VoteFact", "compute_trust",
+    "RankingSettings", "TrustSettings", "TrustView", "VoteFact", "compute_trust", "VerifyPool",
 ]

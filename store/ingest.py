@@ -102,27 +102,34 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
-def prepare(items: Iterable[Any], *, swarm: str, now: int | None, check_sig: bool = True,
-            received_at: int | None = None) -> PreparedBatch:
-    """Decode every item, then check the signatures of those that passed everything else.
+@dataclass
+class Decoded:
+    """A batch after decode (every check but the signature), before the signatures are checked."""
 
-    The same verdicts and reasons, in item order, as ``decode(item, check_sig=check_sig)`` one by
-    one: the signature is decode's last check. Two passes because one tight loop of Ed25519
-    verifies keeps their code and tables in the CPU caches; interleaved with the JSON work of
-    decoding, each verify was measured about 15% slower (scripts/bench/ingest).
-    """
-    batch = PreparedBatch()
-    decoded: list[tuple[int, Envelope]] = []
-    rejected: list[tuple[int, str | None, str]] = []
+    envelopes: list[tuple[int, Envelope]] = field(default_factory=list)  # (item index, envelope)
+    rejected: list[tuple[int, str | None, str]] = field(default_factory=list)  # (index, claimed id, reason)
+
+
+def decode_all(items: Iterable[Any], *, swarm: str, now: int | None) -> Decoded:
+    """``decode(item, check_sig=False)`` of every item, refusals kept with their item's index."""
+    out = Decoded()
     with gc_paused():
         for index, item in enumerate(items):
             try:
-                decoded.append((index, decode(item, swarm=swarm, now=now, check_sig=False)))
+                out.envelopes.append((index, decode(item, swarm=swarm, now=now, check_sig=False)))
             except ProtocolError as exc:
-                rejected.append((index, claimed_id(item), exc.reason))
+                out.rejected.append((index, claimed_id(item), exc.reason))
+    return out
+
+
+def finish(decoded: Decoded, sig_ok: list[bool] | None, received_at: int | None) -> PreparedBatch:
+    """Sort a decoded batch into rows, in-batch duplicates and refusals (in item order), given
+    each envelope's signature verdict (``sig_ok``, None when the caller verified them already)."""
+    batch = PreparedBatch()
+    rejected = list(decoded.rejected)
     seen: set[str] = set()
-    for index, env in decoded:
-        if check_sig and not verify_sig(env):
+    for n, (index, env) in enumerate(decoded.envelopes):
+        if sig_ok is not None and not sig_ok[n]:
             rejected.append((index, env.id, BAD_SIGNATURE))
             continue
         if env.id in seen:
@@ -134,3 +141,19 @@ def prepare(items: Iterable[Any], *, swarm: str, now: int | None, check_sig: boo
     rejected.sort(key=lambda r: r[0])
     batch.rejected = [(claimed, reason) for _, claimed, reason in rejected]
     return batch
+
+
+def prepare(items: Iterable[Any], *, swarm: str, now: int | None, check_sig: bool = True,
+            received_at: int | None = None) -> PreparedBatch:
+    """Decode every item, then check the signatures of those that passed everything else.
+
+    The same verdicts and reasons, in item order, as ``decode(item, check_sig=check_sig)`` one by
+    one: the signature is decode's last check. Two passes because one tight loop of Ed25519
+    verifies keeps their code and tables in the CPU caches; interleaved with the JSON work of
+    decoding, each verify was measured about 15% slower (scripts/bench/ingest). A caller with a
+    pool of verifying processes (store/verify.py) runs the two halves itself: ``decode_all``,
+    the pool, ``finish``.
+    """
+    decoded = decode_all(items, swarm=swarm, now=now)
+    sig_ok = [verify_sig(env) for _, env in decoded.envelopes] if check_sig else None
+    return finish(decoded, sig_ok, received_at)

@@ -211,7 +211,9 @@ async def sync(request: web.Request) -> web.Response:
         data = bytes.fromhex(msg)
     except ValueError:
         raise BadRequest("invalid: msg is not hex") from None
-    answer = await request.app[NODE].gossip.handle_sync(data)
+    node = request.app[NODE]
+    origin = request.headers.get(PEER_HEADER)
+    answer = await node.gossip.handle_sync(data, origin if origin in node.peers else None)
     return web.json_response({"msg": answer.hex()})
 
 

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 
+from node.net.fetcher import Fetcher
 from node.net.negentropy import Negentropy, NegentropyError, Storage
 from node.net.peers import PeerTable
 from node.net.transport import MessageStore, PeerMisbehaved, PeerUnavailable, Transport
@@ -32,6 +33,13 @@ class GossipSettings:
     frame_size_limit: int = 0  # Negentropy frame limit (0 = none)
     max_sync_rounds: int = 64  # a peer that never lets a reconciliation end is cut off
     promise_s: float = 5.0  # after we answer "want", how long we wait for that body before asking others
+    push_retries: int = 2  # rounds of other peers tried for the ids a push target could not take
+    fetch_window: int = 4  # fetches in flight per peer during a catch-up (node/net/fetcher.py)
+    bulk_at: int = 512  # missing this many ids after a reconciliation: also reconcile with other peers ...
+    catchup_peers: int = 3  # ... so that up to this many fetch at once
+    # Messages learned by reconciliation and created longer ago than this are not announced onwards:
+    # they are no news, and peers that lack them reconcile them themselves.
+    push_window_s: float = 600.0
 
 
 @dataclass
@@ -73,7 +81,8 @@ class Gossip:
     def __init__(self, store: MessageStore, transport: Transport, peers: PeerTable, *, own_key: str,
                  settings: GossipSettings | None = None, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.time,
-                 on_accepted: Callable[[list[Any], str | None], Awaitable[None] | None] | None = None):
+                 on_accepted: Callable[[list[Any], str | None], Awaitable[None] | None] | None = None,
+                 verifier: Any = None, on_progress: Callable[[str], None] | None = None):
         self.store = store
         self.transport = transport
         self.peers = peers
@@ -82,18 +91,33 @@ class Gossip:
         self.rng = rng or random.Random()
         self.clock = clock
         self.on_accepted = on_accepted
+        self.verifier = verifier  # a store.VerifyPool: big batches' signatures checked on every core
+        self.on_progress = on_progress  # catch-up progress lines (the node's terminal)
         self.stats = GossipStats()
+        self.fetcher = Fetcher(self)
         self._outbox: OrderedDict[str, _Out] = OrderedDict()
         self._inflight: set[str] = set()
         self._promised: dict[str, float] = {}  # id -> until when an announcer owes us its body
         self._wake = asyncio.Event()
         self._snapshot: tuple[int, Storage] | None = None
         self._version = 0  # bumped on every accepted message; keys the reconciliation snapshot
+        self._reconciled_by: dict[str, float] = {}  # peer -> when it last reconciled with us
+
+    def catchup_json(self) -> dict[str, Any] | None:
+        """The current (or last) catch-up's progress: status, /api/stats, metrics."""
+        progress = self.fetcher.progress
+        return None if progress is None else progress.to_json(time.monotonic())
 
     # -- receiving -------------------------------------------------------------------------
-    async def ingest(self, items: Sequence[Any], origin: str | None = None) -> Any:
-        """Store items from ``origin`` (None = local), relay what was new, score the origin."""
-        report = await self.store.ingest(items)
+    async def ingest(self, items: Sequence[Any], origin: str | None = None, *, relay_after: float | None = None) -> Any:
+        """Store items from ``origin`` (None = local), relay what was new, score the origin.
+
+        ``relay_after``: relay only the new messages created at or after this time (a catch-up's
+        old messages are no news to anyone)."""
+        if self.verifier is not None:
+            report = await self.store.ingest(items, verifier=self.verifier)
+        else:
+            report = await self.store.ingest(items)
         accepted = report.accepted
         self.stats.accepted += len(accepted)
         self.stats.duplicate += len(report.duplicate)
@@ -113,9 +137,11 @@ class Gossip:
         if accepted:
             self._version += 1
             for env in accepted:
-                self._outbox[env.id] = _Out(own=env.author == self.own_key,
-                                            exclude={origin} if origin else set())
-            self._wake.set()
+                if relay_after is None or env.created_at >= relay_after:
+                    self._outbox[env.id] = _Out(own=env.author == self.own_key,
+                                                exclude={origin} if origin else set())
+            if self._outbox:
+                self._wake.set()
             if self.on_accepted is not None:
                 result = self.on_accepted(accepted, origin)
                 if asyncio.iscoroutine(result):
@@ -125,11 +151,13 @@ class Gossip:
     async def handle_announce(self, ids: Sequence[str], origin: str | None) -> list[str]:
         """Answer an announcement: the ids we neither hold nor are already fetching."""
         have = await self.store.has_ids(ids)
+        now = self.clock()
         if origin is not None:
             self.peers.mark_has(origin, ids)
-        now = self.clock()
+            self.peers.heard(origin, now)
+        coming = self.fetcher.coming
         want = [i for i in dict.fromkeys(ids)
-                if i not in have and i not in self._inflight and self._promised.get(i, -1.0) < now]
+                if i not in have and i not in self._inflight and not coming(i) and self._promised.get(i, -1.0) < now]
         # The announcer now owes us these bodies; don't ask a second announcer meanwhile (a broken
         # promise only delays the id until the deadline or the next reconciliation).
         for i in want:
@@ -153,20 +181,45 @@ class Gossip:
         return await self.push_batch(self.take_outbox())
 
     async def push_batch(self, batch: OrderedDict[str, _Out]) -> int:
+        """Announce each message to ``fanout`` peers (own ones to all); the ids a target could not
+        take (offline, refused) go to other peers not tried yet, for ``push_retries`` more rounds."""
         now = self.clock()
         active = self.peers.active(now)
+        tried: dict[str, set[str]] = {}  # id -> peers already tried
         plan: dict[str, list[str]] = {}
+        spare: dict[str, list[Any]] = {}  # id -> candidates left for a retry
         for msg_id, out in batch.items():
             candidates = [p for p in active if p.address not in out.exclude and msg_id not in p.has]
             if not out.own and len(candidates) > self.settings.fanout:
-                candidates = self.rng.sample(candidates, self.settings.fanout)
+                chosen = self.rng.sample(candidates, self.settings.fanout)
+                spare[msg_id] = [p for p in candidates if p not in chosen]
+                candidates = chosen
+            tried[msg_id] = {p.address for p in candidates}
             for peer in candidates:
                 plan.setdefault(peer.address, []).append(msg_id)
-        results = await asyncio.gather(*(self._push_to(addr, ids) for addr, ids in plan.items()))
-        return sum(results)
+        total = 0
+        for attempt in range(self.settings.push_retries + 1):
+            results = await asyncio.gather(*(self._push_to(addr, ids) for addr, ids in plan.items()))
+            total += sum(sent for sent, _ in results)
+            plan = {}
+            for failed in (f for _, f in results):
+                for msg_id in failed:
+                    left = spare.get(msg_id)
+                    while left:
+                        peer = left.pop(self.rng.randrange(len(left)))
+                        if peer.address not in tried[msg_id] and msg_id not in peer.has \
+                                and peer.cooling_until <= self.clock():
+                            tried[msg_id].add(peer.address)
+                            plan.setdefault(peer.address, []).append(msg_id)
+                            break
+            if not plan:
+                break
+        return total
 
-    async def _push_to(self, address: str, ids: list[str]) -> int:
+    async def _push_to(self, address: str, ids: list[str]) -> tuple[int, list[str]]:
+        """(envelopes sent, ids this peer could not be given)."""
         sent = 0
+        failed: list[str] = []
         for start in range(0, len(ids), self.settings.max_batch):
             chunk = ids[start:start + self.settings.max_batch]
             try:
@@ -182,12 +235,14 @@ class Gossip:
                 self.peers.record(address, "ok", self.clock())
             except PeerMisbehaved as exc:
                 self.peers.record(address, "invalid", self.clock(), error=exc.reason)
+                failed.extend(ids[start:])
                 break
             except PeerUnavailable as exc:
                 self.peers.record(address, "timeout", self.clock(), error=exc.reason)
+                failed.extend(ids[start:])
                 break
         self.stats.sent += sent
-        return sent
+        return sent, failed
 
     async def run_push_loop(self) -> None:
         """Owned by the node: flush the outbox whenever something new arrives (batched)."""
@@ -206,13 +261,25 @@ class Gossip:
             self._snapshot = (version, Storage((ts, bytes.fromhex(i)) for ts, i in items))
         return self._snapshot[1]
 
-    async def handle_sync(self, msg: bytes) -> bytes:
-        """Server side of one reconciliation round. Raises NegentropyError on a malformed message."""
-        storage = await self.snapshot()
-        return Negentropy(storage, self.settings.frame_size_limit).reconcile(msg)
+    async def handle_sync(self, msg: bytes, origin: str | None = None) -> bytes:
+        """Server side of one reconciliation round. Raises NegentropyError on a malformed message.
 
-    async def sync_with(self, address: str) -> SyncResult:
-        """Reconcile with one peer, then fetch what we lack and send what it lacks."""
+        ``origin``, the peer reconciling (when attributed): it now fetches what it lacks and offers
+        what we lack, so our own reconciliation with it is skipped for ``sync_interval_s``."""
+        storage = await self.snapshot()
+        answer = Negentropy(storage, self.settings.frame_size_limit).reconcile(msg)
+        if origin is not None:
+            now = self.clock()
+            self._reconciled_by[origin] = now
+            self.peers.heard(origin, now)
+            if len(self._reconciled_by) > 4 * self.peers.max_peers:
+                horizon = now - self.settings.sync_interval_s
+                self._reconciled_by = {a: t for a, t in self._reconciled_by.items() if t >= horizon}
+        return answer
+
+    async def reconcile(self, address: str) -> tuple[list[str], list[str], int, int, int]:
+        """Negentropy rounds with one peer: (ids only we have, ids only it has, rounds, bytes sent,
+        bytes received). A peer that breaks the protocol or never lets it end is cut off."""
         storage = await self.snapshot()
         ne = Negentropy(storage, self.settings.frame_size_limit)
         msg: bytes | None = ne.initiate()
@@ -222,7 +289,7 @@ class Gossip:
         try:
             while msg is not None:
                 if rounds >= self.settings.max_sync_rounds:
-                    raise PeerMisbehaved("reconciliation did not converge")
+                    raise PeerMisbehaved(f"reconciliation did not converge in {rounds} rounds")
                 sent_bytes += len(msg)
                 answer = await self.transport.sync(address, msg)
                 recv_bytes += len(answer)
@@ -233,11 +300,9 @@ class Gossip:
                     raise PeerMisbehaved(f"bad reconciliation message: {exc}") from None
                 have.extend(h)
                 need.extend(n)
-            fetched = await self._fetch_from(address, _hex(need))
-            await self._send_missing(address, _hex(have))
-            self.peers.record(address, "ok", self.clock())
         except PeerMisbehaved as exc:
             self.peers.record(address, "invalid", self.clock(), error=exc.reason)
+            self.peers.cut_off(address, self.clock(), exc.reason)
             raise
         except PeerUnavailable as exc:
             self.peers.record(address, "timeout", self.clock(), error=exc.reason)
@@ -245,41 +310,85 @@ class Gossip:
         self.stats.syncs += 1
         self.stats.sync_rounds += rounds
         self.stats.sync_bytes += sent_bytes + recv_bytes
+        return _hex(have), _hex(need), rounds, sent_bytes, recv_bytes
+
+    async def sync_with(self, address: str) -> SyncResult:
+        """Reconcile with one peer, fetch what we lack and send what it lacks.
+
+        Missing many (``bulk_at``): a catch-up. Other active peers are reconciled with at once, so
+        that every peer holding what is missing fetches a share (node/net/fetcher.py).
+
+        Skipped (rounds 0) when the peer itself reconciled with us in the last ``sync_interval_s``:
+        it took what it lacked and offered what we lacked, and a joining node's holder would
+        otherwise send it every id it lacks a second time."""
+        if self._reconciled_by.get(address, float("-inf")) >= self.clock() - self.settings.sync_interval_s:
+            return SyncResult(address, 0, 0, 0, 0, 0, 0)
+        fetcher = self.fetcher
+        fetcher.begin()
+        helpers = []
+        try:
+            have, need, rounds, sent_bytes, recv_bytes = await self.reconcile(address)
+            fetcher.add(address, need)
+            if len(need) >= self.settings.bulk_at and self.settings.catchup_peers > 1:
+                others = [p for p in self.peers.active(self.clock()) if p.address != address]
+                for peer in self.rng.sample(others, min(len(others), self.settings.catchup_peers - 1)):
+                    helpers.append(asyncio.ensure_future(self._help_catch_up(peer.address)))
+            await fetcher.wait(need)
+        finally:
+            if helpers:
+                await asyncio.gather(*helpers, return_exceptions=True)
+            await fetcher.end()
+        fetched = len(await self.store.has_ids(need)) if need else 0
+        peer = self.peers.get(address)
+        if peer is None or peer.cooling_until <= self.clock():  # not if cut off while fetching
+            try:
+                await self._send_missing(address, have)
+            except PeerMisbehaved as exc:
+                self.peers.record(address, "invalid", self.clock(), error=exc.reason)
+                raise
+            except PeerUnavailable as exc:
+                self.peers.record(address, "timeout", self.clock(), error=exc.reason)
+                raise
+            self.peers.record(address, "ok", self.clock())
         return SyncResult(address, rounds, sent_bytes, recv_bytes, len(have), len(need), fetched)
 
-    async def _fetch_from(self, address: str, ids: list[str]) -> int:
-        fetched = 0
-        for start in range(0, len(ids), self.settings.max_batch):
-            chunk = [i for i in ids[start:start + self.settings.max_batch] if i not in self._inflight]
-            if not chunk:
-                continue
-            self._inflight.update(chunk)
-            try:
-                got = await self.transport.fetch(address, chunk)
-                report = await self.ingest(got, origin=address)
-            finally:
-                self._inflight.difference_update(chunk)
-            delivered = {e.id for e in report.accepted} | set(report.duplicate)
-            missing = [i for i in chunk if i not in delivered]
-            if missing:
-                self.peers.record(address, "broken_promise", self.clock(), error=f"{len(missing)} ids not delivered")
-            fetched += len(report.accepted)
-        self.stats.fetched += fetched
-        return fetched
+    async def _help_catch_up(self, address: str) -> None:
+        self.fetcher.begin()
+        try:
+            _, need, *_ = await self.reconcile(address)
+            self.fetcher.add(address, need)
+            await self.fetcher.wait(need)
+        except PeerUnavailable:
+            return
+        finally:
+            await self.fetcher.end()
 
     async def _send_missing(self, address: str, ids: list[str]) -> None:
+        """Offer a peer what reconciliation says it lacks: announce, then send what it wants.
+
+        A peer that wants less than a quarter of a batch already has them coming (it is catching
+        up from us or others, node/net/fetcher.py): the rest is not offered, so a joining node does
+        not receive every message twice."""
         for start in range(0, len(ids), self.settings.max_batch):
-            raws = await self.store.get_many_raw(ids[start:start + self.settings.max_batch])
-            if raws:
-                await self.transport.send(address, raws)
-                self.stats.sent += len(raws)
-                self.peers.mark_has(address, ids[start:start + self.settings.max_batch])
+            chunk = ids[start:start + self.settings.max_batch]
+            self.stats.announced += len(chunk)
+            wanted = set(await self.transport.announce(address, chunk))
+            wanted = [i for i in chunk if i in wanted]
+            self.peers.mark_has(address, [i for i in chunk if i not in set(wanted)])
+            if wanted:
+                raws = await self.store.get_many_raw(wanted)
+                if raws:
+                    await self.transport.send(address, raws)
+                    self.stats.sent += len(raws)
+                    self.peers.mark_has(address, wanted)
+            if len(wanted) * 4 < len(chunk):
+                break
 
     async def sync_random(self) -> SyncResult | None:
-        candidates = self.peers.active(self.clock())
-        if not candidates:
+        """Reconcile with one peer, chosen favouring those not heard from recently (peers.pick_for_pull)."""
+        peer = self.peers.pick_for_pull(self.clock(), self.rng, horizon_s=2 * self.settings.sync_interval_s)
+        if peer is None:
             return None
-        peer = self.rng.choice(candidates)
         try:
             return await self.sync_with(peer.address)
         except PeerUnavailable:

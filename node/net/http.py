@@ -32,6 +32,33 @@ async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     return b"".join(chunks)[:max_bytes]
 
 
+_HEAD, _TAIL = b'{"messages":[', b"]}"
+_FIRST = b'{"author":"'
+_BETWEEN = b'},{"author":"'
+
+
+def split_envelopes(raw: bytes) -> list[bytes] | None:
+    """The envelopes of an answer ``{"messages":[e1,e2,...]}`` spliced from canonical bytes (SPEC.md 10),
+    each as its own bytes, or None when the answer is not in that form (then parse it as JSON).
+
+    A canonical envelope starts with ``{"author":"`` (its first key) and cannot hold ``},{"author":"``:
+    inside a string every ``"`` is escaped, and no body schema has a list of objects (SPEC.md 5).
+    So the cuts fall exactly between honest envelopes; anything a peer forges around them yields
+    pieces that fail decode (4.8) and count against it, as any invalid message does.
+    """
+    if not (raw.startswith(_HEAD) and raw.endswith(_TAIL)):
+        return None
+    inner = raw[len(_HEAD):-len(_TAIL)]
+    if not inner:
+        return []
+    if not (inner.startswith(_FIRST) and inner.endswith(b"}")):
+        return None
+    pieces = inner.split(_BETWEEN)
+    if len(pieces) == 1:
+        return pieces
+    return [pieces[0] + b"}"] + [_FIRST + p + b"}" for p in pieces[1:-1]] + [_FIRST + pieces[-1]]
+
+
 class HttpTransport:
     def __init__(self, session: aiohttp.ClientSession, *, self_address: str | None = None,
                  swarm_key: Any = None, timeout_s: float = TIMEOUT_S):
@@ -44,6 +71,14 @@ class HttpTransport:
 
     async def request(self, method: str, peer: str, path: str, body: bytes | None = None) -> Any:
         """One exchange; returns the decoded JSON answer or raises PeerUnavailable/PeerMisbehaved."""
+        raw = await self.request_raw(method, peer, path, body)
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise PeerMisbehaved("answer is not JSON") from None
+
+    async def request_raw(self, method: str, peer: str, path: str, body: bytes | None = None) -> bytes:
+        """One exchange; returns the answer's bytes (opened, in a private swarm) when its status is 2xx/3xx."""
         url = peer.rstrip("/") + path
         headers = {"Content-Type": "application/json"}
         if self.self_address:
@@ -78,10 +113,7 @@ class HttpTransport:
         if status >= 400:
             reason = raw[:200].decode("utf-8", "replace")
             raise PeerUnavailable(f"HTTP {status}: {reason}", status=status)
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise PeerMisbehaved("answer is not JSON") from None
+        return raw
 
     async def announce(self, peer: str, ids: Sequence[str]) -> list[str]:
         answer = await self.request("POST", peer, "/v1/announce", json.dumps({"ids": list(ids)}).encode())
@@ -98,7 +130,16 @@ class HttpTransport:
         return answer
 
     async def fetch(self, peer: str, ids: Sequence[str]) -> list[Any]:
-        answer = await self.request("POST", peer, "/v1/fetch", json.dumps({"ids": list(ids)}).encode())
+        """The envelopes a peer sends for ``ids``: each one's raw bytes when the answer is spliced
+        as SPEC.md 10 says (so ingest takes its fast path), else the parsed objects."""
+        raw = await self.request_raw("POST", peer, "/v1/fetch", json.dumps({"ids": list(ids)}).encode())
+        pieces = split_envelopes(raw)
+        if pieces is not None:
+            return pieces
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            raise PeerMisbehaved("fetch answer is not JSON") from None
         messages = answer.get("messages") if isinstance(answer, dict) else None
         if not isinstance(messages, list):
             raise PeerMisbehaved("fetch answer lacks 'messages'")

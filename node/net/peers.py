@@ -27,6 +27,7 @@ class Peer:
     pubkey: str | None = None
     score: float = 0.0
     last_contact: float | None = None  # last successful exchange
+    last_heard: float | None = None  # last exchange either way (our call answered, or theirs attributed)
     last_error: str | None = None
     cooling_until: float = 0.0
     source: str = "bootstrap"  # bootstrap | exchange | lan | inbound
@@ -109,6 +110,7 @@ class PeerTable:
         peer.score = min(s.ceiling, peer.score + delta)
         if event == "ok":
             peer.last_contact = now
+            peer.last_heard = now if peer.last_heard is None else max(peer.last_heard, now)
             peer.failures = 0
             peer.last_error = None
         else:
@@ -117,6 +119,33 @@ class PeerTable:
         if peer.score < s.floor:
             peer.cooling_until = now + s.cooling_s
             peer.score = s.floor / 2  # a second chance after the cooling period, on probation
+
+    def cut_off(self, address: str, now: float, reason: str) -> None:
+        """Stop talking to a peer that broke the protocol mid-exchange (a stalled or short fetch, a
+        reconciliation that never ends): cooling now, whatever its score, then on probation."""
+        peer = self._peers.get(address)
+        if peer is None:
+            return
+        peer.last_error = reason
+        peer.cooling_until = max(peer.cooling_until, now + self.settings.cooling_s)
+        peer.score = min(peer.score, self.settings.floor / 2)
+
+    def heard(self, address: str, now: float) -> None:
+        """``address`` reached us (an attributed push or announce)."""
+        peer = self._peers.get(address)
+        if peer is not None:
+            peer.last_heard = now if peer.last_heard is None else max(peer.last_heard, now)
+
+    def pick_for_pull(self, now: float, rng: random.Random, horizon_s: float) -> Peer | None:
+        """A peer to reconcile with, favouring those not heard from recently: whatever they hold that
+        we lack (or the reverse) had no other way to reach us. The weight is the silence in seconds,
+        capped at ``horizon_s`` (never heard: the cap), plus 1% of it so no peer is never picked."""
+        pool = self.active(now)
+        if not pool:
+            return None
+        weights = [min(horizon_s, now - p.last_heard) if p.last_heard is not None else horizon_s for p in pool]
+        weights = [max(0.0, w) + horizon_s / 100 for w in weights]
+        return rng.choices(pool, weights)[0]
 
     def mark_has(self, address: str, ids) -> None:
         peer = self._peers.get(address)

@@ -76,6 +76,14 @@ class NodeCollector(Collector):
         for event in ("announced", "sent", "fetched", "syncs", "sync_rounds"):
             gossip.add_metric([event], getattr(stats, event))
         yield gossip
+        catchup = node.gossip.catchup_json() or {}
+        progress = GaugeMetricFamily(f"{PREFIX}_catchup_messages", "The current or last catch-up: missing "
+                                     "messages learned, stored, given up, still to fetch", labels=["state"])
+        for state in ("wanted", "stored", "failed", "remaining"):
+            progress.add_metric([state], catchup.get(state, 0))
+        yield progress
+        yield GaugeMetricFamily(f"{PREFIX}_catchup_active", "1 while a catch-up is fetching",
+                                value=1 if catchup.get("active") else 0)
         traffic = node.stats_json()
         yield CounterMetricFamily(f"{PREFIX}_gossip_received_bytes", "Bytes received (requests served and "
                                   "answers read)", value=traffic["bytes_received"])

@@ -1,0 +1,128 @@
+"""Signature checks on every core, for bulk ingest (a node catching up, a big push).
+
+Ed25519 verification is most of what ingest costs (scripts/bench/ingest), and it is independent per
+message: a pool of worker processes checks a batch's signatures while the main process decodes and
+stores. The workers run ``protocol.verify_sig`` itself, on a small copy of each envelope (its id,
+author, signature, kind and, for a vote, the fields its seed proof signs), so a message passes or
+fails exactly as it would inline. decode() recomputes every id from the fields before the
+signature is checked, so a valid signature over that id is the whole check.
+
+The pool starts on first use and stops after ``idle_s`` without work (and with ``close``); below
+``min_batch`` messages the caller verifies inline, where a round trip to another process costs
+more than it saves.
+"""
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Sequence
+
+from protocol import Envelope, verify_sig
+
+Part = tuple[str, str, str, str, dict]  # id, author, sig, kind, the body fields a signature covers
+
+
+def _part(env: Envelope) -> Part:
+    body = env.body
+    if env.kind == "vote" and "seed_proof" in body:
+        return env.id, env.author, env.sig, env.kind, {"claim": body["claim"], "seed_proof": body["seed_proof"]}
+    return env.id, env.author, env.sig, env.kind, {}
+
+
+def verify_parts(parts: Sequence[Part]) -> list[bool]:
+    """Worker: ``verify_sig`` of each envelope the parts stand for."""
+    return [verify_sig(Envelope(i, author, 0, "", kind, body, sig)) for i, author, sig, kind, body in parts]
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    # Never fork the node itself (it has SQLite and event-loop threads): a forkserver forks workers
+    # from a clean process, spawn where there is none.
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    return multiprocessing.get_context(method)
+
+
+class VerifyPool:
+    """``await pool.verify(envelopes)`` -> one bool per envelope, checked in worker processes."""
+
+    def __init__(self, workers: int | None = None, *, min_batch: int = 64, chunk: int = 64, idle_s: float = 60.0):
+        self.workers = workers or default_workers()
+        self.min_batch = min_batch
+        self.chunk = chunk
+        self.idle_s = idle_s
+        self.verified = 0  # messages checked in the pool (status, tests)
+        self._pool: ProcessPoolExecutor | None = None
+        self._busy = 0
+        self._last_used = 0.0
+        self._reaper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @property
+    def running(self) -> bool:
+        return self._pool is not None
+
+    def _executor(self) -> Executor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=_context())
+        return self._pool
+
+    async def verify(self, envelopes: Sequence[Envelope]) -> list[bool]:
+        if self._closed or len(envelopes) < self.min_batch:
+            return [verify_sig(env) for env in envelopes]
+        parts = [_part(env) for env in envelopes]
+        # At least one chunk per worker, so one batch alone keeps every core busy.
+        size = max(8, min(self.chunk, -(-len(parts) // self.workers)))
+        loop = asyncio.get_running_loop()
+        self._busy += 1
+        try:
+            executor = self._executor()
+            futures = [loop.run_in_executor(executor, verify_parts, parts[i:i + size])
+                       for i in range(0, len(parts), size)]
+            results = await asyncio.gather(*futures)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): check this batch here, start afresh next time.
+            self._drop()
+            return [verify_sig(env) for env in envelopes]
+        finally:
+            self._busy -= 1
+            self._last_used = time.monotonic()
+            self._schedule_reap(loop)
+        self.verified += len(parts)
+        return [ok for chunk in results for ok in chunk]
+
+    def _schedule_reap(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._reaper is None and self._pool is not None:
+            self._reaper = loop.call_later(self.idle_s, self._reap)
+
+    def _reap(self) -> None:
+        self._reaper = None
+        idle = time.monotonic() - self._last_used
+        if self._busy == 0 and idle >= self.idle_s:
+            self._drop()
+        elif self._pool is not None:
+            self._reaper = asyncio.get_running_loop().call_later(max(0.1, self.idle_s - idle), self._reap)
+
+    def _drop(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """Stop the workers (the node's stop); later calls verify inline."""
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

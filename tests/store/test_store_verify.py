@@ -1,0 +1,101 @@
+"""Signatures checked in a pool of processes (store/verify.py): the same verdicts as inline, always.
+
+    .venv/bin/python -m pytest tests/store/test_store_verify.py -q
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+from protocol import build, fresh_seed
+from store import Replica, VerifyPool
+from tests.store.test_store_factory import NOW, SWARM, claim, key, result, task, tid, vote
+
+
+def mixed_batch() -> list:
+    """Valid messages, a forged signature, a vote whose seed proof is another key's, a vote with
+    a good fresh-seed proof, an in-batch duplicate, and bytes that are no envelope."""
+    t = task(key(0))
+    claims = [claim(key(1 + n % 3), tid(t), f"1.{n:06d}", at=NOW - 500 + n) for n in range(40)]
+    good_fresh = vote(key(4), claims[0].id, fresh=True)
+    seed, proof = fresh_seed(key(5), claims[1].id)  # key(5)'s proof in key(4)'s vote
+    body = {"claim": claims[1].id, "verdict": "reproduced", "result": dict(result("1.000000"), seed=seed),
+            "reason": "", "seed_proof": proof}
+    stolen_proof = build(key(4), SWARM, "vote", body, created_at=NOW - 50)
+    forged = json.loads(claims[2].canonical()) | {"sig": "11" * 64}
+    forged_raw = json.dumps(forged, separators=(",", ":"), sort_keys=True).encode()
+    items = [t.canonical()] + [c.canonical() for c in claims[3:]] + [good_fresh.canonical(), stolen_proof.canonical(),
+                                                                   forged_raw, claims[3].canonical(), b"{nope"]
+    return items
+
+
+def summary(report) -> tuple:
+    return [e.id for e in report.accepted], sorted(report.duplicate), report.rejected
+
+
+async def ingest_twice(tmp_path, pool: VerifyPool) -> tuple:
+    items = mixed_batch()
+    inline = await Replica.open(tmp_path / "inline.sqlite3", swarm=SWARM, self_key=key(0).pubkey)
+    pooled = await Replica.open(tmp_path / "pooled.sqlite3", swarm=SWARM, self_key=key(0).pubkey)
+    try:
+        return summary(await inline.ingest(items, now=NOW)), summary(await pooled.ingest(items, now=NOW, verifier=pool))
+    finally:
+        await inline.close()
+        await pooled.close()
+
+
+async def test_pool_verdicts_equal_inline_ones(tmp_path):
+    pool = VerifyPool(workers=2, min_batch=1, chunk=7)  # several chunks, one of them short
+    try:
+        inline, pooled = await ingest_twice(tmp_path, pool)
+    finally:
+        pool.close()
+    assert pooled == inline
+    rejected = [reason for _, reason in inline[2]]
+    assert rejected.count("invalid: bad signature") == 2 and rejected[-1].startswith("invalid: not JSON")
+    assert len(inline[0]) == 1 + 37 + 1  # task, claims 3..39, the honest fresh-seed vote
+    assert pool.verified == len(mixed_batch()) - 1  # every decoded one, the junk never reaches it
+
+
+async def test_small_batches_are_checked_inline(tmp_path):
+    pool = VerifyPool(workers=2, min_batch=10_000)
+    try:
+        inline, pooled = await ingest_twice(tmp_path, pool)
+        assert pooled == inline and pool.verified == 0 and not pool.running
+    finally:
+        pool.close()
+
+
+async def test_a_killed_worker_costs_nothing_but_time(tmp_path):
+    pool = VerifyPool(workers=2, min_batch=1)
+    try:
+        await ingest_twice(tmp_path / "warm", pool)  # the pool is up
+        for pid in list(pool._pool._processes):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not pool._pool._broken and time.monotonic() < deadline:  # noticed by its manager thread
+            await asyncio.sleep(0.05)
+        (tmp_path / "again").mkdir()
+        inline, pooled = await ingest_twice(tmp_path / "again", pool)
+        assert pooled == inline  # checked here instead, same verdicts
+        inline, pooled = await ingest_twice(tmp_path / "third", pool)  # a fresh pool next time
+        assert pooled == inline and pool.running
+    finally:
+        pool.close()
+
+
+async def test_idle_pool_stops_and_close_is_final(tmp_path):
+    pool = VerifyPool(workers=1, min_batch=1, idle_s=0.2)
+    await ingest_twice(tmp_path, pool)
+    assert pool.running
+    deadline = time.monotonic() + 0.2 + 10  # idle_s plus slack for a busy machine
+    while pool.running and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not pool.running
+    pool.close()
+    (tmp_path / "closed").mkdir()
+    inline, pooled = await ingest_twice(tmp_path / "closed", pool)
+    assert pooled == inline and not pool.running
