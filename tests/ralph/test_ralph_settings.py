@@ -44,6 +44,13 @@ def test_config_then_flags_precedence_and_string_coercion():
     ({"model": "two words"}, "model must be a model name"),
     ({"daily_spend_usd": -1}, "daily_spend_usd must be in"),
     ({"agent_count": True}, "agent_count must be an integer"),
+    ({"proposer": "bayes"}, "proposer must be one of mutate|tpe|cmaes|llm|hybrid"),
+    ({"llm_share": 1.5}, "llm_share must be in [0, 1]"),
+    ({"llm_api": "router"}, "llm_api must be one of anthropic|openai"),
+    ({"edit_format": "patch"}, "edit_format must be one of auto|diff|whole"),
+    ({"llm_base_url": "ftp://x"}, "llm_base_url must be an http(s) URL"),
+    ({"llm_base_url": "http://a b"}, "llm_base_url must be an http(s) URL"),
+    ({"islands": -1}, "islands must be in [0, 100]"),
 ])
 def test_bad_values_raise_one_line_settings_error(data, fragment):
     with pytest.raises(SettingsError) as info:
