@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_BACK_OFF_S = 30.0  # the longest a peer's Retry-After pauses fetching from it
+
 
 @dataclass
 class CatchUpProgress:
@@ -64,6 +66,7 @@ class Fetcher:
         self._settled = asyncio.Condition()
         self.progress: CatchUpProgress | None = None  # the current or last catch-up
         self._busy = 0  # reconciliations under way that may add to the current catch-up
+        self._paused_until: dict[str, float] = {}  # peer -> monotonic time its 429 asked us to wait until
         self._last_report = 0.0
 
     # -- the caller's side -------------------------------------------------------------------
@@ -146,6 +149,11 @@ class Fetcher:
         try:
             while peer not in self._cut:
                 await window.acquire()
+                pause = self._paused_until.get(peer, 0.0) - time.monotonic()
+                if pause > 0:
+                    window.release()
+                    await asyncio.sleep(pause)
+                    continue
                 chunk = self._take(peer)
                 if not chunk:
                     window.release()
@@ -176,7 +184,10 @@ class Fetcher:
                 await self._cut_off(peer, "invalid", exc.reason, chunk)
                 return
             except PeerUnavailable as exc:
-                await self._cut_off(peer, "timeout", exc.reason, chunk)
+                if exc.status == 429:  # its byte budget for us is spent (SPEC.md 10.2.4): not a fault
+                    self._back_off(peer, chunk, exc.retry_after)
+                else:
+                    await self._cut_off(peer, "timeout", exc.reason, chunk)
                 return
             if self.progress is not None:
                 self.progress.peers.add(peer)
@@ -196,11 +207,36 @@ class Fetcher:
         g.stats.fetched += len(report.accepted)
         asked = set(chunk)
         missing = [i for i in chunk if i not in delivered]
+        if missing:  # arrived meanwhile by another way: nothing owed
+            stored = await g.store.has_ids(missing)
+            delivered.update(stored)
+            missing = [i for i in missing if i not in stored]
         await self._settle([i for i in delivered if i in asked], [])
-        if missing:
-            if not report.rejected:  # invalid messages were already scored by ingest
-                g.peers.record(peer, "broken_promise", g.clock(), error=f"{len(missing)} listed ids not delivered")
-            await self._cut_off(peer, None, f"{len(missing)} of {len(chunk)} listed ids not delivered", missing)
+        if not missing:
+            return
+        if len(missing) < len(chunk) and chunk[len(chunk) - len(missing):] == missing and not report.rejected:
+            # A prefix of what was asked, in order: an answer cut at its size cap or at the bytes
+            # we may still read (SPEC.md 10.2.4). Ask again for the rest.
+            self._requeue(peer, missing)
+            return
+        if not report.rejected:  # invalid messages were already scored by ingest
+            g.peers.record(peer, "broken_promise", g.clock(), error=f"{len(missing)} listed ids not delivered")
+        await self._cut_off(peer, None, f"{len(missing)} of {len(chunk)} listed ids not delivered", missing)
+
+    def _requeue(self, peer: str, ids: list[str]) -> None:
+        """Give ``ids`` back, first in line, to every peer that listed them, ``peer`` included."""
+        for i in reversed(ids):
+            for holder in self._holders.get(i, ()):
+                self._queues.setdefault(holder, deque()).appendleft(i)
+        for holder in {h for i in ids for h in self._holders.get(i, ())}:
+            self._start(holder)
+
+    def _back_off(self, peer: str, ids: list[str], retry_after: float | None) -> None:
+        """``peer`` asks us to wait: its ids go back (to others first, while it waits)."""
+        self.gossip._inflight.difference_update(ids)
+        wait = min(MAX_BACK_OFF_S, retry_after if retry_after and retry_after > 0 else 1.0)
+        self._paused_until[peer] = max(self._paused_until.get(peer, 0.0), time.monotonic() + wait)
+        self._requeue(peer, ids)
 
     async def _cut_off(self, peer: str, event: str | None, reason: str, ids: list[str]) -> None:
         """Score ``peer`` (event), cut it off, give its ``ids`` back to the other peers that listed them."""

@@ -33,7 +33,10 @@ class GossipSettings:
     frame_size_limit: int = 0  # Negentropy frame limit (0 = none)
     max_sync_rounds: int = 64  # a peer that never lets a reconciliation end is cut off
     promise_s: float = 5.0  # after we answer "want", how long we wait for that body before asking others
-    push_retries: int = 2  # rounds of other peers tried for the ids a push target could not take
+    # A push target that could not take ids (offline, busy): other peers are tried at once, and the
+    # target itself again after push_retry_s, each up to push_retries times.
+    push_retries: int = 2
+    push_retry_s: float = 5.0
     fetch_window: int = 4  # fetches in flight per peer during a catch-up (node/net/fetcher.py)
     bulk_at: int = 512  # missing this many ids after a reconciliation: also reconcile with other peers ...
     catchup_peers: int = 3  # ... so that up to this many fetch at once
@@ -71,6 +74,8 @@ class SyncResult:
 class _Out:
     own: bool
     exclude: set[str]
+    targets: set[str] | None = None  # a retry: only these peers (they were unavailable last time)
+    tries: int = 0
 
 
 def _hex(ids: Iterable[bytes]) -> list[str]:
@@ -181,29 +186,38 @@ class Gossip:
         return await self.push_batch(self.take_outbox())
 
     async def push_batch(self, batch: OrderedDict[str, _Out]) -> int:
-        """Announce each message to ``fanout`` peers (own ones to all); the ids a target could not
-        take (offline, refused) go to other peers not tried yet, for ``push_retries`` more rounds."""
+        """Announce each message to ``fanout`` peers (own ones to all). The ids a target could not
+        take because it was unavailable go at once to other peers not tried yet, and are queued for
+        that target again (``push_retries`` times each, after ``push_retry_s``): a peer that was
+        offline for the wave would otherwise wait for its next reconciliation."""
         now = self.clock()
         active = self.peers.active(now)
         tried: dict[str, set[str]] = {}  # id -> peers already tried
         plan: dict[str, list[str]] = {}
         spare: dict[str, list[Any]] = {}  # id -> candidates left for a retry
         for msg_id, out in batch.items():
-            candidates = [p for p in active if p.address not in out.exclude and msg_id not in p.has]
-            if not out.own and len(candidates) > self.settings.fanout:
-                chosen = self.rng.sample(candidates, self.settings.fanout)
-                spare[msg_id] = [p for p in candidates if p not in chosen]
-                candidates = chosen
+            if out.targets is not None:
+                candidates = [p for p in active if p.address in out.targets and msg_id not in p.has]
+            else:
+                candidates = [p for p in active if p.address not in out.exclude and msg_id not in p.has]
+                if not out.own and len(candidates) > self.settings.fanout:
+                    chosen = self.rng.sample(candidates, self.settings.fanout)
+                    spare[msg_id] = [p for p in candidates if p not in chosen]
+                    candidates = chosen
             tried[msg_id] = {p.address for p in candidates}
             for peer in candidates:
                 plan.setdefault(peer.address, []).append(msg_id)
         total = 0
+        later: dict[str, set[str]] = {}  # id -> unavailable targets to try again
         for attempt in range(self.settings.push_retries + 1):
-            results = await asyncio.gather(*(self._push_to(addr, ids) for addr, ids in plan.items()))
-            total += sum(sent for sent, _ in results)
+            addresses = list(plan)
+            results = await asyncio.gather(*(self._push_to(addr, plan[addr]) for addr in addresses))
+            total += sum(sent for sent, _, _ in results)
             plan = {}
-            for failed in (f for _, f in results):
+            for (_, failed, unavailable), address in zip(results, addresses):
                 for msg_id in failed:
+                    if unavailable and batch[msg_id].tries < self.settings.push_retries:
+                        later.setdefault(msg_id, set()).add(address)
                     left = spare.get(msg_id)
                     while left:
                         peer = left.pop(self.rng.randrange(len(left)))
@@ -214,12 +228,23 @@ class Gossip:
                             break
             if not plan:
                 break
+        for msg_id, targets in later.items():
+            if msg_id in self._outbox:
+                queued = self._outbox[msg_id]
+                if queued.targets is not None:
+                    queued.targets |= targets
+                continue
+            out = batch[msg_id]
+            self._outbox[msg_id] = _Out(own=out.own, exclude=set(), targets=targets, tries=out.tries + 1)
+        if later:
+            asyncio.get_running_loop().call_later(self.settings.push_retry_s, self._wake.set)
         return total
 
-    async def _push_to(self, address: str, ids: list[str]) -> tuple[int, list[str]]:
-        """(envelopes sent, ids this peer could not be given)."""
+    async def _push_to(self, address: str, ids: list[str]) -> tuple[int, list[str], bool]:
+        """(envelopes sent, ids this peer could not be given, whether it was only unavailable)."""
         sent = 0
         failed: list[str] = []
+        unavailable = False
         for start in range(0, len(ids), self.settings.max_batch):
             chunk = ids[start:start + self.settings.max_batch]
             try:
@@ -240,9 +265,10 @@ class Gossip:
             except PeerUnavailable as exc:
                 self.peers.record(address, "timeout", self.clock(), error=exc.reason)
                 failed.extend(ids[start:])
+                unavailable = True
                 break
         self.stats.sent += sent
-        return sent, failed
+        return sent, failed, unavailable
 
     async def run_push_loop(self) -> None:
         """Owned by the node: flush the outbox whenever something new arrives (batched)."""

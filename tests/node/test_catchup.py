@@ -31,6 +31,7 @@ ME = "00" * 32
 EXCHANGE_S = 1.0  # the fresh side's exchange timeout here (HttpTransport timeout_s); a stall costs this
 SETTINGS = GossipSettings(max_batch=32, bulk_at=64, fetch_window=3, catchup_peers=3)
 N = 300  # ten batches of 32
+PREFIX = 10  # envelopes per answer of the "prefix" holder
 
 
 class Holder:
@@ -84,8 +85,12 @@ class Holder:
         self.fetches += 1
         raws = [self.raw[i] for i in ids if i in self.raw]
         mode = self.fetch_mode
-        if mode == "half":
-            raws = raws[: len(raws) // 2]
+        if mode == "half":  # every other one: ids it listed, left out
+            raws = raws[::2]
+        elif mode == "prefix":  # an honest answer cut at its cap (SPEC.md 10.2.4): ask again for the rest
+            raws = raws[:PREFIX]
+        elif mode == "busy" and self.fetches <= 2:  # its byte budget for us is spent, twice
+            return web.json_response({"error": "rate limited (bytes)"}, status=429, headers={"Retry-After": "1"})
         elif mode == "forged":
             raws = [json.dumps(json.loads(r) | {"sig": "00" * 64}, separators=(",", ":"), sort_keys=True).encode()
                     for r in raws]
@@ -175,6 +180,24 @@ async def test_a_hostile_fetch_is_cut_off_and_the_catch_up_finishes_from_the_hon
         await replica.close()
         await hostile.stop()
         await honest.stop()
+
+
+@pytest.mark.parametrize("mode", ["prefix", "busy"])
+async def test_a_peer_that_answers_a_prefix_or_asks_to_wait_is_asked_again_not_cut_off(tmp_path, corpus, mode):
+    holder = await Holder(corpus, fetch=mode).start()
+    g, replica, session, _ = await fresh_node(tmp_path, [holder.address])
+    try:
+        result = await asyncio.wait_for(g.sync_with(holder.address), 30)
+        assert result.fetched == N
+        await stored_exactly(replica, corpus)
+        peer = g.peers.get(holder.address)
+        assert peer.cooling_until == 0 and peer.score > 0 and g.catchup_json()["cut_off"] == []
+        if mode == "prefix":
+            assert holder.fetches >= N // PREFIX
+    finally:
+        await session.close()
+        await replica.close()
+        await holder.stop()
 
 
 async def test_a_peer_that_never_ends_reconciliation_is_cut_off_and_another_serves(tmp_path, corpus):

@@ -154,3 +154,54 @@ async def test_offline_peer_counts_as_timeout():
     with pytest.raises(PeerUnavailable):
         await gossips[0].sync_with("mem://1")
     assert gossips[0].peers.get("mem://1").last_error == "offline"
+
+
+async def test_push_to_an_offline_target_goes_to_another_peer_now_and_to_it_again_later():
+    settings = GossipSettings(fanout=1, push_retries=2)
+    net, gossips = make_net(4, settings=settings)
+    g = gossips[0]
+    env = claims(1, seed=8)[0]
+    await g.ingest([env.canonical()], origin=None)  # not its own: announced to fanout = 1 peer
+    batch = g.take_outbox()
+    first = g.rng.getstate()
+    chosen = random.Random()
+    chosen.setstate(first)
+    target = chosen.sample([p for p in g.peers.active(g.clock())], 1)[0].address
+    net.offline.add(target)
+    await g.push_batch(batch)
+    others = [x for x in gossips[1:] if env.id in x.store]
+    assert len(others) == 1 and net.nodes[target] not in others  # another peer, at once
+    assert g.pending() == 1  # and the target again, later
+    net.offline.clear()
+    await g.flush()
+    assert env.id in net.nodes[target].store
+    assert g.pending() == 0
+
+
+async def test_push_retries_to_an_unavailable_target_stop_after_push_retries():
+    settings = GossipSettings(fanout=3, push_retries=2)
+    net, gossips = make_net(2, settings=settings)
+    g = gossips[0]
+    net.offline.add("mem://1")
+    await g.ingest([claims(1, seed=9)[0].canonical()])
+    tries = 0
+    while g.pending():
+        tries += 1
+        await g.flush()
+    assert tries == 1 + settings.push_retries
+
+
+def test_pull_favours_peers_not_heard_from_recently():
+    table = PeerTable()
+    for name in ("quiet", "chatty", "never"):
+        table.add(f"http://{name}:1")
+    table.record("http://quiet:1", "ok", now=0.0)
+    table.heard("http://chatty:1", now=995.0)
+    rng = random.Random(4)
+    picks = [table.pick_for_pull(1000.0, rng, horizon_s=60.0).address for _ in range(3000)]
+    quiet, chatty, never = (picks.count(f"http://{n}:1") for n in ("quiet", "chatty", "never"))
+    # weights: silence capped at 60 s (never heard: 60) plus 0.6: 60.6, 5.6, 60.6
+    assert chatty < 0.15 * quiet and chatty < 0.15 * never and chatty > 0
+    table.cut_off("http://quiet:1", 1000.0, "stalled mid-fetch")
+    assert {table.pick_for_pull(1000.0, rng, 60.0).address for _ in range(200)} == {"http://chatty:1", "http://never:1"}
+    assert table.get("http://quiet:1").last_error == "stalled mid-fetch"
