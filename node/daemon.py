@@ -40,6 +40,7 @@ from node.web.shapes import leaderboard_json
 
 log = logging.getLogger(__name__)
 
+PENDING_MAX_MESSAGES = 10_000  # votes and claims waiting for what they refer to (store/pending.py)
 TRUST_INTERVAL_S = 2.0  # trust recomputed at most this often (store/replica.py, trust_min_interval_s)
 INBOUND_RETRY_S = 600.0  # an inbound address refused at dial-back is not dialled again for this long
 
@@ -89,7 +90,8 @@ class Node:
         self.replica = await Replica.open(s.home / "replica.sqlite3", swarm=self.swarm,
                                           self_key=self.identity.pubkey, trusted=list(s.trusted),
                                           settings=StoreSettings(noise=load_noise(s.home),
-                                                                 trust_min_interval_s=TRUST_INTERVAL_S))
+                                                                 trust_min_interval_s=TRUST_INTERVAL_S,
+                                                                 pending_max_messages=PENDING_MAX_MESSAGES))
         self.slots = DeviceSlots(devices=["cpu"] if s.device == "cpu" else detect_devices())
         self.tasks = TaskBook(self.replica)
         self.corpus = ReplicaCorpus(self.replica, self.tasks, self.identity.pubkey)
@@ -334,6 +336,8 @@ class Node:
             "bytes_received": self.bytes_in + self.transport.bytes_in,  # request bodies served + answers read
             "bytes_sent": self.transport.bytes_out,
             "bytes_fetch_served": self.bytes_out_fetch,  # envelope bytes in /v1/fetch answers
+            "pending": {"messages": len(self.replica.pending), "bytes": self.replica.pending.bytes,
+                        **vars(self.replica.pending.stats)} if self.replica.pending is not None else None,
             "gossip": {k: v for k, v in vars(g).items()},
             "catchup": self.gossip.catchup_json(),
             "events": dict(self.telemetry.events),

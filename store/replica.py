@@ -8,6 +8,7 @@ functions (store/trust.py, store/ranking.py); the methods here load their inputs
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -24,12 +25,13 @@ from protocol import KINDS, Envelope, is_hex
 from . import ranking
 from .errors import StoreError
 from .extract import INSERT_OR_IGNORE_SQL, INSERT_SQL
-from .ingest import IngestReport, decode_all, finish, prepare, quick_id
+from .ingest import IngestReport, prepare, quick_id
 from .ranking import ClaimStatus, Entry, Leaderboard, RankingSettings
+from .ingest import PreparedBatch, gc_paused
+from .pending import PendingSet
 from .schema import migrate
 from .stats import NoiseTable, Significance
 from .trust import TrustSettings, TrustView, VoteFact, compute_trust
-from .verify import VerifyPool
 
 SQL_CHUNK = 500  # ids per IN (...) query, well under SQLite's bound-parameter limit
 TASK_CACHE = 64  # tasks whose view a replica keeps computed (a swarm has a few)
@@ -57,6 +59,10 @@ class StoreSettings:
     # 0: always current (the library's default); the node sets a few seconds (node/daemon.py), so a
     # flood of votes costs one computation per interval, not one per batch (issue 17).
     trust_min_interval_s: float = 0.0
+    # Votes for claims and claims for parents the replica lacks wait in memory, at most this many
+    # (0: stored at once, the library's default; a node sets a bound, node/daemon.py; store/pending.py).
+    pending_max_messages: int = 0
+    pending_max_bytes: int = 32 * 1024 * 1024
 
 
 def _envelope(raw: bytes) -> Envelope:
@@ -108,6 +114,9 @@ class Replica:
         self._task_bodies: dict[str, dict] = {}  # task messages are immutable: kept once found
         self._status_cache: dict[str, tuple[int, list[Envelope], dict[str, ClaimStatus]]] = {}
         self._board_cache: dict[str, tuple[int, Leaderboard]] = {}
+        # votes for claims, and claims for parents, this replica lacks wait here (None: stored at once)
+        self.pending = (PendingSet(settings.pending_max_messages, settings.pending_max_bytes)
+                        if settings.pending_max_messages > 0 else None)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -198,16 +207,13 @@ class Replica:
 
     # -- ingest ------------------------------------------------------------------------------
 
-    async def ingest(self, items: Iterable[Any], now: int | None = None, *, check_sig: bool = True,
-                     verifier: VerifyPool | None = None) -> IngestReport:
+    async def ingest(self, items: Iterable[Any], now: int | None = None, *, check_sig: bool = True) -> IngestReport:
         """Validate and store a batch; the stored part of it commits in ONE transaction.
 
         Each item is raw bytes, str or a dict envelope. The report says, per message, accepted /
         duplicate (already stored, or twice in this batch) / rejected with the protocol reason.
         ``check_sig=False`` only for items whose signatures the caller has verified (bulk import
-        verifying on several cores). ``verifier``: check the signatures of a big batch in that
-        pool of processes (store/verify.py), same verdicts. An I/O error raises and leaves
-        nothing of the batch.
+        verifying on several cores). An I/O error raises and leaves nothing of the batch.
         """
         items = list(items)
         # Gossip and re-imports bring mostly known messages: skip decoding what is already stored.
@@ -216,15 +222,15 @@ class Replica:
         known = [i for i in named if i in stored]
         items = [item for item, i in zip(items, named) if i not in stored]
         args = dict(swarm=self.swarm, now=now, check_sig=check_sig, received_at=int(time.time()))
-        if check_sig and verifier is not None and len(items) >= verifier.min_batch:
-            decoded = await asyncio.to_thread(decode_all, items, swarm=self.swarm, now=now)
-            sig_ok = await verifier.verify([env for _, env in decoded.envelopes])
-            batch = finish(decoded, sig_ok, args["received_at"])
-        elif len(items) >= self.settings.thread_decode_at:
+        if len(items) >= self.settings.thread_decode_at:
             batch = await asyncio.to_thread(prepare, items, **args)
         else:
             batch = prepare(items, **args)
-        report = IngestReport(rejected=batch.rejected, duplicate=known + batch.in_batch_duplicates)
+        held: list[str] = []
+        if self.pending is not None and batch.rows:
+            batch, held = await self._hold_back(batch)
+        # held ones are reported with the duplicates: not stored, not relayed, and no broken promise
+        report = IngestReport(rejected=batch.rejected, duplicate=known + batch.in_batch_duplicates + held)
         if not batch.rows:
             return report
         async with self._write_lock:
@@ -236,7 +242,41 @@ class Replica:
                 report.accepted.append(env)
         if any(env.kind in ("claim", "vote") for env in report.accepted):
             self._invalidate_trust()
+        if self.pending is not None and report.accepted:
+            released = self.pending.release([env.id for env in report.accepted])
+            if released:  # checked before they were held; stored now, after what they waited for
+                later = await self.ingest(released, check_sig=False)
+                report.accepted.extend(later.accepted)
         return report
+
+    async def _hold_back(self, batch: PreparedBatch) -> tuple[PreparedBatch, list[str]]:
+        """Split off the votes for claims and the claims with parents that neither the replica nor the
+        rest of the batch holds (store/pending.py); returns the batch to store and the held ids."""
+        need: dict[str, str] = {}
+        for env in batch.envelopes:
+            awaited = env.body.get("claim") if env.kind == "vote" else env.body.get("parent") if env.kind == "claim" else None
+            if awaited:
+                need[env.id] = awaited
+        if not need:
+            return batch, []
+        in_batch = {env.id for env in batch.envelopes}
+        stored = await self.has_ids({a for a in need.values() if a not in in_batch})
+        held: set[str] = set()
+        changed = True
+        while changed:  # a claim waiting for a held claim of the same batch waits too
+            changed = False
+            for message_id, awaited in need.items():
+                if message_id not in held and awaited not in stored and (awaited not in in_batch or awaited in held):
+                    held.add(message_id)
+                    changed = True
+        if not held:
+            return batch, []
+        keep = [i for i, env in enumerate(batch.envelopes) if env.id not in held]
+        for env in batch.envelopes:
+            if env.id in held:
+                self.pending.hold(env.id, need[env.id], env.canonical())
+        out = dataclasses.replace(batch, envelopes=[batch.envelopes[i] for i in keep], rows=[batch.rows[i] for i in keep])
+        return out, [env.id for env in batch.envelopes if env.id in held]
 
     async def _store_rows(self, writer: aiosqlite.Connection, rows: list[tuple]) -> set[str]:
         """Store the rows not stored yet, in one transaction; returns the ids that already were.
@@ -435,9 +475,11 @@ class Replica:
         trusted, settings = self.trusted_set(), self.settings.trust
 
         def work() -> TrustView:  # rows to facts and the computation: both in the worker thread
-            authors = {cid: author for cid, author, _ in claims}
-            values = {cid: value for cid, _, value in claims}
-            return compute_trust(self.self_key, trusted, authors, [_vote(r) for r in rows], settings, values)
+            # the collector paused: a collection over these objects would hold the GIL, and the loop
+            with gc_paused():
+                authors = {cid: author for cid, author, _ in claims}
+                values = {cid: value for cid, _, value in claims}
+                return compute_trust(self.self_key, trusted, authors, [_vote(r) for r in rows], settings, values)
 
         view = await asyncio.to_thread(work)
         if generation >= self._trust_gen:  # never replace a view of later messages by an older one

@@ -249,8 +249,9 @@ async def test_stop_during_a_run_returns_within_seconds(tmp_path, cache, honest)
 
 async def test_a_missing_parent_is_waited_for_not_voted_failed(tmp_path, cache):
     # A claim whose parent this node lacks gets no vote (issue 17: every reproducer used to vote it
-    # failed); it waits, and is tried again when the parent arrives. Both are unbuildable here (a
-    # wrong source_sha256), so both are voted failed at once, without a run, when they can be built.
+    # failed): the node's replica holds it back (store/pending.py) until the parent arrives, and a
+    # claim whose ancestor went missing otherwise waits in the reproducer (MissingAncestor). Both are
+    # unbuildable here (a wrong source_sha256): voted failed at once, without a run, once buildable.
     node, rep = await start_node(tmp_path, cache)
     try:
         new = TINY.source + "# parent\n"
@@ -259,16 +260,25 @@ async def test_a_missing_parent_is_waited_for_not_voted_failed(tmp_path, cache):
             "note": "parent", "outcome": "improved", "result": claim_env(new, _fake_result()).body["result"]})
         child = build(AUTHOR, "public", "claim", {
             **parent.body, "parent": parent.id, "patch": make_patch(new, new + "# child\n"), "note": "child"})
-        await offer(node, child)
-        deadline = time.monotonic() + 20
-        while parent.id not in rep._waiting and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert rep._waiting.get(parent.id) == {child.id}
-        assert await own_votes(node, child.id) == []
+        report = await node.gossip.ingest([child.canonical()])
+        assert report.duplicate == [child.id] and child.id in node.replica.pending  # held, not stored
+        assert await node.replica.get(child.id) is None
         await offer(node, parent)
         vote = await wait_vote(node, child.id, timeout=20)
         assert vote.body["verdict"] == "failed" and "source_sha256" in vote.body["reason"]
-        assert parent.id not in rep._waiting
+        # a claim stored without its parent (an import stores at once, with the library's settings):
+        # the reproducer waits for the parent instead of voting
+        orphan = build(AUTHOR, "public", "claim", {
+            **parent.body, "parent": "ab" * 32, "patch": make_patch(new, new + "# orphan\n"), "note": "orphan"})
+        held, node.replica.pending = node.replica.pending, None
+        try:
+            await offer(node, orphan)
+        finally:
+            node.replica.pending = held
+        deadline = time.monotonic() + 20
+        while "ab" * 32 not in rep._waiting and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert rep._waiting.get("ab" * 32) == {orphan.id} and await own_votes(node, orphan.id) == []
     finally:
         await node.stop()
 
