@@ -25,13 +25,14 @@ from protocol import KINDS, Envelope, is_hex
 from . import ranking
 from .errors import StoreError
 from .extract import INSERT_OR_IGNORE_SQL, INSERT_SQL
-from .ingest import IngestReport, prepare, quick_id
+from .ingest import IngestReport, decode_all, finish, prepare, quick_id
 from .ranking import ClaimStatus, Entry, Leaderboard, RankingSettings
 from .ingest import PreparedBatch, gc_paused
 from .pending import PendingSet
 from .schema import migrate
 from .stats import NoiseTable, Significance
 from .trust import TrustSettings, TrustView, VoteFact, compute_trust
+from .verify import VerifyPool
 
 SQL_CHUNK = 500  # ids per IN (...) query, well under SQLite's bound-parameter limit
 TASK_CACHE = 64  # tasks whose view a replica keeps computed (a swarm has a few)
@@ -207,13 +208,16 @@ class Replica:
 
     # -- ingest ------------------------------------------------------------------------------
 
-    async def ingest(self, items: Iterable[Any], now: int | None = None, *, check_sig: bool = True) -> IngestReport:
+    async def ingest(self, items: Iterable[Any], now: int | None = None, *, check_sig: bool = True,
+                     verifier: VerifyPool | None = None) -> IngestReport:
         """Validate and store a batch; the stored part of it commits in ONE transaction.
 
         Each item is raw bytes, str or a dict envelope. The report says, per message, accepted /
         duplicate (already stored, or twice in this batch) / rejected with the protocol reason.
         ``check_sig=False`` only for items whose signatures the caller has verified (bulk import
-        verifying on several cores). An I/O error raises and leaves nothing of the batch.
+        verifying on several cores). ``verifier``: check the signatures of a big batch in that
+        pool of processes (store/verify.py), same verdicts. An I/O error raises and leaves
+        nothing of the batch.
         """
         items = list(items)
         # Gossip and re-imports bring mostly known messages: skip decoding what is already stored.
@@ -222,7 +226,11 @@ class Replica:
         known = [i for i in named if i in stored]
         items = [item for item, i in zip(items, named) if i not in stored]
         args = dict(swarm=self.swarm, now=now, check_sig=check_sig, received_at=int(time.time()))
-        if len(items) >= self.settings.thread_decode_at:
+        if check_sig and verifier is not None and len(items) >= verifier.min_batch:
+            decoded = await asyncio.to_thread(decode_all, items, swarm=self.swarm, now=now)
+            sig_ok = await verifier.verify([env for _, env in decoded.envelopes])
+            batch = finish(decoded, sig_ok, args["received_at"])
+        elif len(items) >= self.settings.thread_decode_at:
             batch = await asyncio.to_thread(prepare, items, **args)
         else:
             batch = prepare(items, **args)
