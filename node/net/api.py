@@ -30,6 +30,8 @@ MAX_FETCH_ANSWER_BYTES = 16 * 1024 * 1024  # a fetch answer's bytes at most (the
 FETCH_CHUNK = 8  # envelopes read from the replica at a time while a fetch answer streams
 FETCH_PEER_RATE_BPS = 4 * 1024 * 1024  # fetch answer bytes per second per client address, sustained ...
 FETCH_PEER_BURST_BYTES = 64 * 1024 * 1024  # ... after a burst of this many (a catch-up)
+BODY_PEER_RATE_BPS = 2 * 1024 * 1024  # request body bytes per second per client address, sustained ...
+BODY_PEER_BURST_BYTES = 32 * 1024 * 1024  # ... after a burst of this many (four full push batches)
 PEER_HEADER = "X-Ralphswarm-Peer"  # the sender's own address (its peer record's), a hint (SPEC.md 10)
 
 
@@ -82,6 +84,11 @@ async def guard(request: web.Request, handler):
     node.bytes_in += request.content_length or 0
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return _error(413, "invalid: too large")
+    if request.content_length:  # bytes per second beside requests per second (issue 17)
+        wait = node.body_limiter.take(peer_ip, time.monotonic(), request.content_length)
+        if wait > 0:
+            node.metrics_event("body_bytes_limited")
+            return _error(429, "rate limited (bytes)", headers={"Retry-After": str(max(1, int(wait + 0.999)))})
     try:
         response = await handler(request)
     except BadRequest as exc:

@@ -187,3 +187,26 @@ async def test_a_missing_ancestor_is_a_wait_not_a_failure(tmp_path):
         assert err.value.ancestor == ids[2]
     finally:
         await replica.close()
+
+
+@pytest.mark.slow  # 32 MiB of bodies parsed
+async def test_request_bytes_per_address_are_limited(node):
+    # bodies of 8 MiB (the largest a request may be) from one address: past the burst, 429 with
+    # Retry-After, before the body is read; the request-rate bucket alone would never have fired
+    body = b'{"messages":[' + b" " * (api.MAX_BODY_BYTES - 16) + b"]}"
+    assert len(body) <= api.MAX_BODY_BYTES
+    sent, t0 = 0, time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        for _ in range(10):
+            async with session.post(node.address + "/v1/messages", data=body,
+                                    headers={"Content-Type": "application/json"}) as resp:
+                status, headers = resp.status, dict(resp.headers)
+            if status == 429:
+                break
+            assert status == 200
+            sent += len(body)
+    elapsed = time.monotonic() - t0
+    assert status == 429 and int(headers["Retry-After"]) >= 1
+    assert api.BODY_PEER_BURST_BYTES - len(body) < sent <= api.BODY_PEER_BURST_BYTES + api.BODY_PEER_RATE_BPS * elapsed
+    assert node.telemetry.events.get("body_bytes_limited") == 1
+    assert "rate_limited" not in node.telemetry.events
