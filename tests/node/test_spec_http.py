@@ -7,10 +7,12 @@ scripts/gen_vectors.py) replayed against a real node on a loopback port gives th
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import json
 import re
+import time
 from pathlib import Path
 
 import aiohttp
@@ -144,9 +146,13 @@ async def test_recorded_exchange_replays_byte_for_byte(tmp_path):
                 assert got == want["body"].encode("utf-8"), ex["name"]
                 if want["headers"]["Content-Type"].startswith("application/json"):
                     json.loads(got)  # every JSON answer parses
-        # X-Ralphswarm-Peer (SPEC.md 10): the sender's address was learned from the first answered request
-        peer = node.peers.get(data["exchanges"][0]["request"]["headers"]["X-Ralphswarm-Peer"])
-        assert peer is not None and peer.source == "inbound"
+        # X-Ralphswarm-Peer (SPEC.md 10): the sender's address is dialled back once (nothing answers
+        # at 127.0.0.1:9) and not learned: no peer at an address that does not answer as one
+        address = data["exchanges"][0]["request"]["headers"]["X-Ralphswarm-Peer"]
+        deadline = time.monotonic() + 10
+        while not node.telemetry.events.get("inbound_refused") and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert node.telemetry.events.get("inbound_refused") == 1 and node.peers.get(address) is None
 
 
 async def test_status_version_is_the_protocol_integer(tmp_path):
