@@ -111,3 +111,30 @@ def test_decimal_rejected(text):
 def test_decimal_grammar_takes_fixed_point_formatting(value):
     text = format(value, "f")
     assert decimal(text, "f") == text
+
+
+_POINT_PARTS = st.one_of(
+    st.integers(min_value=-5, max_value=2**54), st.booleans(), st.none(), st.floats(allow_nan=False),
+    st.sampled_from(["0", "1.5", "4.000000", "-1.0", "1e3", "01", "1.", ".5", "1,5", "'1'", "1\n", "٣", "9" * 17]),
+    st.text(max_size=6), st.lists(st.integers(0, 9), max_size=3),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(st.tuples(st.integers(0, 2**53 + 2), st.sampled_from(["4.000000", "0", "12.5"])).map(list),
+                          st.lists(_POINT_PARTS, min_size=0, max_size=3)), max_size=70))
+def test_the_fast_result_check_accepts_only_what_the_field_checks_accept(curve):
+    """schemas._result_ok (the repr of the curve matched at once) never accepts a result that
+    _check_result (field by field) refuses, and accepts every ordinary valid one."""
+    from protocol.schemas import _check_result, _result_ok
+
+    value = S.result(curve=curve)
+    try:
+        _check_result(value, "body.result")
+        valid = True
+    except ProtocolError:
+        valid = False
+    fast = _result_ok(value)
+    assert not fast or valid, curve
+    if valid and all(p[0] < 10**15 for p in curve):
+        assert fast, curve  # only steps of 16 digits or more are left to the field checks
