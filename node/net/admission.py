@@ -17,6 +17,7 @@ node dials them or keeps them. docs/design.md, "Discovery and swarms".
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -27,6 +28,7 @@ class AdmissionSettings:
     max_per_author: int = 4
     max_per_origin: int = 16
     max_origins: int = 1024  # origins remembered (the oldest forgotten first)
+    origin_window_s: float = 3600.0  # an origin's share starts again after this long
     max_pending: int = 64  # inbound candidates waiting to be dialled back
 
 
@@ -61,7 +63,7 @@ class Admission:
     def __init__(self, *, allow_private: bool, settings: AdmissionSettings | None = None):
         self.allow_private = allow_private
         self.settings = settings or AdmissionSettings()
-        self.by_origin: OrderedDict[str, set[str]] = OrderedDict()
+        self.by_origin: OrderedDict[str, tuple[float, set[str]]] = OrderedDict()  # origin -> (since, addresses)
         self.counters: dict[str, int] = {}
 
     def _count(self, name: str) -> None:
@@ -77,19 +79,24 @@ class Admission:
             return False
         return True
 
-    def from_record(self, address: str, author: str, origin: str, author_addresses: int) -> bool:
+    def from_record(self, address: str, author: str, origin: str, author_addresses: int,
+                    now: float | None = None) -> bool:
         """May ``address`` from ``author``'s peer record, sent by ``origin``, enter the table, given that
-        ``author_addresses`` of the author's are in it already?"""
+        ``author_addresses`` of the author's are in it already? An origin plants at most
+        ``max_per_origin`` addresses per ``origin_window_s``."""
         if not self.address_ok(address):
             return False
         if author_addresses >= self.settings.max_per_author:
             self._count("refused_per_author")
             return False
-        learned = self.by_origin.get(origin)
-        if learned is None:
-            learned = self.by_origin[origin] = set()
+        now = time.monotonic() if now is None else now
+        entry = self.by_origin.get(origin)
+        if entry is None or now - entry[0] > self.settings.origin_window_s:
+            self.by_origin.pop(origin, None)
+            entry = self.by_origin[origin] = (now, set())
             while len(self.by_origin) > self.settings.max_origins:
                 self.by_origin.popitem(last=False)
+        learned = entry[1]
         if address not in learned and len(learned) >= self.settings.max_per_origin:
             self._count("refused_per_origin")
             return False

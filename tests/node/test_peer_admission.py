@@ -131,3 +131,5 @@ def test_addresses_and_ranges():
     assert adm.from_record("http://8.8.4.4:1", "k2", "o", 0) and adm.from_record("http://1.1.1.1:1", "k3", "o", 0)
     assert not adm.from_record("http://9.9.9.9:1", "k4", "o", 0)  # a 4th from one origin
     assert adm.from_record("http://9.9.9.9:1", "k4", "p", 0)  # another origin has its own share
+    later = time.monotonic() + adm.settings.origin_window_s + 1
+    assert adm.from_record("http://9.9.9.9:1", "k4", "o", 0, now=later)  # a new window, a new share
