@@ -39,6 +39,7 @@ class SchedulerSettings:
     audit: bool = True  # re-check verified claims at random, 1/n for an author with n verified in a row
     max_queue: int = 100  # queue entries kept (and shown on the dashboard)
     audit_weight: float = 0.5  # an audit ranks below a pending claim of the same expected gain
+    untrusted_share: float = 0.25  # at most this share of the queue's places for authors without earned trust
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,23 @@ class Scheduler:
             item = QueueItem(c.claim, c.task, priority, why, audit)
             scored.append((-priority, c.value, c.created_at, c.claim, item))
         scored.sort(key=lambda t: t[:4])
-        return [t[4] for t in scored[:s.max_queue]]
+        return [t[4] for t in self._share(scored, by_id, trust)[:s.max_queue]]
+
+    def _share(self, scored: list, by_id: Mapping[str, Candidate], trust: Mapping[str, float]) -> list:
+        """Claims of authors without earned trust (issue 17) take at most ``untrusted_share`` of the
+        queue's places, which they split in priority order: fresh keys cost nothing, so five junk
+        claims promising a huge gain cannot all go ahead of an honest one. Alone, they fill it."""
+        share = self.settings.untrusted_share
+        known = [t for t in scored if float(trust.get(by_id[t[3]].author, 0.0)) > 0.0]
+        strangers = [t for t in scored if float(trust.get(by_id[t[3]].author, 0.0)) <= 0.0]
+        out, taken = [], 0
+        while known or strangers:
+            if strangers and (not known or taken + 1 <= share * (len(out) + 1)):
+                out.append(strangers.pop(0))
+                taken += 1
+            else:
+                out.append(known.pop(0))
+        return out
 
     def _reproducible(self, c: Candidate, voted, task_budgets) -> bool:
         if c.author == self.own_key or c.claim in voted:

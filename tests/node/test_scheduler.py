@@ -50,9 +50,29 @@ def test_trust_breaks_equal_gain_and_weighs_in():
     queue = build(board + [cand(1, 1.2, author=stranger), cand(2, 1.2, author=trusted)], trust={trusted: 1.0})
     assert ids(queue) == [2, 1]
     assert queue[0].priority == pytest.approx(2 * queue[1].priority)
-    # a much larger gain from a stranger still beats a small one from a trusted author
+    # a much larger gain from a stranger no longer jumps the queue: strangers share a capped part of it
     queue = build(board + [cand(1, 1.05, author=stranger), cand(2, 1.35, author=trusted)], trust={trusted: 1.0})
-    assert ids(queue) == [1, 2]
+    assert ids(queue) == [2, 1]
+
+
+def test_authors_without_trust_share_a_quarter_of_the_queue():
+    # issue 17: five junk claims from fresh keys claiming a huge gain went ahead of an honest pending one
+    board = verified([1.0, 1.1, 1.2, 1.3, 1.4])
+    honest = [cand(10 + i, 1.35 - 0.01 * i, author="b" * 64) for i in range(6)]
+    junk = [cand(20 + i, 0.1 + 0.01 * i, author=f"{i:x}" * 64) for i in range(5)]
+    trust = {"b" * 64: 0.05, "v" * 64: 1.0}
+    queue = build(board + honest + junk, trust=trust)
+    order = ids(queue)
+    assert order[0] in range(10, 16)  # an honest claim first, whatever the junk promises
+    places = [i for i, n in enumerate(order) if n >= 20]
+    for k in range(1, len(order) + 1):  # at most a quarter of every prefix while honest ones are left
+        if k <= len(honest) + len(places):
+            assert sum(1 for i in places if i < k) <= max(0, int(k * SchedulerSettings().untrusted_share + 1e-9)) \
+                or all(n >= 20 for n in order[k - 1:])
+    assert [n for n in order if n >= 20] == [20, 21, 22, 23, 24]  # among themselves, by priority
+    assert sorted(order) == sorted(list(range(10, 16)) + list(range(20, 25)))  # nobody dropped
+    # without anyone trusted (a new swarm), strangers fill the queue by priority
+    assert ids(build(board + junk)) == [20, 21, 22, 23, 24]
 
 
 def test_only_claims_that_would_enter_the_top_k():
