@@ -205,9 +205,10 @@ class Node:
             await self.publish_peer_record([self.address])
 
     # -- discovery -----------------------------------------------------------------------------
-    def learn_inbound(self, address: str) -> None:
+    def learn_inbound(self, address: str, remote: str | None = None) -> None:
         """A client named its address (X-Ralphswarm-Peer): a candidate, dialled back before it enters
-        the table (node/net/admission.py); never more than max_pending at a time."""
+        the table (node/net/admission.py), only at the IP the request came from (so a stranger can
+        make the node dial nobody but itself); never more than max_pending at a time."""
         address = address.rstrip("/") if isinstance(address, str) else address
         if address in self.peers or address in self._inbound or address in self.peers.self_addresses:
             return
@@ -215,6 +216,8 @@ class Node:
         if refused_at is not None and time.monotonic() - refused_at < INBOUND_RETRY_S:
             return
         if len(self._inbound) >= self.admission.settings.max_pending or not self.admission.address_ok(address):
+            return
+        if remote is not None and not self.admission.from_sender(address, remote):
             return
         self._inbound.add(address)
         self.spawn(self._dial_back(address), "dial back")

@@ -11,7 +11,8 @@ node dials them or keeps them. docs/design.md, "Discovery and swarms".
   one client address) sent us, so one request of many fresh-key records plants a handful, not the
   table.
 - **Inbound** (``X-Ralphswarm-Peer``): the address is only a candidate, at most ``max_pending`` at a
-  time; the node dials it back (``Node._dial_back``) and adds it only if it answers ``/v1/status``
+  time, and only at the IP the request came from (a DNS name is not dialled: such a node is learned
+  from its peer record); the node dials it back (``Node._dial_back``) and adds it only if it answers ``/v1/status``
   in our swarm with a key that is not ours.
 """
 from __future__ import annotations
@@ -59,6 +60,16 @@ def is_public_host(host: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def _same_ip(a: str, b: str) -> bool:
+    try:
+        x, y = ipaddress.ip_address(a.split("%", 1)[0]), ipaddress.ip_address(b.split("%", 1)[0])
+    except ValueError:
+        return False
+    x = x.ipv4_mapped or x if isinstance(x, ipaddress.IPv6Address) else x
+    y = y.ipv4_mapped or y if isinstance(y, ipaddress.IPv6Address) else y
+    return x == y
+
+
 class Admission:
     def __init__(self, *, allow_private: bool, settings: AdmissionSettings | None = None):
         self.allow_private = allow_private
@@ -78,6 +89,16 @@ class Admission:
             self._count("refused_range")
             return False
         return True
+
+    def from_sender(self, address: str, remote: str) -> bool:
+        """An inbound address (X-Ralphswarm-Peer) is dialled only at the IP its request came from."""
+        host = host_of(address)
+        if host is None:
+            return True  # address_ok refuses it and counts it
+        if _same_ip(host, remote):
+            return True
+        self._count("refused_not_sender")
+        return False
 
     def from_record(self, address: str, author: str, origin: str, author_addresses: int,
                     now: float | None = None) -> bool:

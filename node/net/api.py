@@ -106,7 +106,7 @@ async def guard(request: web.Request, handler):
         return _error(500, "internal error")
     announced = request.headers.get(PEER_HEADER)
     if announced and response.status < 400:
-        node.learn_inbound(announced)
+        node.learn_inbound(announced, request.remote)
     return response
 
 

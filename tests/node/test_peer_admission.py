@@ -69,6 +69,21 @@ async def test_inbound_address_is_dialled_back_and_checked(tmp_path):
         await asyncio.sleep(0.3)
         assert a.address not in a.peers and not a._inbound
         assert a.admission.counters.get("refused_malformed") == 1
+        # an address at another IP than the request's: never dialled (a stranger makes the node dial
+        # nobody but itself); b at 127.0.0.1 named by a client at 127.0.0.2 is not taken either
+        await _status_with_header(a, f"http://127.0.0.5:{_free_port()}")
+        c = await _node(tmp_path, "c")
+        try:
+            connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+            async with aiohttp.ClientSession(connector=connector) as session:
+                async with session.get(a.address + "/v1/status", headers={"X-Ralphswarm-Peer": c.address}) as resp:
+                    assert resp.status == 200
+            await asyncio.sleep(0.3)
+            assert c.address not in a.peers and not a._inbound
+            assert a.admission.counters.get("refused_not_sender") == 2
+            assert a.telemetry.events.get("inbound_refused") == 2  # the two dialled earlier, no more
+        finally:
+            await c.stop()
     finally:
         for n in (a, b, other):
             await n.stop()
