@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from store import Replica
 
     from node.corpus import ReplicaCorpus, TaskBook
+    from node.net.peers import PeerTable
     from node.settings import NodeSettings
     from node.slots import DeviceSlots
     from node.telemetry import Telemetry
@@ -41,6 +42,7 @@ class NodeView(Protocol):
     corpus: "ReplicaCorpus"  # ralph's CorpusView, and claim sources
     slots: "DeviceSlots"
     telemetry: "Telemetry"  # counters, activity per device, events
+    peers: "PeerTable"  # read only: who this node reaches (the console's peer lines)
     extensions: Sequence[Extension]
 
     async def publish(self, kind: str, body: dict) -> "Envelope": ...

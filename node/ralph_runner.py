@@ -19,6 +19,7 @@ from ralph.proposers import select_proposer
 from ralph.settings import RalphSettings
 from trainer import experiment
 
+from node.console import step_line
 from node.device_run import on_device
 from node.extension import NodeView
 from node.telemetry import Counter
@@ -38,6 +39,7 @@ class RalphRunner:
         self.proposer_line = ""
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._steps = 0
 
     @property
     def busy(self) -> bool:
@@ -70,7 +72,9 @@ class RalphRunner:
     def _stepped(self, agent: int):
         def on_step(report: StepReport) -> None:
             self.node.telemetry.count_usage(report.usage)
-            self.node.telemetry.note(report.line(), kind="ralph", agent=agent)
+            if report.status == "published":
+                self._steps += 1
+            self.node.telemetry.note(step_line(report, self._steps), kind="ralph", agent=agent)
 
         return on_step
 
@@ -88,10 +92,19 @@ class RalphRunner:
         node = self.node
         scale = budget_scale * node.settings.budget_scale
         budget = max(1, int(task.budget_tokens * scale))
+        baseline = source == task.source  # the task's own script: the reference, announced as such
         async with on_device(node.slots, node.telemetry, "ralph", kind="ralph", budget=budget,
-                             label="own experiment") as slot:
-            return await slot.run(experiment.run_experiment, task, source, seed=seed, budget_scale=scale,
-                                  cache_dir=node.settings.home / "cache")
+                             label="baseline" if baseline else "own experiment",
+                             phase="baseline" if baseline else None) as slot:
+            res = await slot.run(experiment.run_experiment, task, source, seed=seed, budget_scale=scale,
+                                 cache_dir=node.settings.home / "cache")
+        if baseline:
+            if res.outcome_ok and res.val_bpb is not None:
+                node.telemetry.note(f"baseline val_bpb {float(res.val_bpb):.6f} ({budget:,} tokens, "
+                                    f"trained in {float(res.result['wall_s']):.0f} s)", kind="ralph")
+            else:
+                node.telemetry.note(f"baseline crashed: {res.reason}", kind="ralph")
+        return res
 
     async def stop(self) -> None:
         self._stop.set()

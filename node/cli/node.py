@@ -16,6 +16,7 @@ from ralph.settings import RalphSettings, SettingsError
 from node.cli.client import ask, running_address, runtime_path
 from node.cli.common import budget_scale_option, device_option, echo_json, get_home, home_option, when
 from node.ids import short
+from node.console import ConsoleEvents, Terminal
 from node.daemon import Node
 from node.errors import UserError
 from node.extension import Extension
@@ -81,26 +82,6 @@ async def check_task(home: Home, settings: NodeSettings) -> None:
         raise UserError(f"unknown task {settings.task!r} (known: {names}, or a task id of the corpus)")
 
 
-def line_sink(quiet: bool, log_file: Path | None):
-    """Where the node's lines go: the terminal (event lines not with --quiet) and, with --log-file,
-    appended to that file, every line (a file that cannot be opened is refused before start-up)."""
-    handle = None
-    if log_file is not None:
-        try:
-            handle = open(log_file, "a", encoding="utf-8", buffering=1)
-        except OSError as exc:
-            raise UserError(f"cannot open --log-file {log_file}: {exc.strerror or exc}") from None
-
-    def echo(line: str) -> None:
-        event = line[:2].isdigit() and line[2:3] == ":"  # an event line starts with its HH:MM:SS
-        if not (quiet and event):
-            click.echo(line)
-        if handle is not None:
-            handle.write(line + "\n")
-
-    return echo
-
-
 RALPH_FLAGS = [
     ("--experiment-budget", float, "Screening fraction of the budget before a full-budget confirmation."),
     ("--memory-type", click.Choice(["full", "strategy"]), "Full history, or a compressed strategy note."),
@@ -136,8 +117,9 @@ def ralph_settings(config: dict, ralph_flags: dict) -> RalphSettings:
 
 
 def make_extensions(settings: NodeSettings, config: dict, ralph_flags: dict,
-                    ralph_steps: int | None = None) -> list[Extension]:
-    """The loops a node runs besides gossip: its own Ralph loop(s) and the reproduction scheduler."""
+                    ralph_steps: int | None = None, terminal: Terminal | None = None) -> list[Extension]:
+    """The loops a node runs besides gossip: its own Ralph loop(s), the reproduction scheduler, and
+    the console's event lines."""
     extensions: list[Extension] = []
     if settings.ralph:
         from node.ralph_runner import RalphRunner  # heavy: ralph.proposers imports anthropic (~1-2 s)
@@ -145,6 +127,7 @@ def make_extensions(settings: NodeSettings, config: dict, ralph_flags: dict,
         extensions.append(RalphRunner(ralph_settings(config, ralph_flags), max_steps=ralph_steps))
     if settings.reproduce:
         extensions.append(Reproducer())
+    extensions.append(ConsoleEvents(terminal))
     return extensions
 
 
@@ -195,7 +178,7 @@ def register(cli: click.Group) -> None:
         settings = settings_from(h.path, config, flags)
         if ralph:
             ralph_settings(config, ralph_flags)
-        echo = line_sink(quiet, log_file)
+        terminal = Terminal(quiet, log_file)
         asyncio.run(check_task(h, settings))
         if not h.exists:
             identity, _ = h.init(swarm=swarm)
@@ -204,8 +187,10 @@ def register(cli: click.Group) -> None:
             settings = settings_from(h.path, config, flags)
         lock = h.lock()  # held until this process ends
         try:
-            asyncio.run(run_node(settings, h, make_extensions(settings, config, ralph_flags, ralph_steps), echo=echo))
+            asyncio.run(run_node(settings, h, make_extensions(settings, config, ralph_flags, ralph_steps, terminal),
+                                 echo=terminal))
         finally:
+            terminal.close()
             lock.close()
 
     @cli.command("swarm-key")

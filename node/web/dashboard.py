@@ -21,7 +21,7 @@ from node.errors import UserError
 from node.net.api import NODE, BadRequest
 from node.net.swarmkey import AUTH_HEADER
 from node.web.progress import experiment_rows, progress_json
-from node.web.shapes import leaderboard_json, message_json
+from node.web.shapes import leaderboard_json, message_json, own_unverified
 
 STATIC = Path(__file__).resolve().parent / "static"
 FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css",
@@ -151,8 +151,8 @@ async def lineage(request: web.Request) -> web.Response:
     task = await _task_param(request)
     claims = await node.replica.claims(task)
     board = await node.replica.leaderboard(task)
-    me = node.identity.pubkey  # own claims nobody else has voted on are not ranked (node/web/shapes.py)
-    ranked = [e for e in board.verified if not (e.claim.author == me and e.votes == 0)]
+    mine = await own_unverified(node.replica, board.verified, node.identity.pubkey)  # not ranked (shapes.py)
+    ranked = [e for e in board.verified if e.claim.id not in mine]
     rank = {e.claim.id: i + 1 for i, e in enumerate(ranked)}
     entries = {e.claim.id: e for group in (board.verified, board.pending, board.disputed, board.over_budget,
                                            board.non_deterministic, board.duplicates) for e in group}

@@ -41,17 +41,28 @@ def is_baseline(claim: Any) -> bool:
     return claim.body["parent"] is None and claim.body["patch"] == ""
 
 
-def entry_json(entry: Any, self_key: str | None = None) -> dict[str, Any]:
-    """``own_unverified``: this node's own claim that no other key has voted on yet: the board
-    counts the node's own run as support, but nobody else has checked it, so the CLI and the
-    dashboard list it apart as "own, unverified by others" and rank only the rest."""
+async def own_unverified(replica: Any, entries: list[Any], self_key: str | None) -> set[str]:
+    """The ids of this node's own verified claims that no other key has reproduced: the board
+    counts the node's own run as support, but nobody else has confirmed it, so the CLI and the
+    dashboard list them apart as "own, unverified by others" and rank only the rest."""
+    out = set()
+    for e in entries:
+        if e.claim.author == self_key and e.status == "verified":
+            votes = await replica.votes(e.claim.id)
+            if not any(v.author != self_key and v.body["verdict"] == "reproduced" for v in votes):
+                out.add(e.claim.id)
+    return out
+
+
+def entry_json(entry: Any, self_key: str | None = None, unverified: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """``own_unverified``: see ``own_unverified``."""
     claim = entry.claim
     return {
         "claim": claim.id,
         "short": short(claim.id),
         "author": claim.author,
         "own": claim.author == self_key,
-        "own_unverified": claim.author == self_key and entry.status == "verified" and entry.votes == 0,
+        "own_unverified": claim.id in unverified,
         "baseline": is_baseline(claim),
         "created_at": claim.created_at,
         "parent": claim.body["parent"],
@@ -89,8 +100,9 @@ async def leaderboard_json(replica: Any, task_id: str) -> dict[str, Any]:
     and ``ranked``: the ids of the verified entries ranked, in order (own unverified ones left out)."""
     board = await replica.leaderboard(task_id)
     me = getattr(replica, "self_key", None)
+    mine = await own_unverified(replica, board.verified, me)
     lists = {
-        "verified": [entry_json(e, me) for e in board.verified],
+        "verified": [entry_json(e, me, mine) for e in board.verified],
         "pending": [entry_json(e, me) for e in board.pending],
         "disputed": [entry_json(e, me) for e in board.disputed],
         "over_budget": [entry_json(e, me) for e in getattr(board, "over_budget", [])],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -261,3 +262,39 @@ def test_plot_writes_a_png_of_the_progress(home, tmp_path):
     assert_error(cli("plot", "--out", str(tmp_path / "none.png"), home=empty), "nothing to plot")
     assert not (tmp_path / "none.png").exists()
     assert_error(cli("plot", "--out", str(target / "dir.png"), home=path), "cannot write")  # under a file
+
+
+# -- the leaderboard explains itself -----------------------------------------------------------------
+
+@pytest.mark.slow  # several CLI processes: 6 s
+def test_own_claims_stay_unverified_by_others_until_another_key_reproduces_them(tmp_path):
+    from tests.node.test_cli_corpus import VOTER, vote
+
+    path = tmp_path / "node"
+    init(path)
+    exp = Experiments(Identity.load(path / "identity.key"))
+    raws = [c.canonical() for c in exp.all]
+    assert cli("import", str(write_lines(tmp_path / "in.jsonl", raws)), home=path).returncode == 0
+
+    def board() -> dict:
+        proc = cli("leaderboard", "--task", "tiny", "--json", home=path)
+        assert proc.returncode == 0, err(proc)
+        return json.loads(out(proc))
+
+    lb = board()
+    own = {e["claim"] for e in lb["verified"] if e["own_unverified"]}
+    assert own == {exp.baseline.id, exp.kept.id, exp.kept2.id} and lb["ranked"] == []
+    assert lb["baseline"] == {"claim": exp.baseline.id, "short": exp.baseline.id[:12], "status": "verified",
+                              "val_bpb": "1.950000"}
+    # A vote that is not a reproduction (a key nobody trusts says mismatch) confirms nothing.
+    cli("import", str(write_lines(tmp_path / "v1.jsonl", [vote(VOTER, exp.kept.id, "mismatch", "1.990000", 1)])),
+        home=path)
+    assert exp.kept.id in {e["claim"] for e in board()["verified"] if e["own_unverified"]}
+    # Another key reproduced it: ranked, as on every other node that sees the vote.
+    cli("import", str(write_lines(tmp_path / "v2.jsonl", [vote(VOTER, exp.kept2.id, "reproduced", "1.930500", 2)])),
+        home=path)
+    lb = board()
+    assert lb["ranked"] == [exp.kept2.id]
+    table = out(cli("leaderboard", "--task", "tiny", home=path, env={"COLUMNS": "200"}))
+    assert "own, unverified by others (2)" in table and "verified (1)" in table
+    assert re.search(rf"│ 1 +│ {exp.kept2.id[:12]} │ own +│", table), table
