@@ -390,25 +390,42 @@ class Gossip:
             await self.fetcher.end()
 
     async def _send_missing(self, address: str, ids: list[str]) -> None:
-        """Offer a peer what reconciliation says it lacks: announce, then send what it wants.
+        """Offer a peer what reconciliation says it lacks: announce, then send what it wants, up to
+        ``fetch_window`` batches at once (a joining node may be given its catch-up this way).
 
         A peer that wants less than a quarter of a batch already has them coming (it is catching
         up from us or others, node/net/fetcher.py): the rest is not offered, so a joining node does
         not receive every message twice."""
-        for start in range(0, len(ids), self.settings.max_batch):
-            chunk = ids[start:start + self.settings.max_batch]
-            self.stats.announced += len(chunk)
-            wanted = set(await self.transport.announce(address, chunk))
-            wanted = [i for i in chunk if i in wanted]
-            self.peers.mark_has(address, [i for i in chunk if i not in set(wanted)])
-            if wanted:
-                raws = await self.store.get_many_raw(wanted)
-                if raws:
-                    await self.transport.send(address, raws)
-                    self.stats.sent += len(raws)
-                    self.peers.mark_has(address, wanted)
-            if len(wanted) * 4 < len(chunk):
-                break
+        chunks = [ids[i:i + self.settings.max_batch] for i in range(0, len(ids), self.settings.max_batch)]
+        if not chunks:
+            return
+        slots = asyncio.Semaphore(max(1, self.settings.fetch_window))
+        stop = asyncio.Event()
+
+        async def offer(chunk: list[str]) -> None:
+            async with slots:
+                if stop.is_set():
+                    return
+                self.stats.announced += len(chunk)
+                wanted = set(await self.transport.announce(address, chunk))
+                wanted = [i for i in chunk if i in wanted]
+                self.peers.mark_has(address, [i for i in chunk if i not in set(wanted)])
+                if len(wanted) * 4 < len(chunk):
+                    stop.set()
+                if wanted:
+                    raws = await self.store.get_many_raw(wanted)
+                    if raws:
+                        await self.transport.send(address, raws)
+                        self.stats.sent += len(raws)
+                        self.peers.mark_has(address, wanted)
+
+        tasks = [asyncio.ensure_future(offer(chunk)) for chunk in chunks]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def sync_random(self) -> SyncResult | None:
         """Reconcile with one peer, chosen favouring those not heard from recently (peers.pick_for_pull)."""

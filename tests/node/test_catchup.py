@@ -245,3 +245,55 @@ def test_split_envelopes_cuts_exactly_between_canonical_envelopes():
     assert split_envelopes(b'{"messages": []}') is None
     assert split_envelopes(b'{"messages":[' + raws[0] + b"]") is None
     assert split_envelopes(b'{"messages":[1,2]}') is None
+
+
+async def test_a_node_joining_a_holder_catches_up_in_the_pool_and_shows_its_progress(tmp_path):
+    """Two real in-process nodes (node/daemon.py): the joining one fetches, verifies in its pool,
+    prints progress, exposes it in /api/stats and /metrics, and announces none of it onwards."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from node.daemon import Node
+    from node.settings import NetworkSettings, NodeSettings
+
+    bulk_at = GossipSettings().bulk_at  # the node's default
+    corpus = claims(2 * bulk_at + 100, seed=13)  # a bulk catch-up
+    nodes, lines = [], []
+    try:
+        holder = Node(NodeSettings(home=tmp_path / "holder", network=NetworkSettings(port=0, lan=False),
+                                   ralph=False, reproduce=False, device="cpu"), Identity.generate(), echo=lambda _: None)
+        nodes.append(holder)
+        await holder.start()
+        report = await holder.replica.ingest([e.canonical() for e in corpus])
+        assert len(report.accepted) == len(corpus)
+        # It advertises an address nobody answers at, so the holder cannot greet it and push it the
+        # corpus first (a race the fetch usually wins): this test is about the fetch.
+        fresh = Node(NodeSettings(home=tmp_path / "fresh", network=NetworkSettings(
+                                      port=0, lan=False, bootstrap=(holder.address,), advertise=("http://127.0.0.1:9",)),
+                                  ralph=False, reproduce=False, device="cpu"), Identity.generate(), echo=lines.append)
+        nodes.append(fresh)
+        await fresh.start()
+        deadline = asyncio.get_running_loop().time() + 60  # a few seconds' work; generous for a busy machine
+        while (await fresh.replica.counts())["claim"] < len(corpus):
+            assert asyncio.get_running_loop().time() < deadline, fresh.stats_json()["catchup"]
+            await asyncio.sleep(0.05)
+        while fresh.stats_json()["catchup"]["active"]:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        stats = fresh.stats_json()
+        assert stats["catchup"]["stored"] >= len(corpus) and stats["catchup"]["failed"] == 0
+        assert fresh.gossip.verifier.verified >= len(corpus) - fresh.gossip.verifier.min_batch  # in the pool
+        assert any(line.startswith(f"done: {len(corpus) + 2}/{len(corpus) + 2} messages from 1 peer(s)")
+                   for line in lines), lines  # the claims, the holder's task and peer record
+        assert stats["gossip"]["announced"] < len(corpus) // 10  # old news is not relayed
+        async with aiohttp.ClientSession() as session:
+            port = fresh._runner.addresses[0][1]  # where it listens (it advertises another address)
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                text = await resp.text()
+        samples = {(s.name, tuple(s.labels.items())): s.value
+                   for f in text_string_to_metric_families(text) for s in f.samples}
+        assert samples[("ralphswarm_catchup_messages", (("state", "stored"),))] >= len(corpus)
+        assert samples[("ralphswarm_catchup_messages", (("state", "remaining"),))] == 0
+        assert samples[("ralphswarm_catchup_active", ())] == 0
+    finally:
+        for n in reversed(nodes):
+            await n.stop()

@@ -205,3 +205,14 @@ def test_pull_favours_peers_not_heard_from_recently():
     table.cut_off("http://quiet:1", 1000.0, "stalled mid-fetch")
     assert {table.pick_for_pull(1000.0, rng, 60.0).address for _ in range(200)} == {"http://chatty:1", "http://never:1"}
     assert table.get("http://quiet:1").last_error == "stalled mid-fetch"
+
+
+async def test_sync_offers_many_missing_in_concurrent_batches_and_all_arrive():
+    settings = GossipSettings(max_batch=16, fetch_window=3)
+    net, gossips = make_net(2, settings=settings)
+    mine = claims(100, seed=10)
+    await gossips[0].store.ingest([e.canonical() for e in mine])
+    result = await gossips[0].sync_with("mem://1")
+    assert result.have == 100
+    assert all(e.id in gossips[1].store for e in mine)
+    assert net.stats.by_kind["announce"] == 100 // 16 + 1 and net.stats.by_kind["send"] == 100 // 16 + 1
