@@ -18,6 +18,7 @@ from aiohttp import web
 
 from protocol import ProtocolError, canon, is_hex, parse
 
+from node.net.admission import host_of
 from node.net.negentropy import NegentropyError
 from node.net.swarmkey import PLAIN_BODY, read_body
 
@@ -219,8 +220,11 @@ async def sync(request: web.Request) -> web.Response:
     except ValueError:
         raise BadRequest("invalid: msg is not hex") from None
     node = request.app[NODE]
+    # The reconciling peer, when its announced address is at the IP the request came from (the
+    # header alone proves nothing): the node then skips reconciling with it in turn for a while.
     origin = request.headers.get(PEER_HEADER)
-    answer = await node.gossip.handle_sync(data, origin if origin in node.peers else None)
+    origin = origin if origin and host_of(origin) == request.remote else None
+    answer = await node.gossip.handle_sync(data, origin)
     return web.json_response({"msg": answer.hex()})
 
 

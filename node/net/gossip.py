@@ -298,9 +298,11 @@ class Gossip:
             now = self.clock()
             self._reconciled_by[origin] = now
             self.peers.heard(origin, now)
-            if len(self._reconciled_by) > 4 * self.peers.max_peers:
+            if len(self._reconciled_by) > 4 * self.peers.max_peers:  # bounded: any address may say it is one
                 horizon = now - self.settings.sync_interval_s
                 self._reconciled_by = {a: t for a, t in self._reconciled_by.items() if t >= horizon}
+                if len(self._reconciled_by) > 4 * self.peers.max_peers:
+                    self._reconciled_by = {origin: now}
         return answer
 
     async def reconcile(self, address: str) -> tuple[list[str], list[str], int, int, int]:

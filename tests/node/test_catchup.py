@@ -294,6 +294,14 @@ async def test_a_node_joining_a_holder_catches_up_in_the_pool_and_shows_its_prog
         assert samples[("ralphswarm_catchup_messages", (("state", "stored"),))] >= len(corpus)
         assert samples[("ralphswarm_catchup_messages", (("state", "remaining"),))] == 0
         assert samples[("ralphswarm_catchup_active", ())] == 0
+        # The holder will not reconcile with it in turn (it just did the work), and a header naming
+        # an address at another IP than the request's is not believed.
+        assert (await holder.gossip.sync_with("http://127.0.0.1:9")).rounds == 0
+        async with aiohttp.ClientSession() as session:
+            async with session.post(holder.address + "/v1/sync", json={"msg": "61"},
+                                    headers={"X-Ralphswarm-Peer": "http://192.0.2.7:7447"}) as resp:
+                assert resp.status == 200
+        assert "http://192.0.2.7:7447" not in holder.gossip._reconciled_by
     finally:
         for n in reversed(nodes):
             await n.stop()
