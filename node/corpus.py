@@ -7,9 +7,11 @@ in a cache bounded in bytes; the rebuild is bounded in depth and size (ReplicaCo
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from typing import Any
 
+from protocol import Envelope
 from ralph.corpus import CorpusEntry, Observation, observation_of
 from trainer.patches import PatchError, apply_patch, source_sha256
 from trainer.tasks import Task, TaskRegistry
@@ -164,14 +166,32 @@ class ReplicaCorpus:
         return self._entry(best, best.body["result"]["val_bpb"])
 
     async def observations(self, task_id: str) -> list[Observation]:
-        """The task's newest MAX_OBSERVATIONS claims with their sources, oldest first (claims whose
-        source cannot be rebuilt are left out): the optimizer's trial history, the tried scripts."""
-        claims = sorted(await self.replica.claims(task_id), key=lambda c: (c.created_at, c.id))[-self.MAX_OBSERVATIONS:]
+        """The task's newest MAX_OBSERVATIONS believable claims with their sources, oldest first
+        (claims whose source cannot be rebuilt are left out): the optimizer's trial history, the
+        tried scripts. A peer's number steers this node's compute, so it is believed only as far as
+        this node's view allows: a claim verified here carries its reproduced value; an unverified
+        one counts only when its author has voting power here (pre-trusted, or agreement earned with
+        our runs), disputed, over budget and non-deterministic ones not at all; a stranger's claims,
+        which cost nothing to make (fake values, fake crashes, created_at in the future), do not
+        count until someone trusted reproduces them."""
+        statuses = await self.replica.statuses(task_id)
+        power = await self.replica.voting_power()
+        believed: list[tuple[Envelope, float | None]] = []
+        for c in await self.replica.claims(task_id):
+            st = statuses.get(c.id)
+            if c.author == self.own_key:
+                believed.append((c, None))
+            elif st is not None and st.status == "verified" and st.reproduced_bpb is not None:
+                believed.append((c, float(st.reproduced_bpb)))
+            elif power(c.author) > 0 and (st is None or st.status in ("pending", "verified")):
+                believed.append((c, None))
+        believed.sort(key=lambda cv: (cv[0].created_at, cv[0].id))
         out = []
-        for c in claims:
+        for c, value in believed[-self.MAX_OBSERVATIONS:]:
             try:
                 source = await self.source_of(c.id)
             except SourceError:
                 continue
-            out.append(observation_of(c.id, c.body, source, c.author == self.own_key))
+            obs = observation_of(c.id, c.body, source, c.author == self.own_key)
+            out.append(obs if value is None else dataclasses.replace(obs, val_bpb=value))
         return out

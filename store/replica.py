@@ -497,6 +497,14 @@ class Replica:
     async def trust(self) -> dict[str, float]:
         return dict((await self._trust_view()).weights)
 
+    async def voting_power(self) -> Callable[[str], float]:
+        """What a key's vote weighs in this node's view (pre-trusted 1, distrusted 0, else earned)."""
+        return (await self._trust_view()).power_of
+
+    async def statuses(self, task_id: str) -> dict[str, ClaimStatus]:
+        """This node's status of every claim of a task (kept with the board until something is stored)."""
+        return dict((await self._statuses(task_id))[1])
+
     async def claim_status(self, claim_id: str) -> ClaimStatus | None:
         """This node's view of one claim; None when the replica does not hold it."""
         claim = await self.get(claim_id)
