@@ -107,6 +107,7 @@ class Gossip:
         self._snapshot: tuple[int, Storage] | None = None
         self._version = 0  # bumped on every accepted message; keys the reconciliation snapshot
         self._reconciled_by: dict[str, float] = {}  # peer -> when it last reconciled with us
+        self._syncing: set[str] = set()  # peers we are reconciling with now
 
     def catchup_json(self) -> dict[str, Any] | None:
         """The current (or last) catch-up's progress: status, /api/stats, metrics."""
@@ -346,11 +347,20 @@ class Gossip:
         Missing many (``bulk_at``): a catch-up. Other active peers are reconciled with at once, so
         that every peer holding what is missing fetches a share (node/net/fetcher.py).
 
-        Skipped (rounds 0) when the peer itself reconciled with us in the last ``sync_interval_s``:
-        it took what it lacked and offered what we lacked, and a joining node's holder would
-        otherwise send it every id it lacks a second time."""
-        if self._reconciled_by.get(address, float("-inf")) >= self.clock() - self.settings.sync_interval_s:
+        Skipped (rounds 0) while another reconciliation with the same peer is under way (a node
+        starting greets its bootstrap peer as its sync loop picks it), and when the peer itself
+        reconciled with us in the last ``sync_interval_s``: it took what it lacked and offered what
+        we lacked. Either would list every missing id a second time."""
+        if address in self._syncing or \
+                self._reconciled_by.get(address, float("-inf")) >= self.clock() - self.settings.sync_interval_s:
             return SyncResult(address, 0, 0, 0, 0, 0, 0)
+        self._syncing.add(address)
+        try:
+            return await self._sync_with(address)
+        finally:
+            self._syncing.discard(address)
+
+    async def _sync_with(self, address: str) -> SyncResult:
         fetcher = self.fetcher
         fetcher.begin()
         helpers = []

@@ -216,3 +216,14 @@ async def test_sync_offers_many_missing_in_concurrent_batches_and_all_arrive():
     assert result.have == 100
     assert all(e.id in gossips[1].store for e in mine)
     assert net.stats.by_kind["announce"] == 100 // 16 + 1 and net.stats.by_kind["send"] == 100 // 16 + 1
+
+
+async def test_a_second_reconciliation_with_a_peer_under_way_is_skipped():
+    import asyncio
+
+    net, gossips = make_net(2)
+    envs = claims(40, seed=14)
+    await gossips[1].store.ingest([e.canonical() for e in envs])
+    first, second = await asyncio.gather(gossips[0].sync_with("mem://1"), gossips[0].sync_with("mem://1"))
+    assert first.need == 40 and first.fetched == 40
+    assert second.rounds == 0 and net.stats.by_kind["sync"] == first.rounds
