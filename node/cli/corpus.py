@@ -77,7 +77,8 @@ def register(cli: click.Group) -> None:
     @cli.command()
     @home_option
     @click.option("--swarm", default=None, help="Swarm name (default: public). Part of every message id.")
-    def init(home: Path | None, swarm: str | None) -> None:
+    @json_option
+    def init(home: Path | None, swarm: str | None, as_json: bool) -> None:
         """Create the node's identity, config file and database; print the public key."""
         h = get_home(home)
         identity, created = h.init(swarm=swarm)
@@ -87,6 +88,10 @@ def register(cli: click.Group) -> None:
                 pass
 
         asyncio.run(make_db())
+        if as_json:
+            _echo_json({"pubkey": identity.pubkey, "home": str(h.path), "created": created,
+                        "swarm": h.config()["swarm"]})
+            return
         click.echo(identity.pubkey)
         if not created:
             click.echo(f"(kept the existing identity in {h.key_path})", err=True)
@@ -106,7 +111,8 @@ def register(cli: click.Group) -> None:
     @cli.command("import")
     @home_option
     @click.argument("file", type=click.Path(path_type=Path))
-    def import_(home: Path | None, file: Path) -> None:
+    @json_option
+    def import_(home: Path | None, file: Path, as_json: bool) -> None:
         """Import a JSON Lines file of envelopes (one per line, "-" for stdin) into the replica.
 
         A line may be any JSON spelling of a valid envelope (key order, spaces, escapes: as the HTTP
@@ -120,6 +126,9 @@ def register(cli: click.Group) -> None:
             raise UserError(f"cannot read {file}: {exc.strerror or exc}") from None
         with handle:
             counts, rejections = asyncio.run(_import(h, handle, file))
+        if as_json:
+            _echo_json({**counts, "rejections": [{"line": line, "reason": reason} for line, reason in rejections]})
+            return
         for line, reason in rejections:
             click.echo(f"line {line}: {reason}")
         click.echo(f"accepted {counts['accepted']}  duplicate {counts['duplicate']}  rejected {counts['rejected']}")

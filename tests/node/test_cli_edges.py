@@ -216,3 +216,19 @@ def test_quiet_and_log_file_are_checked_before_start(tmp_path):
     home = tmp_path / "home"
     assert_error(cli("node", *FAST, "--log-file", str(blocker / "node.log"), home=home), "cannot open --log-file")
     assert not home.exists()
+
+
+@pytest.mark.slow  # several CLI processes: 4 s
+def test_init_and_import_print_json(tmp_path):
+    home = tmp_path / "home"
+    first = json.loads(out(cli("init", "--json", home=home)))
+    assert first["created"] is True and first["home"] == str(home) and first["swarm"] == "public"
+    again = json.loads(out(cli("init", "--json", home=home)))
+    assert again == {**first, "created": False}
+    good = claim(AUTHOR, n=3).canonical()
+    proc = cli("import", "--json", str(write_lines(tmp_path / "in.jsonl", [good, b"not json", good])), home=home)
+    assert proc.returncode == 0 and err(proc) == ""
+    report = json.loads(out(proc))
+    assert {k: report[k] for k in ("accepted", "duplicate", "rejected")} == {"accepted": 1, "duplicate": 1, "rejected": 1}
+    [rejection] = report["rejections"]
+    assert rejection["line"] == 2 and rejection["reason"].startswith("invalid: not JSON")
