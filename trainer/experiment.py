@@ -38,7 +38,8 @@ from .scorer import Batch, Scorer, ScoreError, bits_per_byte
 from .settings import RunSettings
 from .settings import device_kind as _device_kind
 from .stream import draw_stream
-from .tasks import Task, TaskError, load_data, split_data
+from .tasks import Task, TaskError, load_data, load_tokens, split_data
+from .tokens import draw_rows
 from .warm import POLL_S, POOL, START_IDLE_S, Workspace
 from .warm import Crash as _Crash
 
@@ -98,18 +99,47 @@ def _budget(task: Task, budget_scale: float, budget_tokens: int | None = None) -
     return max(1, int(task.budget_tokens * budget_scale))
 
 
-def _splits(task: Task, cache_dir: Path | None) -> tuple[bytes, bytes]:
+@dataclass(frozen=True)
+class _Data:
+    """What the runner holds of a task's data. Bytes tasks: the two splits as bytes. Tokenized tasks
+    (trainer/tokens.py): the packed training rows, the validation windows and each id's byte length."""
+    train: bytes | np.ndarray  # bytes, or (rows, context + 1) uint16 packed rows
+    val: bytes | np.ndarray  # bytes, or (windows, context + 1) uint16
+    token_bytes: np.ndarray | None = None
+
+    @property
+    def tokenized(self) -> bool:
+        return self.token_bytes is not None
+
+
+def _splits(task: Task, cache_dir: Path | None) -> _Data:
     try:
-        return split_data(task, load_data(task, cache_dir or _default_cache()))
+        if task.harness.tokenized:
+            tokens = load_tokens(task, cache_dir or _default_cache())
+            return _Data(tokens.train_rows, tokens.val_windows, tokens.bpe.token_bytes())
+        train, val = split_data(task, load_data(task, cache_dir or _default_cache()))
+        return _Data(train, val)
     except (DataError, TaskError) as exc:
         raise _Crash(f"data: {exc}") from None
 
 
-def _stream(task: Task, train_bytes: bytes, *, budget: int, seed: int) -> bytes:
+def _stream(task: Task, data: _Data, *, budget: int, seed: int) -> bytes:
     try:
-        return draw_stream(train_bytes, budget_tokens=budget, seed=seed, chunk=task.harness.context)
+        if data.tokenized:
+            return draw_rows(data.train, budget_tokens=budget, seed=seed, context=task.harness.context)
+        return draw_stream(data.train, budget_tokens=budget, seed=seed, chunk=task.harness.context)
     except ValueError as exc:
         raise _Crash(f"data: {exc}") from None
+
+
+LOGITS_MAX_BYTES = 512 << 20  # a model process's logits per batch (shared memory): 8 rows of 2,048 x 8,192
+
+
+def eval_rows(task: Task, settings: RunSettings) -> int:
+    """Windows per evaluation batch: the settings' batch size, fewer where a batch's float32 logits
+    would pass LOGITS_MAX_BYTES (a large vocabulary at a long context)."""
+    spec = task.harness
+    return max(1, min(settings.eval_batch_size, LOGITS_MAX_BYTES // (spec.context * spec.vocab * 4)))
 
 
 def _point(p: dict, budget: int) -> dict | None:
@@ -175,6 +205,8 @@ def _train(task: Task, source: str, ws: Workspace, stream: bytes, *, seed: int, 
     job = {"mode": mode, "script": "train.py", "tokens": "tokens.bin", "weights": WEIGHTS_FILE,
            "budget_tokens": budget, "stop_tokens": stop_tokens, "seed": seed, "device": device,
            "threads": settings.cpu_threads, "context": task.harness.context}
+    if task.harness.tokenized:
+        job.update(vocab=task.harness.vocab, row_len=task.harness.context + 1)
     ws.go(harness, job, limit)
     refilled = False
 
@@ -241,10 +273,11 @@ class _ModelProcess:
     def __init__(self, name: str, task: Task, source: str, ws: Workspace, *, seed: int, device: str,
                  settings: RunSettings, serve_s: float, beside: bool):
         self.name, self.ws, self.settings, self.device, self.serve_s = name, ws, settings, device, serve_s
-        self.rows, self.context = settings.eval_batch_size, task.harness.context
-        in_bytes = self.rows * self.context
+        self.rows, self.context, self.vocab = eval_rows(task, settings), task.harness.context, task.harness.vocab
+        self.token_size = task.harness.token_size
+        in_bytes = self.rows * self.context * self.token_size
         self.out_offset = -(-in_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
-        self.out_count = self.rows * self.context * VOCAB
+        self.out_count = self.rows * self.context * self.vocab
         size = self.out_offset + self.out_count * 4
         self.harness = ws.harness(name, settings=settings, device=device, limit_s=settings.eval_timeout_s,
                                   idle_s=START_IDLE_S, beside=beside, serve_s=serve_s)
@@ -261,6 +294,8 @@ class _ModelProcess:
         job = {"mode": "model", "script": "train.py", "weights": WEIGHTS_FILE, "seed": seed, "device": device,
                "threads": settings.cpu_threads, "eval_threads": settings.eval_threads,
                "context": self.context, "rows": self.rows}
+        if task.harness.tokenized:
+            job.update(vocab=self.vocab, token_size=self.token_size)
         ws.go(self.harness, job, serve_s, fds=(self.fd,))
 
     def load(self, weights: bytes) -> None:
@@ -278,13 +313,14 @@ class _ModelProcess:
 
     def ask(self, inputs: np.ndarray) -> None:
         n, t = inputs.shape
-        self.shared[:n * t] = inputs.tobytes()
+        data = np.ascontiguousarray(inputs, dtype="<u2" if self.token_size == 2 else np.uint8).tobytes()
+        self.shared[:len(data)] = data
         self.harness.send({"batch": [n, t]})
 
     def answer(self) -> np.ndarray:
         """A private copy of the logits the process wrote (it may keep writing: the copy counts)."""
         return np.frombuffer(self.shared, dtype=np.float32, count=self.out_count,
-                             offset=self.out_offset).reshape(self.rows, self.context, VOCAB).copy()
+                             offset=self.out_offset).reshape(self.rows, self.context, self.vocab).copy()
 
     def close(self) -> None:
         shared = getattr(self, "shared", None)
@@ -336,14 +372,16 @@ class _Evaluation:
             self.ws.release(model.harness)
             model.close()
 
-    def finish(self, weights: bytes, val_bytes: bytes, train_bytes: bytes) -> tuple[float, int]:
+    def finish(self, weights: bytes, data: _Data) -> tuple[float, int]:
         """(summed cross-entropy in nats, predicted bytes) of the trained model on the split."""
         self.started = time.perf_counter()
         self.start(beside=False)
         try:
-            scorer = Scorer(val_bytes, train_bytes, context=self.task.harness.context,
-                            rows=self.settings.eval_batch_size, processes=len(self.models),
-                            probe_share=self.settings.probe_share, tolerance=self.settings.probe_tolerance(self.device))
+            spec = self.task.harness
+            scorer = Scorer(data.val, data.train, context=spec.context, rows=eval_rows(self.task, self.settings),
+                            processes=len(self.models), probe_share=self.settings.probe_share,
+                            tolerance=self.settings.probe_tolerance(self.device), vocab=spec.vocab,
+                            token_bytes=data.token_bytes)
             for model in self.models:
                 model.load(weights)
             for model in self.models:
@@ -444,8 +482,8 @@ def run_experiment(task: Task, source: str, *, seed: int = 0, budget_scale: floa
     sandbox = "none"
     try:
         budget = _budget(task, budget_scale, budget_tokens)
-        train_bytes, val_bytes = _splits(task, cache_dir)
-        stream = _stream(task, train_bytes, budget=budget, seed=seed)
+        data = _splits(task, cache_dir)
+        stream = _stream(task, data, budget=budget, seed=seed)
         limit = timeout_s or settings.train_timeout(budget, _device_kind(device))
         evaluation = _Evaluation(task, source, ws, seed=seed, device=device, settings=settings, train_limit=limit)
 
@@ -461,7 +499,7 @@ def run_experiment(task: Task, source: str, *, seed: int = 0, budget_scale: floa
             evaluation.abort()
             raise
         sandbox = trained.sandbox
-        nats, count = evaluation.finish(trained.weights, val_bytes, train_bytes)
+        nats, count = evaluation.finish(trained.weights, data)
         result = _result(task, trained, nats, count, seed=seed, budget=budget)
         timings = {"train_s": trained.wall_s, **evaluation.timings}
         return ExperimentResult(True, result, "", sandbox, time.perf_counter() - start, timings)
@@ -500,8 +538,7 @@ def spot_check(task: Task, source: str, *, seed: int, fraction: float, reference
         if not 0 < fraction <= 1:
             raise _Crash(f"spot check fraction must be in (0, 1], got {fraction}")
         budget = _budget(task, budget_scale, budget_tokens)
-        train_bytes, _ = _splits(task, cache_dir)
-        stream = _stream(task, train_bytes, budget=budget, seed=seed)
+        stream = _stream(task, _splits(task, cache_dir), budget=budget, seed=seed)
         limit = timeout_s or settings.train_timeout(budget, _device_kind(device))
         out = _train(task, source, ws, stream, seed=seed, budget=budget, device=device, limit=limit,
                      settings=settings, on_progress=on_progress, stop_tokens=max(1, int(budget * fraction)),

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 VOCAB = 256
+SUMMARY_COLUMNS = 16  # logits per position a large-vocabulary probe keeps besides the target's and the lse
 KEEP_WHOLE = 0.1  # share of probe rows left whole (checks mixing and state; the rest check the future)
 
 
@@ -48,24 +49,47 @@ class Batch:
 
 
 class Scorer:
-    def __init__(self, val: bytes, train: bytes, *, context: int, rows: int, processes: int = 2,
-                 probe_share: float = 0.5, tolerance: float = 1e-4, rng: random.Random | None = None):
+    """``val``: the validation split as bytes (cut here into windows of ``context + 1``), or the
+    windows themselves, an (n, context + 1) integer array of token ids (a tokenized task). ``train``:
+    bytes, or a 1-D array of token ids, the fillers of probe rows. ``token_bytes`` (tokenized tasks):
+    each id's length in bytes, 0 for special tokens, whose positions are masked out of the nats."""
+
+    def __init__(self, val, train, *, context: int, rows: int, processes: int = 2,
+                 probe_share: float = 0.5, tolerance: float = 1e-4, rng: random.Random | None = None,
+                 vocab: int = VOCAB, token_bytes: np.ndarray | None = None):
         self.context, self.rows, self.processes, self.tolerance = context, rows, processes, tolerance
+        self.vocab = vocab
         self.rng = rng or random.SystemRandom()
-        data = np.frombuffer(val, dtype=np.uint8)
-        n = data.size // (context + 1)
-        if n < 1:
-            raise ScoreError(f"the validation split ({data.size} bytes) holds no window of {context + 1} bytes")
-        self.windows = data[: n * (context + 1)].reshape(n, context + 1)
-        self.train = np.frombuffer(train, dtype=np.uint8)
+        if isinstance(val, (bytes, bytearray, memoryview)):
+            data = np.frombuffer(val, dtype=np.uint8)
+            n = data.size // (context + 1)
+            if n < 1:
+                raise ScoreError(f"the validation split ({data.size} bytes) holds no window of {context + 1} bytes")
+            self.windows = data[: n * (context + 1)].reshape(n, context + 1)
+        else:
+            self.windows = np.asarray(val)
+            if self.windows.ndim != 2 or self.windows.shape[1] != context + 1 or self.windows.shape[0] < 1:
+                raise ScoreError(f"the validation windows are not rows of {context + 1} tokens")
+            n = self.windows.shape[0]
+        self.train = np.frombuffer(train, dtype=np.uint8) if isinstance(train, (bytes, bytearray, memoryview)) \
+            else np.asarray(train).reshape(-1)
         if self.train.size < context + 1:
             raise ScoreError("the training split is shorter than one window")
+        self.token_bytes = None if token_bytes is None else np.asarray(token_bytes, dtype=np.int64)
+        if self.token_bytes is not None and self.token_bytes.shape != (vocab,):
+            raise ScoreError(f"token byte lengths for {self.token_bytes.shape} ids, the vocabulary has {vocab}")
+        if int(self.windows.max()) >= vocab:
+            raise ScoreError(f"a validation token id is outside the vocabulary of {vocab}")
+        # A large vocabulary's logits are too big to keep per probed window (64 MiB at 2,048 x 8,192):
+        # probes compare what the score is made of instead (see _summary).
+        self.summarize = vocab > VOCAB
+        self._columns = np.asarray(sorted(self.rng.sample(range(vocab), SUMMARY_COLUMNS)) if self.summarize else [])
         self.nats = np.full(n, np.nan)  # summed cross-entropy per window, filled as answers arrive
         # Probe rows per process: ``probe_share`` of the windows are probed in all (docs/design.md,
         # "Evaluation", for what a share buys against a script that looks ahead at a few positions).
         self.probe_batches = math.ceil(probe_share * n / processes / rows) if probe_share > 0 else 0
-        self._real: dict[int, np.ndarray] = {}  # real logits of probed windows
-        self._probed: list[tuple[int, int, np.ndarray]] = []  # (window, cut, probe logits)
+        self._real: dict[int, np.ndarray] = {}  # real logits (or their summary) of probed windows
+        self._probed: list[tuple[int, int, np.ndarray]] = []  # (window, cut, probe logits or summary)
         self._wanted: set[int] = set()
 
     @property
@@ -111,25 +135,38 @@ class Scorer:
             self.rng.shuffle(queues[p])
         return queues
 
+    def _summary(self, logits: np.ndarray, window: int, cut: int) -> np.ndarray:
+        """(cut, 2 + k) float64 for a large vocabulary: per position, the log-sum-exp, the logit of
+        the window's real target, and k logits at columns chosen here at random (from the operating
+        system, unknown to the model). The score is made of the first two, so a model that changes
+        its score with what it should not see changes them; the columns catch the rest."""
+        lse, picked = lse_and_picked(logits[:cut], self.windows[window, 1:cut + 1])
+        return np.concatenate([lse[:, None], picked[:, None], logits[:cut, self._columns].astype(np.float64)], axis=1)
+
     def take(self, batch: Batch, logits: np.ndarray) -> None:
-        """The answer to ``batch``: (rows, context, 256) float32 logits (a private copy)."""
+        """The answer to ``batch``: (rows, context, vocab) float32 logits (a private copy)."""
         if not np.isfinite(logits).all():
             raise ScoreError("the model returned non-finite logits (nan or inf)")
         if batch.real:
             live = [i for i, w in enumerate(batch.windows) if w >= 0]
             idx = np.asarray([batch.windows[i] for i in live])
-            self.nats[idx] = cross_entropy_rows(logits[live], self.windows[idx, 1:])
+            targets = self.windows[idx, 1:]
+            mask = None if self.token_bytes is None else self.token_bytes[targets] > 0
+            self.nats[idx] = cross_entropy_rows(logits[live], targets, mask)
             for i in live:
-                if batch.windows[i] in self._wanted:
-                    self._real[batch.windows[i]] = logits[i]
+                w = batch.windows[i]
+                if w in self._wanted:
+                    self._real[w] = self._summary(logits[i], w, self.context) if self.summarize else logits[i]
         else:
             for i, (w, cut) in enumerate(batch.probes):
                 if w >= 0:
-                    self._probed.append((w, cut, logits[i, :cut].copy()))
+                    kept = self._summary(logits[i], w, cut) if self.summarize else logits[i, :cut].copy()
+                    self._probed.append((w, cut, kept))
 
     def result(self) -> tuple[float, int]:
         """(summed cross-entropy in nats, predicted bytes), once every batch is answered; raises
-        ScoreError naming the rule a probe found broken."""
+        ScoreError naming the rule a probe found broken. For a tokenized task the bytes are the sum of
+        the target tokens' byte lengths (special tokens count none, and their nats are masked)."""
         if np.isnan(self.nats).any():
             raise ScoreError("not every validation window was answered")
         future = mixing = 0.0
@@ -145,16 +182,57 @@ class Scorer:
         if future > self.tolerance:
             raise ScoreError(f"the model sees the future: its logits before a byte change when the bytes from "
                              f"that byte on change (by {future:.3g})")
-        return math.fsum(self.nats.tolist()), self.window_count * self.context
+        if self.token_bytes is None:
+            count = self.window_count * self.context
+        else:
+            count = int(self.token_bytes[self.windows[:, 1:].astype(np.int64)].sum())
+            if count < 1:
+                raise ScoreError("the validation windows predict no byte (only special tokens)")
+        return math.fsum(self.nats.tolist()), count
 
 
-def cross_entropy_rows(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Per-row summed cross-entropy in nats (float64) of (rows, T, V) logits against (rows, T) bytes."""
+def cross_entropy_rows(logits: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Per-row summed cross-entropy in nats (float64) of (rows, T, V) logits against (rows, T)
+    targets; positions where ``mask`` is False count nothing. A large vocabulary goes a row at a
+    time (a row of 2,048 x 8,192 is 128 MiB in float64)."""
+    if logits.shape[-1] <= VOCAB:
+        return _cross_entropy(logits, targets, mask)
+    out = []
+    for i in range(logits.shape[0]):
+        lse, picked = lse_and_picked(logits[i], targets[i])
+        loss = lse - picked
+        out.append((np.where(mask[i], loss, 0.0) if mask is not None else loss).sum())
+    return np.asarray(out)
+
+
+def lse_and_picked(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T,) float64 log-sum-exp and target logit of (T, V) float32 logits, through torch where it is
+    installed (its float64 reduction runs on every core; numpy's takes ~0.3 s a row at 2,048 x 8,192)."""
+    try:
+        import torch
+    except ImportError:
+        z = logits.astype(np.float64)
+        return _logsumexp(z), np.take_along_axis(z, targets[:, None].astype(np.int64), axis=-1)[:, 0]
+    z = torch.from_numpy(np.ascontiguousarray(logits)).double()
+    picked = z.gather(-1, torch.from_numpy(targets.astype(np.int64))[:, None])[:, 0]
+    return torch.logsumexp(z, dim=-1).numpy(), picked.numpy()
+
+
+def _cross_entropy(logits: np.ndarray, targets: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     z = logits.astype(np.float64)
-    z -= z.max(axis=-1, keepdims=True)
+    z -= z.max(axis=-1, keepdims=True)  # the arithmetic of ralphswarm-bytes-v2, kept bit for bit
     lse = np.log(np.exp(z).sum(axis=-1))
     picked = np.take_along_axis(z, targets[..., None].astype(np.int64), axis=-1)[..., 0]
-    return (lse - picked).sum(axis=-1)
+    loss = lse - picked
+    if mask is not None:
+        loss = np.where(mask, loss, 0.0)
+    return loss.sum(axis=-1)
+
+
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    """log(sum(exp(z))) over the last axis, float64; ``z`` (float64) is left as it was."""
+    top = z.max(axis=-1, keepdims=True)
+    return np.log(np.exp(z - top).sum(axis=-1)) + top[..., 0]
 
 
 def bits_per_byte(nats: float, count: int) -> float:

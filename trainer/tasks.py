@@ -7,20 +7,29 @@ means, so they belong in the id.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from . import datasets
+import numpy as np
+
+from . import datasets, shards, tokens
 from .canon import canon, sha256_hex
 from .datasets import DataError
 from .markov import MarkovChain, MarkovSpec
+from .shards import Downloader, Manifest
+from .tokens import BPE, TokenizerError
 
 HARNESS_VERSION = "ralphswarm-bytes-v2"  # v2: non-overlapping windows of context+1 bytes, trusted scorer
+TOKENS_VERSION = "ralphswarm-tokens-v1"  # windows of context+1 token ids, BOS-aligned rows, bytes per token
 BASELINE_PATH = Path(__file__).parent / "baseline" / "train.py"
+CLIMBMIX_BASELINE_PATH = Path(__file__).parent / "baseline" / "climbmix.py"
 _HARNESS_RE = re.compile(rf"^{HARNESS_VERSION} context=([1-9][0-9]*) val_bytes=([1-9][0-9]*)$")
+_TOKENS_RE = re.compile(rf"^{TOKENS_VERSION} context=([1-9][0-9]*) val_windows=([1-9][0-9]*) "
+                        r"vocab=([1-9][0-9]*) tokenizer=([0-9a-f]{64})$")
 
 
 class TaskError(Exception):
@@ -29,18 +38,39 @@ class TaskError(Exception):
 
 @dataclass(frozen=True)
 class HarnessSpec:
-    context: int  # evaluation window in bytes; the model must accept sequences this long
-    val_bytes: int  # the validation split is the last val_bytes of the dataset
+    """Bytes (``ralphswarm-bytes-v2``): the validation split is the last ``val_bytes`` of the
+    dataset. Tokens (``ralphswarm-tokens-v1``, ``tokenizer`` set): the first ``val_windows`` packed
+    rows of the validation shards, ids of the tokenizer pinned by sha256, ``vocab`` of them."""
+    context: int  # evaluation window in tokens (bytes); the model must accept sequences this long
+    val_bytes: int = 0  # bytes tasks
+    val_windows: int = 0  # tokens tasks
+    vocab: int = 256
+    tokenizer: str | None = None  # sha256 of the tokenizer file (trainer/tokens.py); None: bytes
+
+    @property
+    def tokenized(self) -> bool:
+        return self.tokenizer is not None
+
+    @property
+    def token_size(self) -> int:
+        """Bytes per token id in the stream and the evaluation's inputs."""
+        return 2 if self.tokenized else 1
 
     def text(self) -> str:
+        if self.tokenized:
+            return (f"{TOKENS_VERSION} context={self.context} val_windows={self.val_windows} vocab={self.vocab} "
+                    f"tokenizer={self.tokenizer}")
         return f"{HARNESS_VERSION} context={self.context} val_bytes={self.val_bytes}"
 
     @classmethod
     def parse(cls, text: str) -> "HarnessSpec":
         m = _HARNESS_RE.match(text)
-        if not m:
-            raise TaskError(f"unsupported harness {text!r} (this node runs {HARNESS_VERSION})")
-        return cls(int(m[1]), int(m[2]))
+        if m:
+            return cls(int(m[1]), int(m[2]))
+        m = _TOKENS_RE.match(text)
+        if m and int(m[3]) <= tokens.MAX_VOCAB:
+            return cls(int(m[1]), val_windows=int(m[2]), vocab=int(m[3]), tokenizer=m[4])
+        raise TaskError(f"unsupported harness {text!r} (this node runs {HARNESS_VERSION} and {TOKENS_VERSION})")
 
 
 @dataclass(frozen=True)
@@ -51,6 +81,8 @@ class Task:
     entropy_bpb: float | None = None  # the source's entropy rate, for synthetic tasks (display)
     # Computes floor_bpb on first use (it may need the task's data); None: no known floor.
     floor_fn: Callable[[], float] | None = field(default=None, compare=False, repr=False)
+    # Tokenized tasks: how a missing shard is fetched (default: huggingface_hub, trainer/shards.py).
+    download: Downloader | None = field(default=None, compare=False, repr=False)
 
     @property
     def floor_bpb(self) -> float | None:
@@ -137,6 +169,57 @@ class Task:
         return cls(body, fetch=fetch)
 
 
+    @classmethod
+    def from_parquet_tokens(
+        cls,
+        train: Sequence[Path],
+        val: Sequence[Path],
+        *,
+        name: str,
+        vocab: int,
+        context: int,
+        val_windows: int,
+        budget_tokens: int,
+        tolerance: str,
+        cache_dir: Path,
+        description: str = "",
+        source: str | None = None,
+        doc_cap: int = tokens.DOC_CAP,
+        max_chars: int = 1_000_000_000,
+    ) -> "Task":
+        """A tokenized task over local parquet shards (``text`` column): the shards are copied into
+        ``cache_dir``'s store, the tokenizer trained on the training shards (rustbpe) and cached; the
+        body pins the shard manifest and the tokenizer by sha256. A peer needs the same files."""
+        if not train or not val:
+            raise TaskError("give training and validation parquet shards")
+        train_shards = tuple(shards.import_shard(cache_dir, p) for p in train)
+        val_shards = tuple(shards.import_shard(cache_dir, p) for p in val)
+        manifest = Manifest(train_shards, val_shards, vocab, doc_cap, max_chars)
+        texts = (doc for s in train_shards for batch in shards.read_docs(shards.shard_path(cache_dir, s), s.name)
+                 for doc in batch)
+        bpe = tokens.write_tokenizer(cache_dir, tokens.train_tokenizer(texts, vocab, doc_cap=doc_cap,
+                                                                       max_chars=max_chars))
+        task = make_tokens_task(name=name, description=description, source=source or baseline_source(
+            {}, CLIMBMIX_BASELINE_PATH), manifest=manifest, tokenizer_sha256=bpe.sha256, context=context,
+            val_windows=val_windows, budget_tokens=budget_tokens, tolerance=tolerance,
+            data_name=f"{train[0].name}+{len(train) - 1} val {val[0].name}"[:200])
+        datasets.write_cached(cache_dir, manifest.to_bytes())
+        return task
+
+
+def make_tokens_task(*, name: str, description: str, source: str, manifest: Manifest, tokenizer_sha256: str,
+                     context: int, val_windows: int, budget_tokens: int, tolerance: str, data_name: str,
+                     download: Downloader | None = None) -> Task:
+    """A tokenized task: its data pin is the shard manifest (trainer/shards.py), its harness text
+    pins the tokenizer."""
+    data = manifest.to_bytes()
+    body = make_body(name=name, description=description, source=source,
+                     harness=HarnessSpec(context, val_windows=val_windows, vocab=manifest.vocab,
+                                         tokenizer=tokenizer_sha256),
+                     data_name=data_name, data=data, budget_tokens=budget_tokens, tolerance=tolerance)
+    return Task(body, fetch=lambda _cache: data, download=download)
+
+
 def task_id(body: dict) -> str:
     return sha256_hex(canon(body))
 
@@ -176,9 +259,9 @@ def make_body(*, name, description, source, harness: HarnessSpec, data_name, dat
 _CONST_RE = r"^({name})(\s*=\s*)([^#\n]+?)(\s*#.*)?$"
 
 
-def baseline_source(overrides: dict[str, int | float]) -> str:
-    """The baseline script with some ``NAME = number  # comment`` constants set per task."""
-    source = BASELINE_PATH.read_text(encoding="utf-8")
+def baseline_source(overrides: dict[str, int | float], path: Path = BASELINE_PATH) -> str:
+    """The baseline script (``path``) with some ``NAME = number  # comment`` constants set per task."""
+    source = Path(path).read_text(encoding="utf-8")
     for name, value in overrides.items():
         source, n = re.subn(_CONST_RE.format(name=re.escape(name)),
                             lambda m: f"{m[1]}{m[2]}{value!r}{m[4] or ''}", source, count=1, flags=re.M)
@@ -278,7 +361,7 @@ def _shakespeare() -> Task:
 
 
 def builtin_tasks() -> dict[str, Task]:
-    return {task.name: task for task in (_tiny(), _shakespeare())}
+    return {task.name: task for task in (_tiny(), _shakespeare(), _climbmix()) if task is not None}
 
 
 class TaskRegistry:
@@ -328,6 +411,9 @@ class TaskRegistry:
 
     def resolve(self, name_or_id: str) -> Task:
         task = self.find(name_or_id)
+        if task is None and name_or_id.strip() == "climbmix" and not climbmix_pinned():
+            raise TaskError("task climbmix is not pinned in this build yet: run scripts/climbmix-pin on a machine "
+                            "that reaches huggingface.co and put its pins in trainer/tasks.py")
         if task is None:
             names = ", ".join(sorted({t.name for t in self._by_id.values()}))
             raise TaskError(f"unknown task {name_or_id!r} (known: {names})")
@@ -361,3 +447,138 @@ def split_data(task: Task, data: bytes) -> tuple[bytes, bytes]:
     if len(data) <= val + task.harness.context:
         raise TaskError(f"task {task.name}: {len(data)} bytes cannot hold a validation split of {val}")
     return data[:-val], data[-val:]
+
+
+# --- tokenized data -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TokenData:
+    """A tokenized task's splits, as the trusted side holds them."""
+    bpe: BPE
+    train_rows: np.ndarray  # (rows, context + 1) uint16: packed training rows, each BOS first
+    val_windows: np.ndarray  # (val_windows, context + 1) uint16: the validation windows
+
+
+def load_tokens(task: Task, cache_dir: Path, *, threads: int | None = None) -> TokenData:
+    """The task's tokenizer and packed splits: from the cache (each file re-hashed), else made from
+    the shards (fetched where missing, each checked against its pin) and cached. The tokenizer is
+    read from the cache or trained from the training shards as the manifest says; either way it must
+    match the sha256 in the task's harness text."""
+    spec = task.harness
+    if not spec.tokenized:
+        raise TaskError(f"task {task.name} is not tokenized")
+    manifest = Manifest.parse(load_data(task, cache_dir))
+    if manifest.vocab != spec.vocab:
+        raise TaskError(f"task {task.name}: its manifest's vocab {manifest.vocab} is not its harness's {spec.vocab}")
+    row_len = spec.context + 1
+    key = shards.packed_key(task.body["data"]["sha256"], spec.tokenizer, spec.context, spec.val_windows)
+    bpe = tokens.read_tokenizer(cache_dir, spec.tokenizer)
+    if bpe is not None:
+        train = shards.read_packed(cache_dir, key, "train", row_len)
+        val = shards.read_packed(cache_dir, key, "val", row_len)
+        if train is not None and val is not None and val.shape[0] == spec.val_windows:
+            return TokenData(bpe, train, val)
+    threads = threads or max(1, min(8, os.cpu_count() or 1))
+    paths = {s: shards.ensure_shard(cache_dir, s, manifest, download=task.download)
+             for s in (*manifest.train, *manifest.val)}
+
+    def texts(which) -> Iterable[list[str]]:
+        for s in which:
+            yield from shards.read_docs(paths[s], s.name)
+
+    if bpe is None:
+        data = tokens.train_tokenizer((d for batch in texts(manifest.train) for d in batch), manifest.vocab,
+                                      doc_cap=manifest.doc_cap, max_chars=manifest.max_chars)
+        got = sha256_hex(data)
+        if got != spec.tokenizer:
+            raise TokenizerError(f"the tokenizer trained here (sha256 {got[:16]}...) is not the one task {task.name} "
+                                 f"pins ({spec.tokenizer[:16]}...): is rustbpe another version?")
+        bpe = tokens.write_tokenizer(cache_dir, data)
+    if bpe.vocab != spec.vocab:
+        raise TokenizerError(f"tokenizer of task {task.name} has {bpe.vocab} tokens, its harness says {spec.vocab}")
+
+    def docs(which) -> Iterable[np.ndarray]:
+        for batch in texts(which):
+            yield from bpe.encode_docs(batch, threads=threads)
+
+    val = tokens.pack_rows(docs(manifest.val), row_len, max_rows=spec.val_windows)
+    if val.shape[0] < spec.val_windows:
+        raise DataError(f"task {task.name}: the validation shards pack into {val.shape[0]} windows of {row_len} "
+                        f"tokens, the task asks {spec.val_windows}")
+    train = tokens.pack_rows(docs(manifest.train), row_len)
+    if train.shape[0] < 2:
+        raise DataError(f"task {task.name}: the training shards pack into fewer than 2 rows of {row_len} tokens")
+    shards.write_packed(cache_dir, key, "val", val)
+    shards.write_packed(cache_dir, key, "train", train)
+    return TokenData(bpe, train, val)
+
+
+# --- climbmix: autoresearch's task ------------------------------------------------------------------
+# karpathy/autoresearch's prepare.py: ClimbMix shards from karpathy/climbmix-400b-shuffle (10 training
+# shards by default, shard_06542 the pinned validation shard), a BPE tokenizer of 8,192 tokens trained
+# with rustbpe on up to 1e9 characters of the training shards (documents cut at 10,000), sequences of
+# 2,048 in BOS-aligned best-fit rows. What is pinned here was read from the Hugging Face hub by
+# scripts/climbmix-pin (the revision's commit, each shard's LFS sha256 and size, the sha256 of the
+# tokenizer trained from them); until that has run on a machine that reaches huggingface.co the pins
+# are None and `climbmix` is not among the built-in tasks (resolve_task says how to pin it).
+CLIMBMIX_REPO = "karpathy/climbmix-400b-shuffle"
+CLIMBMIX_REVISION: str | None = None  # the dataset repository's commit (40 hex digits)
+CLIMBMIX_TRAIN_SHARDS = tuple(f"shard_{i:05d}.parquet" for i in range(10))
+CLIMBMIX_VAL_SHARDS = ("shard_06542.parquet",)
+CLIMBMIX_SHARD_PINS: dict[str, tuple[str, int]] = {}  # file name -> (sha256, bytes)
+CLIMBMIX_TOKENIZER_SHA256: str | None = None
+CLIMBMIX_VOCAB = 8192
+CLIMBMIX_CONTEXT = 2048
+CLIMBMIX_MAX_CHARS = 1_000_000_000
+# Validation: 2,048 windows of 2,049 tokens (~4.2M tokens; autoresearch scores 21M). Every window's
+# logits (2,048 x 8,192 float32, 64 MiB) cross into the trusted scorer through shared memory, probes
+# half as many again: ~200 GB at 4.2M tokens, tens of seconds; 21M would take minutes per claim.
+CLIMBMIX_VAL_WINDOWS = 2048
+# The budget: what an H100 trains in autoresearch's five minutes at its 39.8% MFU. The baseline
+# counts ~2.4e8 FLOPs per token (6 x 29.4M matrix parameters plus attention over its window
+# pattern, as autoresearch's estimate_flops), so 0.398 x 989 TFLOP/s / 2.4e8 = 1.64M tokens/s,
+# x 300 s = 492M; rounded to whole optimizer steps of 2^19 tokens: 954 x 524,288 = 500,170,752.
+CLIMBMIX_BUDGET = 954 * 524_288
+# Provisional, not yet measured (no GPU where this was written): scripts/gpu-check prints the seed
+# noise at a reduced budget; replace with 3 sigma of full-budget seeds (scripts/bench/noise).
+CLIMBMIX_TOLERANCE = "0.006"
+
+
+def climbmix_pinned() -> bool:
+    names = (*CLIMBMIX_TRAIN_SHARDS, *CLIMBMIX_VAL_SHARDS)
+    return (CLIMBMIX_REVISION is not None and CLIMBMIX_TOKENIZER_SHA256 is not None
+            and all(n in CLIMBMIX_SHARD_PINS for n in names))
+
+
+def climbmix_manifest(pins: dict[str, tuple[str, int]], revision: str | None, *, repo: str | None = CLIMBMIX_REPO,
+                      train: Sequence[str] = CLIMBMIX_TRAIN_SHARDS, val: Sequence[str] = CLIMBMIX_VAL_SHARDS,
+                      vocab: int = CLIMBMIX_VOCAB, max_chars: int = CLIMBMIX_MAX_CHARS) -> Manifest:
+    def shard(name: str) -> shards.Shard:
+        sha, size = pins[name]
+        return shards.Shard(name, sha, size)
+
+    return Manifest(tuple(shard(n) for n in train), tuple(shard(n) for n in val), vocab, tokens.DOC_CAP,
+                    max_chars, repo, revision)
+
+
+def climbmix_task(manifest: Manifest, tokenizer_sha256: str, *, context: int = CLIMBMIX_CONTEXT,
+                  val_windows: int = CLIMBMIX_VAL_WINDOWS, budget_tokens: int = CLIMBMIX_BUDGET,
+                  source: str | None = None, download: Downloader | None = None) -> Task:
+    """The climbmix task over ``manifest`` (the pinned one, or made-up shards in tests)."""
+    origin = f"{manifest.repo}@{(manifest.revision or '')[:12]}" if manifest.repo else "local shards"
+    return make_tokens_task(
+        name="climbmix",
+        description=(
+            "karpathy/autoresearch's task: ClimbMix web text (karpathy/climbmix-400b-shuffle parquet shards, "
+            f"{len(manifest.train)} for training, {', '.join(s.name for s in manifest.val)} for validation), a BPE "
+            f"tokenizer of {manifest.vocab} tokens trained with rustbpe, BOS-aligned rows of {context} tokens; "
+            "scored in bits per byte. Its H100 budget: autoresearch's five minutes."),
+        source=source or baseline_source({}, CLIMBMIX_BASELINE_PATH), manifest=manifest,
+        tokenizer_sha256=tokenizer_sha256, context=context, val_windows=val_windows, budget_tokens=budget_tokens,
+        tolerance=CLIMBMIX_TOLERANCE, data_name=f"climbmix {origin}", download=download)
+
+
+def _climbmix() -> Task | None:
+    if not climbmix_pinned():
+        return None
+    return climbmix_task(climbmix_manifest(CLIMBMIX_SHARD_PINS, CLIMBMIX_REVISION), CLIMBMIX_TOKENIZER_SHA256)

@@ -74,11 +74,28 @@ def keep_freed_memory(*, mmap_below: int = 32 << 20, trim_above: int = 64 << 20)
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_below)) and bool(mallopt(M_TRIM_THRESHOLD, trim_above))
 
 
-def _read_stream(path: Path):
+def _read_stream(path: Path, row_len: int | None = None):
+    """Bytes: the stream as 1-D uint8. Tokens (``row_len``): packed rows of uint16 little-endian
+    ids, as (rows, row_len) int32."""
     import torch
 
     data = bytearray(path.read_bytes())
-    return torch.frombuffer(data, dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+    if row_len is None:
+        return torch.frombuffer(data, dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+    if not data or len(data) % (2 * row_len):
+        raise ScriptError("the token stream is not whole rows")
+    if sys.byteorder != "little":
+        data = bytearray(memoryview(data).cast("H").tobytes())  # pragma: no cover - big-endian hosts
+    return (torch.frombuffer(data, dtype=torch.int16).to(torch.int32) & 0xFFFF).view(-1, row_len)
+
+
+def _inputs(shared, n: int, t: int, token_size: int):
+    """The batch's (n, t) input ids from shared memory, as int64."""
+    import torch
+
+    if token_size == 1:
+        return torch.frombuffer(shared, dtype=torch.uint8, count=n * t).view(n, t).long()
+    return (torch.frombuffer(shared, dtype=torch.int16, count=n * t).view(n, t).long() & 0xFFFF)
 
 
 def run_train(sock: socket.socket, cfg: dict, background: Background, *, spot: bool) -> dict:
@@ -97,9 +114,9 @@ def run_train(sock: socket.socket, cfg: dict, background: Background, *, spot: b
     device = choose_device(cfg["device"])
     configure(device, threads=cfg["threads"])
     script = load_script(Path(cfg["script"]))
-    stream = _read_stream(Path(cfg["tokens"]))
+    stream = _read_stream(Path(cfg["tokens"]), cfg.get("row_len"))
     torch.manual_seed(cfg["seed"])
-    model = script.build_model(VOCAB, cfg["context"]).to(device)
+    model = script.build_model(cfg.get("vocab", VOCAB), cfg["context"]).to(device)
     recorder = CurveRecorder(cfg["budget_tokens"], check_every=1 if device.type == "cpu" else 16)
     loader = BudgetLoader(stream, budget_tokens=cfg["budget_tokens"], stop_tokens=cfg.get("stop_tokens"),
                           device=device)
@@ -137,15 +154,16 @@ def run_model(sock: socket.socket, cfg: dict, fds: list[int], background: Backgr
     if len(fds) != 1:
         raise ScriptError("model job came without its shared memory")
     rows, length = cfg["rows"], cfg["context"]
-    in_bytes = rows * length
+    vocab, token_size = cfg.get("vocab", VOCAB), cfg.get("token_size", 1)
+    in_bytes = rows * length * token_size
     out_offset = -(-in_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
-    shared = mmap.mmap(fds[0], out_offset + rows * length * VOCAB * 4)
+    shared = mmap.mmap(fds[0], out_offset + rows * length * vocab * 4)
     device = choose_device(cfg["device"])
     configure(device, threads=cfg["threads"])
     autocast = autocast_for(device)
     script = load_script(Path(cfg["script"]))
     torch.manual_seed(cfg["seed"])
-    model = script.build_model(VOCAB, cfg["context"])
+    model = script.build_model(vocab, cfg["context"])
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     message, _ = channel.recv(sock)
     weights_in_place.wait()
@@ -164,20 +182,20 @@ def run_model(sock: socket.socket, cfg: dict, fds: list[int], background: Backgr
     if device.type == "cpu":
         torch.set_num_threads(cfg.get("eval_threads", cfg["threads"]))
     channel.send(sock, {"loaded": {}})
-    out = torch.frombuffer(shared, dtype=torch.float32, offset=out_offset, count=rows * length * VOCAB)
-    out = out.view(rows, length, VOCAB)
+    out = torch.frombuffer(shared, dtype=torch.float32, offset=out_offset, count=rows * length * vocab)
+    out = out.view(rows, length, vocab)
     with torch.inference_mode():
         while True:
             message, _ = channel.recv(sock)
             if message is None or "end" in message:
                 return {}
             n, t = message["batch"]
-            x = torch.frombuffer(shared, dtype=torch.uint8, count=n * t).view(n, t).long().to(device)
+            x = _inputs(shared, n, t, token_size).to(device)
             with autocast():
                 logits = model(x)
-            if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (n, t, VOCAB):
+            if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (n, t, vocab):
                 shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-                raise ScriptError(f"model returned logits of shape {shape}, expected {(n, t, VOCAB)}")
+                raise ScriptError(f"model returned logits of shape {shape}, expected {(n, t, vocab)}")
             if not logits.is_floating_point():
                 raise ScriptError(f"model returned logits of dtype {str(logits.dtype).removeprefix('torch.')}, "
                                   "expected floating point")

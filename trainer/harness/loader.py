@@ -31,8 +31,14 @@ class BudgetLoader:
         stop_tokens: int | None = None,
         on_batch: Callable[[int], None] | None = None,
     ):
-        if stream.dtype != torch.uint8 or stream.dim() != 1:
-            raise ValueError("the token stream must be a 1-D uint8 tensor")
+        # Bytes: a 1-D uint8 stream, cut into consecutive rows. Tokens: a 2-D int32 tensor of packed
+        # rows of context + 1 ids, each BOS first (trainer/tokens.py); a row serves context // T
+        # sequences of T (all of it at T = context, so each sequence starts at a document's start).
+        if not ((stream.dtype == torch.uint8 and stream.dim() == 1) or (stream.dtype == torch.int32 and stream.dim() == 2)):
+            raise ValueError("the token stream must be a 1-D uint8 tensor or a 2-D int32 one of rows")
+        self.rows = stream.dim() == 2
+        if self.rows and device.type == "cuda":
+            stream = stream.to(device)  # the whole run's ids on the device once: no copy per batch, no sync
         self.stream = stream
         self.budget_tokens = budget_tokens
         self.stop_tokens = budget_tokens if stop_tokens is None else min(stop_tokens, budget_tokens)
@@ -54,6 +60,9 @@ class BudgetLoader:
         per_batch = batch_size * seq_len
         if per_batch > self.stop_tokens:
             raise ValueError(f"a batch of {batch_size} x {seq_len} tokens exceeds the budget of {self.stop_tokens}")
+        if self.rows:
+            yield from self._row_batches(batch_size, seq_len)
+            return
         index = torch.arange(batch_size)[:, None] * seq_len + torch.arange(seq_len + 1)
         while self.tokens + per_batch <= self.stop_tokens and self.tokens + per_batch < self.stream.numel():
             chunk = self.stream[self.tokens + index].long()
@@ -67,3 +76,27 @@ class BudgetLoader:
             if pin:
                 x, y = x.pin_memory(), y.pin_memory()
             yield x.to(self.device, non_blocking=pin), y.to(self.device, non_blocking=pin)
+
+    def _row_batches(self, batch_size: int, seq_len: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        count, row_len = self.stream.shape
+        pieces = (row_len - 1) // seq_len
+        if pieces < 1:
+            raise ValueError(f"sequences of {seq_len} tokens are longer than the task's context of {row_len - 1}")
+        per_batch = batch_size * seq_len
+        # Sequence s is piece s % pieces of row s // pieces: (row, offset) for each row of a batch.
+        seq = torch.arange(batch_size, device=self.stream.device)
+        span = torch.arange(seq_len + 1, device=self.stream.device)
+        done = 0
+        while self.tokens + per_batch <= self.stop_tokens and (done + batch_size) <= count * pieces:
+            s = done + seq
+            chunk = self.stream[(s // pieces)[:, None], (s % pieces)[:, None] * seq_len + span].long()
+            done += batch_size
+            self.tokens += per_batch
+            if self.batch_shape is None:
+                self.batch_shape = (batch_size, seq_len)
+            if self._on_batch is not None:
+                self._on_batch(self.tokens)
+            x, y = chunk[:, :-1], chunk[:, 1:]
+            if self.device.type != self.stream.device.type:
+                x, y = x.to(self.device), y.to(self.device)
+            yield x, y
