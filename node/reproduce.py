@@ -51,6 +51,12 @@ class WorkerSettings:
     poll_s: float = 5.0  # re-check the compute share / an empty queue at least this often
     run_timeout_s: float | None = None  # per experiment process; None: the trainer's default for the budget
     stop_timeout_s: float = 3.0  # stop() waits at most this long; a running experiment thread is abandoned
+    # The spot check's time limit is its share of the budget (issue 17: a script that sleeps held the
+    # slot for the full budget's limit): the baseline's time here x spot_fraction x the task's
+    # compute cap x spot_slack, plus spot_fixed_s for what any run costs (harness, data, compile);
+    # without a known baseline time, spot_fraction of the trainer's limit for the budget, plus that.
+    spot_fixed_s: float = 60.0
+    spot_slack: float = 2.0
 
 
 class Reproducer:
@@ -269,8 +275,9 @@ class Reproducer:
                              phase="spot", budget=budget) as slot:
             telemetry.count(Counter.REPRODUCTIONS_RUN)
             telemetry.count(Counter.REPRODUCE_SPOT_CHECKS)
+            spot_common = dict(common, timeout_s=self._spot_timeout(task, slot.device, budget))
             spot = await slot.run(spot_check, task, source, fraction=self.settings.spot_fraction,
-                                  reference_curve=claimed["curve"], budget_tokens=budget, **common)
+                                  reference_curve=claimed["curve"], budget_tokens=budget, **spot_common)
             verdict, reason = verdict_from_spot(spot.ok, spot.reason, spot.curve, claimed["curve"])
             if verdict is not None:
                 return verdict, None, reason
@@ -305,6 +312,21 @@ class Reproducer:
         if over is not None:  # whatever its val_bpb: over the cap, the claim is not a recipe within the task
             return over, run.result, f"{reason}; {budget_why}; {why}"
         return verdict, run.result, f"{reason}; {why}; {budget_why}"
+
+    def _spot_timeout(self, task: Any, device: str, budget: int) -> float:
+        """The spot check's time limit: its share of the budget (WorkerSettings), never more than the
+        trainer's limit for the whole budget."""
+        w, share = self.worker, self.settings.spot_fraction
+        if w.run_timeout_s is not None:
+            return w.run_timeout_s
+        whole = experiment.RunSettings().train_timeout(budget, "cpu" if device == "cpu" else "gpu")
+        known = self.baseline_times.get(task.id, device, budget)
+        cap = task.body.get("compute_cap")
+        if known is not None and cap is not None:
+            limit = w.spot_fixed_s + float(known.wall_s) * share * float(cap) * w.spot_slack
+        else:
+            limit = w.spot_fixed_s + whole * share
+        return min(whole, limit)
 
     async def _baseline_time(self, task: Any, slot: DeviceRun, budget: int, result: dict,
                              common: dict) -> BaselineTime | None:

@@ -21,9 +21,10 @@ from node.reproduce import Reproducer, WorkerSettings
 from node.scheduler import SchedulerSettings
 from node.settings import NetworkSettings, NodeSettings
 from protocol import Identity, build, check_seed_proof, fresh_seed
-from tests.timing import SLACK_S
+from tests.timing import PROCESS_SLACK_S, SLACK_S
 from trainer.experiment import run_experiment
 from trainer.patches import make_patch, source_sha256
+from trainer.settings import RunSettings
 from trainer.sandbox import detect_sandbox
 from trainer.tasks import builtin_tasks, load_data
 
@@ -259,7 +260,8 @@ async def test_a_missing_parent_is_waited_for_not_voted_failed(tmp_path, cache):
             "task": TINY.id, "parent": None, "patch": make_patch(TINY.source, new), "source_sha256": "0" * 64,
             "note": "parent", "outcome": "improved", "result": claim_env(new, _fake_result()).body["result"]})
         child = build(AUTHOR, "public", "claim", {
-            **parent.body, "parent": parent.id, "patch": make_patch(new, new + "# child\n"), "note": "child"})
+            **parent.body, "parent": parent.id, "patch": make_patch(new, new + "# child\n"), "note": "child",
+            "source_sha256": "2" * 64})  # wrong as well, and not the parent's (a duplicate is not queued)
         report = await node.gossip.ingest([child.canonical()])
         assert report.duplicate == [child.id] and child.id in node.replica.pending  # held, not stored
         assert await node.replica.get(child.id) is None
@@ -269,7 +271,8 @@ async def test_a_missing_parent_is_waited_for_not_voted_failed(tmp_path, cache):
         # a claim stored without its parent (an import stores at once, with the library's settings):
         # the reproducer waits for the parent instead of voting
         orphan = build(AUTHOR, "public", "claim", {
-            **parent.body, "parent": "ab" * 32, "patch": make_patch(new, new + "# orphan\n"), "note": "orphan"})
+            **parent.body, "parent": "ab" * 32, "patch": make_patch(new, new + "# orphan\n"), "note": "orphan",
+            "source_sha256": "3" * 64})
         held, node.replica.pending = node.replica.pending, None
         try:
             await offer(node, orphan)
@@ -286,3 +289,34 @@ async def test_a_missing_parent_is_waited_for_not_voted_failed(tmp_path, cache):
 def _fake_result() -> dict:
     return {"val_bpb": "1.400000", "curve": [[0, "5.545177"], [BUDGET // 2, "2.000000"]], "tokens": BUDGET,
             "seed": 0, "wall_s": "1.0", "device": "cpu", "torch": "2.13.0", "flops_per_token": 1000}
+
+
+async def test_a_sleeping_script_holds_the_slot_only_for_the_spot_checks_share(tmp_path, cache):
+    # issue 17: a claim whose script sleeps held the reproduction slot for the whole budget's limit
+    # (360 s on CPU); now the spot check's limit is its share of the budget, from the baseline's time
+    worker = WorkerSettings(debounce_s=0.05, poll_s=0.2, spot_fixed_s=8.0)
+    shutil.copytree(cache, tmp_path / "cache")
+    settings = NodeSettings(home=tmp_path, network=NetworkSettings(port=0, lan=False), ralph=False,
+                            run_untrusted=POLICY, device="cpu", budget_scale=SCALE)
+    node = Node(settings, Identity.from_seed(b"\x01" * 32), echo=lambda _: None)
+    times = BaselineTimes(tmp_path)
+    times.put(TINY.id, "cpu", BUDGET, BaselineTime("1.000", "cpu"))
+    rep = Reproducer(None, worker=worker, baseline_times=times)
+    node.extensions.append(rep)
+    await node.start()
+    try:
+        limit = rep._spot_timeout(TINY, "cpu", BUDGET)
+        whole = RunSettings().train_timeout(BUDGET, "cpu")
+        assert limit == pytest.approx(8.0 + 1.0 * rep.settings.spot_fraction * TINY.compute_cap * worker.spot_slack)
+        assert whole > 3 * limit  # what the sleeper held before
+        source = TINY.source + "\nimport time as _t\n_t.sleep(3600)\n"
+        env = claim_env(source, _fake_result())
+        t0 = time.monotonic()
+        await offer(node, env)
+        bound = limit + PROCESS_SLACK_S + SLACK_S  # the limit, a harness process started and killed, the loop
+        vote = await wait_vote(node, env.id, timeout=bound)
+        took = time.monotonic() - t0
+        assert vote.body["verdict"] == "failed" and str(int(limit)) in vote.body["reason"], vote.body
+        assert took < bound < whole
+    finally:
+        await node.stop()
