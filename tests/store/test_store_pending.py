@@ -65,9 +65,12 @@ async def test_a_chain_waits_for_its_root_in_any_order(tmp_path):
 
 
 async def test_a_flood_of_votes_for_claims_that_do_not_exist_stays_in_the_bound(tmp_path):
+    (tmp_path / "empty").mkdir()
+    empty = await _open(tmp_path / "empty")
+    await empty.close()
+    before = os.path.getsize(tmp_path / "empty" / "r.sqlite3")  # an empty replica, its schema on disk
     r = await _open(tmp_path, max_messages=500, max_bytes=200_000)
     try:
-        before = os.path.getsize(tmp_path / "r.sqlite3")
         votes = [vote(key(10 + i % 50), os.urandom(32).hex(), at=NOW - i) for i in range(2000)]
         for i in range(0, len(votes), 500):
             report = await r.ingest([v.canonical() for v in votes[i:i + 500]], now=NOW)
