@@ -207,6 +207,8 @@ def _train(task: Task, source: str, ws: Workspace, stream: bytes, *, seed: int, 
            "threads": settings.cpu_threads, "context": task.harness.context}
     if task.harness.tokenized:
         job.update(vocab=task.harness.vocab, row_len=task.harness.context + 1)
+        if task.harness.gpus > 1:
+            job.update(world=task.harness.gpus)
     ws.go(harness, job, limit)
     refilled = False
 

@@ -29,7 +29,7 @@ BASELINE_PATH = Path(__file__).parent / "baseline" / "train.py"
 CLIMBMIX_BASELINE_PATH = Path(__file__).parent / "baseline" / "climbmix.py"
 _HARNESS_RE = re.compile(rf"^{HARNESS_VERSION} context=([1-9][0-9]*) val_bytes=([1-9][0-9]*)$")
 _TOKENS_RE = re.compile(rf"^{TOKENS_VERSION} context=([1-9][0-9]*) val_windows=([1-9][0-9]*) "
-                        r"vocab=([1-9][0-9]*) tokenizer=([0-9a-f]{64})$")
+                        r"vocab=([1-9][0-9]*) tokenizer=([0-9a-f]{64})( gpus=([2-9]|[1-9][0-9]+))?$")
 
 
 class TaskError(Exception):
@@ -46,6 +46,7 @@ class HarnessSpec:
     val_windows: int = 0  # tokens tasks
     vocab: int = 256
     tokenizer: str | None = None  # sha256 of the tokenizer file (trainer/tokens.py); None: bytes
+    gpus: int = 1  # devices one experiment trains on (tokens tasks; ranks of data-parallel training)
 
     @property
     def tokenized(self) -> bool:
@@ -58,8 +59,9 @@ class HarnessSpec:
 
     def text(self) -> str:
         if self.tokenized:
+            gpus = f" gpus={self.gpus}" if self.gpus > 1 else ""
             return (f"{TOKENS_VERSION} context={self.context} val_windows={self.val_windows} vocab={self.vocab} "
-                    f"tokenizer={self.tokenizer}")
+                    f"tokenizer={self.tokenizer}{gpus}")
         return f"{HARNESS_VERSION} context={self.context} val_bytes={self.val_bytes}"
 
     @classmethod
@@ -69,7 +71,7 @@ class HarnessSpec:
             return cls(int(m[1]), int(m[2]))
         m = _TOKENS_RE.match(text)
         if m and int(m[3]) <= tokens.MAX_VOCAB:
-            return cls(int(m[1]), val_windows=int(m[2]), vocab=int(m[3]), tokenizer=m[4])
+            return cls(int(m[1]), val_windows=int(m[2]), vocab=int(m[3]), tokenizer=m[4], gpus=int(m[6] or 1))
         raise TaskError(f"unsupported harness {text!r} (this node runs {HARNESS_VERSION} and {TOKENS_VERSION})")
 
 
@@ -209,13 +211,13 @@ class Task:
 
 def make_tokens_task(*, name: str, description: str, source: str, manifest: Manifest, tokenizer_sha256: str,
                      context: int, val_windows: int, budget_tokens: int, tolerance: str, data_name: str,
-                     download: Downloader | None = None) -> Task:
+                     download: Downloader | None = None, gpus: int = 1) -> Task:
     """A tokenized task: its data pin is the shard manifest (trainer/shards.py), its harness text
     pins the tokenizer."""
     data = manifest.to_bytes()
     body = make_body(name=name, description=description, source=source,
                      harness=HarnessSpec(context, val_windows=val_windows, vocab=manifest.vocab,
-                                         tokenizer=tokenizer_sha256),
+                                         tokenizer=tokenizer_sha256, gpus=gpus),
                      data_name=data_name, data=data, budget_tokens=budget_tokens, tolerance=tolerance)
     return Task(body, fetch=lambda _cache: data, download=download)
 
@@ -563,7 +565,7 @@ def climbmix_manifest(pins: dict[str, tuple[str, int]], revision: str | None, *,
 
 def climbmix_task(manifest: Manifest, tokenizer_sha256: str, *, context: int = CLIMBMIX_CONTEXT,
                   val_windows: int = CLIMBMIX_VAL_WINDOWS, budget_tokens: int = CLIMBMIX_BUDGET,
-                  source: str | None = None, download: Downloader | None = None) -> Task:
+                  source: str | None = None, download: Downloader | None = None, gpus: int = 1) -> Task:
     """The climbmix task over ``manifest`` (the pinned one, or made-up shards in tests)."""
     origin = f"{manifest.repo}@{(manifest.revision or '')[:12]}" if manifest.repo else "local shards"
     return make_tokens_task(
@@ -575,7 +577,7 @@ def climbmix_task(manifest: Manifest, tokenizer_sha256: str, *, context: int = C
             "scored in bits per byte. Its H100 budget: autoresearch's five minutes."),
         source=source or baseline_source({}, CLIMBMIX_BASELINE_PATH), manifest=manifest,
         tokenizer_sha256=tokenizer_sha256, context=context, val_windows=val_windows, budget_tokens=budget_tokens,
-        tolerance=CLIMBMIX_TOLERANCE, data_name=f"climbmix {origin}", download=download)
+        tolerance=CLIMBMIX_TOLERANCE, data_name=f"climbmix {origin}", download=download, gpus=gpus)
 
 
 def _climbmix() -> Task | None:

@@ -381,3 +381,21 @@ def test_scorer_refuses_ids_outside_the_vocabulary():
     with pytest.raises(ScoreError, match="outside the vocabulary"):
         Scorer(windows, np.zeros(100, dtype=np.uint16), context=8, rows=2, vocab=600,
                token_bytes=np.ones(600, dtype=np.int64))
+
+
+def test_ranks_split_each_global_batch_and_count_global_tokens():
+    import torch
+
+    from trainer.harness.loader import BudgetLoader
+
+    rows = torch.arange(40 * 9, dtype=torch.int32).view(40, 9)
+    cpu = torch.device("cpu")
+    single = [x for x, _ in BudgetLoader(rows, budget_tokens=160, device=cpu).batches(2, 8)]
+    ranks = [BudgetLoader(rows, budget_tokens=160, device=cpu, rank=r, world=2) for r in (0, 1)]
+    split = [[x for x, _ in loader.batches(2, 8)] for loader in ranks]
+    assert len(single) == 10 and len(split[0]) == len(split[1]) == 5
+    for step in range(5):  # global batch k of two ranks = batches 2k and 2k+1 of one rank
+        assert torch.equal(split[0][step], single[2 * step]) and torch.equal(split[1][step], single[2 * step + 1])
+    assert ranks[0].tokens == ranks[1].tokens == 160 and ranks[0].progress == 1.0
+    with pytest.raises(ValueError, match="packed rows"):
+        BudgetLoader(torch.zeros(100, dtype=torch.uint8), budget_tokens=10, device=cpu, world=2)

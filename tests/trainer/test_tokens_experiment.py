@@ -24,7 +24,7 @@ from trainer.tasks import CLIMBMIX_BASELINE_PATH, baseline_source, climbmix_mani
 pytestmark = pytest.mark.slow
 CONTEXT = 32
 VOCAB = 256 + 4 + 30
-BUDGET = 6_000
+BUDGET = 6_144  # 12 global batches of 2 x 8 x 32 tokens: one rank and two train the same tokens
 SMALL = {"DEPTH": 2, "MODEL_DIM": 64, "N_HEADS": 2, "DEVICE_BATCH_SIZE": 8, "TOTAL_BATCH_SIZE": 512}
 WORDS = "the cat sat on a mat while dogs ran far away from home and the sun set over hills".split()
 
@@ -136,3 +136,29 @@ def test_climbmix_baseline_on_cuda_compiled_in_the_sandbox(task):
     out = run_experiment(t, t.source, seed=0, device="cuda", cache_dir=cache, settings=RunSettings(warm_pool=False))
     assert out.outcome_ok, out.reason
     assert out.result["device"].startswith("cuda") and 0.2 < out.val_bpb < math.log2(VOCAB)
+
+
+def test_two_ranks_give_the_val_bpb_of_one(task):
+    """gpus_per_experiment = 2 (harness text `gpus=2`): rank 0 starts rank 1 in the same sandbox, each
+    trains on its half of every global batch (gloo over the sandbox's loopback on a CPU), gradients
+    are averaged before each step; one curve and one result come back, within the task's tolerance
+    of the same run on one rank."""
+    t, cache = task
+    two = climbmix_task(climbmix_manifest_of(t), t.harness.tokenizer, context=CONTEXT, val_windows=48,
+                        budget_tokens=BUDGET, source=t.source, download=t.download, gpus=2)
+    assert two.harness.gpus == 2 and two.id != t.id and two.harness.text().endswith(" gpus=2")
+    one = _run(t, t.source, cache)
+    out = _run(two, two.source, cache)
+    assert one.outcome_ok and out.outcome_ok, (one.reason, out.reason)
+    assert abs(out.val_bpb - one.val_bpb) <= t.tolerance, (out.val_bpb, one.val_bpb)
+    # One curve, rank 0's: a point per global batch (twice one rank's batch) at the same budget marks.
+    two_marks, one_marks = [p[0] for p in out.result["curve"]], [p[0] for p in one.result["curve"]]
+    assert set(two_marks) <= set(one_marks) and all(m % 512 == 0 for m in two_marks)
+    assert two_marks[-1] == one_marks[-1] == BUDGET
+    assert out.result["tokens"] == one.result["tokens"] == BUDGET
+
+
+def climbmix_manifest_of(task):
+    from trainer.shards import Manifest
+
+    return Manifest.parse(task.fetch(None))  # the task's own manifest bytes

@@ -332,7 +332,8 @@ def train(model, loader, log):
     optimizer = make_optimizer(model, compiled)
     forward = torch.compile(model, dynamic=False) if compiled else model
     seq_len = model.context
-    accum = max(1, TOTAL_BATCH_SIZE // (DEVICE_BATCH_SIZE * seq_len))
+    world = getattr(loader, "world", 1)  # data-parallel ranks: each batch is this rank's share
+    accum = max(1, TOTAL_BATCH_SIZE // (DEVICE_BATCH_SIZE * seq_len * world))
     pending = steps = 0
     model.train()
     for x, y in loader.batches(DEVICE_BATCH_SIZE, seq_len):
@@ -342,13 +343,15 @@ def train(model, loader, log):
         log(loss.detach())  # the harness reads it back only at curve points: no sync per step
         pending += 1
         if pending == accum:
-            step(optimizer, model, loader.progress, steps)
+            step(optimizer, model, loader.progress, steps, loader)
             pending, steps = 0, steps + 1
     if pending:
-        step(optimizer, model, loader.progress, steps)
+        step(optimizer, model, loader.progress, steps, loader)
 
 
-def step(optimizer, model, progress, steps):
+def step(optimizer, model, progress, steps, loader=None):
+    if loader is not None and getattr(loader, "world", 1) > 1:
+        loader.average_gradients(model)  # every rank takes the same step
     multiplier = lr_multiplier(progress)
     frac = min(steps / 300, 1)
     for group in optimizer.param_groups:

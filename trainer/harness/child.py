@@ -98,12 +98,60 @@ def _inputs(shared, n: int, t: int, token_size: int):
     return (torch.frombuffer(shared, dtype=torch.int16, count=n * t).view(n, t).long() & 0xFFFF)
 
 
-def run_train(sock: socket.socket, cfg: dict, background: Background, *, spot: bool) -> dict:
-    background.foreground()  # the run has begun: the whole of it is urgent
-    background.join()
-    # Sent before any of the script runs here: the runner's clock of the training starts now, so a
-    # process whose imports were not done ahead of its job (no warm one waited) is not charged them.
-    channel.send(sock, {"ready": {}})
+RANK_JOB = "rank-job.json"  # the job, for ranks 1.. of a data-parallel run (in the scratch directory)
+RANK_TIMEOUT_S = 300  # a collective that waits this long for another rank fails the run
+
+
+def _start_ranks(cfg: dict, world: int) -> list:
+    """Ranks 1..world-1 of a data-parallel run: this module again, in this sandbox, under its limits,
+    each told its rank (torchrun's RANK / WORLD_SIZE / LOCAL_RANK); they report nothing to the runner."""
+    import subprocess
+
+    Path(RANK_JOB).write_text(json.dumps(cfg), encoding="utf-8")
+    procs = []
+    for rank in range(1, world):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world)}
+        procs.append(subprocess.Popen([sys.executable, "-P", "-m", "trainer.harness.child", "--rank", str(rank)],
+                                      env=env, stdin=subprocess.DEVNULL))
+    return procs
+
+
+def _join_group(rank: int, world: int, device) -> None:
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the sandbox has loopback only
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            init_method=f"file://{Path('rendezvous').resolve()}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=RANK_TIMEOUT_S))
+
+
+def _rank_device(name: str, rank: int, world: int):
+    import torch
+
+    from .runtime import choose_device
+
+    device = choose_device(name)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", (device.index or 0) + rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def run_train(sock: socket.socket | None, cfg: dict, background: Background | None, *, spot: bool,
+              rank: int = 0) -> dict:
+    world = int(cfg.get("world", 1))
+    ranks = []
+    if background is not None:
+        background.foreground()  # the run has begun: the whole of it is urgent
+        background.join()
+    if rank == 0:
+        # Sent before any of the script runs here: the runner's clock of the training starts now, so a
+        # process whose imports were not done ahead of its job (no warm one waited) is not charged them.
+        channel.send(sock, {"ready": {}})
+        if world > 1:
+            ranks = _start_ranks(cfg, world)
     import torch
 
     from . import tensorfile
@@ -111,18 +159,20 @@ def run_train(sock: socket.socket, cfg: dict, background: Background, *, spot: b
     from .loader import BudgetLoader
     from .runtime import autocast_for, choose_device, configure, device_label
 
-    device = choose_device(cfg["device"])
+    device = _rank_device(cfg["device"], rank, world)
     configure(device, threads=cfg["threads"])
+    if world > 1:
+        _join_group(rank, world, device)
     script = load_script(Path(cfg["script"]))
     stream = _read_stream(Path(cfg["tokens"]), cfg.get("row_len"))
     torch.manual_seed(cfg["seed"])
     model = script.build_model(cfg.get("vocab", VOCAB), cfg["context"]).to(device)
     recorder = CurveRecorder(cfg["budget_tokens"], check_every=1 if device.type == "cpu" else 16)
     loader = BudgetLoader(stream, budget_tokens=cfg["budget_tokens"], stop_tokens=cfg.get("stop_tokens"),
-                          device=device)
+                          device=device, rank=rank, world=world)
 
     def log(loss) -> None:
-        if recorder.log(loss, loader.tokens):
+        if rank == 0 and recorder.log(loss, loader.tokens):  # one curve: rank 0's
             channel.send(sock, {"point": {"tokens": loader.tokens, "loss": recorder.last_loss}})
 
     autocast = autocast_for(device)
@@ -130,6 +180,16 @@ def run_train(sock: socket.socket, cfg: dict, background: Background, *, spot: b
         script.train(model, loader, log)
     if device.type == "cuda":
         torch.cuda.synchronize()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+        if rank > 0:
+            return {}
+        for i, proc in enumerate(ranks, start=1):
+            if proc.wait() != 0:
+                raise ScriptError(f"rank {i} of {world} ended with status {proc.returncode}")
     if loader.tokens == 0:
         raise ScriptError("train() consumed no batches (is the batch larger than the budget?)")
     if not recorder.curve:
@@ -280,7 +340,24 @@ def serve(start: dict) -> int:
     return 0
 
 
+def serve_rank(rank: int) -> int:
+    """Rank ``rank`` (> 0) of a data-parallel training run: rank 0 started it and reports for all."""
+    keep_freed_memory()
+    try:
+        cfg = json.loads(Path(RANK_JOB).read_text(encoding="utf-8"))
+        run_train(None, cfg, None, spot=cfg["mode"] == "spot", rank=rank)
+    except BaseException:  # noqa: BLE001 - rank 0 sees the exit status
+        traceback.print_exc()
+        return HANDLED_ERROR
+    return 0
+
+
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["--rank"]:
+        status = serve_rank(int(argv[1]))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
     status = serve(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
     sys.stdout.flush()
     sys.stderr.flush()

@@ -30,6 +30,8 @@ class BudgetLoader:
         device: torch.device,
         stop_tokens: int | None = None,
         on_batch: Callable[[int], None] | None = None,
+        rank: int = 0,
+        world: int = 1,
     ):
         # Bytes: a 1-D uint8 stream, cut into consecutive rows. Tokens: a 2-D int32 tensor of packed
         # rows of context + 1 ids, each BOS first (trainer/tokens.py); a row serves context // T
@@ -37,6 +39,11 @@ class BudgetLoader:
         if not ((stream.dtype == torch.uint8 and stream.dim() == 1) or (stream.dtype == torch.int32 and stream.dim() == 2)):
             raise ValueError("the token stream must be a 1-D uint8 tensor or a 2-D int32 one of rows")
         self.rows = stream.dim() == 2
+        # Data-parallel ranks (a task's gpus > 1): each batch the script asks for is one rank's share
+        # of a global batch of world x batch_size sequences; the budget counts global tokens.
+        self.rank, self.world = rank, world
+        if world > 1 and not self.rows:
+            raise ValueError("several ranks need a stream of packed rows (a tokenized task)")
         if self.rows and device.type == "cuda":
             stream = stream.to(device)  # the whole run's ids on the device once: no copy per batch, no sync
         self.stream = stream
@@ -57,7 +64,7 @@ class BudgetLoader:
         batch_size, seq_len = int(batch_size), int(seq_len)
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch size and sequence length must be positive, got {batch_size}, {seq_len}")
-        per_batch = batch_size * seq_len
+        per_batch = batch_size * seq_len * self.world
         if per_batch > self.stop_tokens:
             raise ValueError(f"a batch of {batch_size} x {seq_len} tokens exceeds the budget of {self.stop_tokens}")
         if self.rows:
@@ -82,15 +89,15 @@ class BudgetLoader:
         pieces = (row_len - 1) // seq_len
         if pieces < 1:
             raise ValueError(f"sequences of {seq_len} tokens are longer than the task's context of {row_len - 1}")
-        per_batch = batch_size * seq_len
+        per_batch = batch_size * seq_len * self.world
         # Sequence s is piece s % pieces of row s // pieces: (row, offset) for each row of a batch.
-        seq = torch.arange(batch_size, device=self.stream.device)
+        seq = self.rank * batch_size + torch.arange(batch_size, device=self.stream.device)
         span = torch.arange(seq_len + 1, device=self.stream.device)
         done = 0
-        while self.tokens + per_batch <= self.stop_tokens and (done + batch_size) <= count * pieces:
+        while self.tokens + per_batch <= self.stop_tokens and (done + batch_size * self.world) <= count * pieces:
             s = done + seq
             chunk = self.stream[(s // pieces)[:, None], (s % pieces)[:, None] * seq_len + span].long()
-            done += batch_size
+            done += batch_size * self.world
             self.tokens += per_batch
             if self.batch_shape is None:
                 self.batch_shape = (batch_size, seq_len)
@@ -100,3 +107,20 @@ class BudgetLoader:
             if self.device.type != self.stream.device.type:
                 x, y = x.to(self.device), y.to(self.device)
             yield x, y
+
+    def average_gradients(self, model: torch.nn.Module) -> None:
+        """Average the gradients of ``model`` over the ranks (one all-reduce of them all); a no-op for
+        one rank. A script calls it before each optimizer step: every rank then takes the same step."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= self.world
+        for grad, value in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            grad.copy_(value)
