@@ -150,6 +150,7 @@ def test_two_ranks_give_the_val_bpb_of_one(task):
     one = _run(t, t.source, cache)
     out = _run(two, two.source, cache)
     assert one.outcome_ok and out.outcome_ok, (one.reason, out.reason)
+    print(f"val_bpb: one rank {one.val_bpb:.6f}, two ranks {out.val_bpb:.6f}")
     assert abs(out.val_bpb - one.val_bpb) <= t.tolerance, (out.val_bpb, one.val_bpb)
     # One curve, rank 0's: a point per global batch (twice one rank's batch) at the same budget marks.
     two_marks, one_marks = [p[0] for p in out.result["curve"]], [p[0] for p in one.result["curve"]]
@@ -162,3 +163,14 @@ def climbmix_manifest_of(task):
     from trainer.shards import Manifest
 
     return Manifest.parse(task.fetch(None))  # the task's own manifest bytes
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available() or __import__("torch").cuda.device_count() < 2,
+                    reason="needs two CUDA devices")
+def test_two_ranks_on_two_gpus_with_nccl(task):
+    t, cache = task
+    two = climbmix_task(climbmix_manifest_of(t), t.harness.tokenizer, context=CONTEXT, val_windows=48,
+                        budget_tokens=BUDGET, source=t.source, download=t.download, gpus=2)
+    out = run_experiment(two, two.source, seed=0, device="cuda", cache_dir=cache, settings=RunSettings(warm_pool=False))
+    assert out.outcome_ok, out.reason
