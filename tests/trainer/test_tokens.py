@@ -399,3 +399,22 @@ def test_ranks_split_each_global_batch_and_count_global_tokens():
     assert ranks[0].tokens == ranks[1].tokens == 160 and ranks[0].progress == 1.0
     with pytest.raises(ValueError, match="packed rows"):
         BudgetLoader(torch.zeros(100, dtype=torch.uint8), budget_tokens=10, device=cpu, world=2)
+
+
+def test_ids_above_32767_cross_the_shared_memory_and_the_stream_unsigned(tmp_path):
+    """Token ids travel as uint16: the harness reads them through int16 views, so ids past 32,767
+    (a vocabulary up to 65,536) must come back unsigned."""
+    import mmap
+
+    from trainer.harness.child import _inputs, _read_stream
+
+    ids = np.asarray([[0, 1, 32767, 32768], [40000, 65534, 65535, 7]], dtype="<u2")
+    shared = mmap.mmap(-1, mmap.PAGESIZE)
+    shared[:ids.nbytes] = ids.tobytes()
+    assert _inputs(shared, 2, 4, 2).tolist() == ids.astype(np.int64).tolist()
+    path = tmp_path / "tokens.bin"
+    path.write_bytes(ids.tobytes())
+    assert _read_stream(path, 4).tolist() == ids.astype(np.int64).tolist()
+    path.write_bytes(ids.tobytes()[:-2])
+    with pytest.raises(Exception, match="not whole rows"):
+        _read_stream(path, 4)
