@@ -110,8 +110,13 @@ def step_line(report: Any, step: int) -> str:
     if seed is not None and seed.val_bpb is not None:
         delta = f" ({report.val_bpb - seed.val_bpb:+.6f} vs seed {seed_name} {seed.val_bpb:.6f})"
     verdict = "KEPT" if report.outcome == "improved" else "discarded"
-    note = " ".join(report.note.split())[:120]
-    return f"experiment {step}: {verdict} val_bpb {report.val_bpb:.6f}{delta} {short(report.claim_id)}: {note}"
+    note = " ".join(report.note.split())
+    note = note if len(note) <= 160 else note[:159] + "…"
+    why = ""
+    if verdict == "discarded" and seed is not None and seed.val_bpb is not None and report.val_bpb < seed.val_bpb:
+        # lower, yet not kept: within the keep threshold, screened out, or over the compute cap (the note says)
+        why = f" (not kept: see ralphswarm show {short(report.claim_id)})"
+    return f"experiment {step}: {verdict} val_bpb {report.val_bpb:.6f}{delta} {short(report.claim_id)}: {note}{why}"
 
 
 class ConsoleEvents:

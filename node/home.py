@@ -76,9 +76,10 @@ class Home:
         when the process ends, however it ends). A second node on the same home gets a UserError
         at once, naming the pid that holds it. Returns the open file; keep it open."""
         try:
+            self.path.mkdir(parents=True, exist_ok=True)
             handle = open(self.lock_path, "a+")
         except OSError as exc:
-            raise UserError(f"cannot lock the home {self.path}: {exc.strerror or exc}") from None
+            raise UserError(f"cannot create the home {self.path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

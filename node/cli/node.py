@@ -12,18 +12,19 @@ import click
 
 from protocol.fileio import write_atomic
 from ralph.settings import RalphSettings, SettingsError
+from trainer.tasks import TaskRegistry
 
 from node.cli.client import ask, running_address, runtime_path
-from node.cli.common import budget_scale_option, device_option, echo_json, get_home, home_option, when
-from node.ids import short
+from node.cli.common import budget_scale_option, device_option, get_home, home_option, when
 from node.console import ConsoleEvents, Terminal
 from node.daemon import Node
 from node.errors import UserError
 from node.extension import Extension
 from node.home import Home
 from node.net.swarmkey import generate_swarm_key
+from node import ids
+from node.ids import short
 from node.reproduce import Reproducer
-from trainer.tasks import TaskRegistry
 from node.settings import NodeSettings, settings_from
 
 
@@ -63,8 +64,10 @@ async def run_node(settings: NodeSettings, home: Home, extensions: list[Extensio
         say("stopped")
 
 
-async def check_task(home: Home, settings: NodeSettings) -> None:
-    """The node's --task is a built-in task or one of the corpus: checked before start-up work."""
+async def check_task(home: Home, settings: NodeSettings) -> str:
+    """The node's --task is a built-in task or one of the corpus, by name or any unique id prefix of
+    6+ hex digits (node/ids.py): checked before start-up work; returns what the node is to be given
+    (the full id, where a prefix named it)."""
     from node.cli.corpus import open_replica  # the corpus commands' replica opener
 
     from node.corpus import TaskBook
@@ -77,9 +80,12 @@ async def check_task(home: Home, settings: NodeSettings) -> None:
             registry = book.registry
     else:  # a new home's corpus is empty: the built-in tasks only
         found = registry.find(settings.task)
+    if found is None and ids.is_prefix(settings.task):
+        return ids.pick(settings.task, registry.ids(), "task id")  # "not found" / "ambiguous" in one line
     if found is None:
         names = ", ".join(sorted({t.name for t in registry.all()}))
         raise UserError(f"unknown task {settings.task!r} (known: {names}, or a task id of the corpus)")
+    return found.id if found.id.startswith(settings.task) else settings.task
 
 
 RALPH_FLAGS = [
@@ -179,13 +185,14 @@ def register(cli: click.Group) -> None:
         if ralph:
             ralph_settings(config, ralph_flags)
         terminal = Terminal(quiet, log_file)
-        asyncio.run(check_task(h, settings))
+        flags["task"] = asyncio.run(check_task(h, settings))
+        settings = settings_from(h.path, config, flags)
+        lock = h.lock()  # held until this process ends; before init, so two first starts cannot race
         if not h.exists:
             identity, _ = h.init(swarm=swarm)
-            click.echo(f"initialised {h.path} (pubkey {identity.pubkey})")
+            terminal(f"initialised {h.path} (pubkey {identity.pubkey})")
             config = h.config()
             settings = settings_from(h.path, config, flags)
-        lock = h.lock()  # held until this process ends
         try:
             asyncio.run(run_node(settings, h, make_extensions(settings, config, ralph_flags, ralph_steps, terminal),
                                  echo=terminal))

@@ -53,6 +53,7 @@ def test_node_and_experiment_refuse_the_same_flag_values_before_any_work(tmp_pat
 @pytest.mark.parametrize("args, message", [
     (("--listen", "nowhere"), "--listen 'nowhere' is not HOST:PORT"),
     (("--task", "no-such-task"), "unknown task 'no-such-task'"),
+    (("--task", "0123456789"), "not found: no task id starts with 0123456789"),
     (("--trusted", "xyz"), "trusted key 'xyz' is not 64 lower-case hex"),
     (("--swarm-key-file", "/nonexistent/swarm.key"), "swarm key file /nonexistent/swarm.key does not exist"),
     (("--verify-share", "3"), "--verify-share"),
@@ -167,8 +168,12 @@ def test_import_stores_the_canonical_bytes_of_any_json_spelling(tmp_path):
 
 @pytest.mark.slow  # a node process and several CLI processes: 6 s
 def test_a_second_node_on_the_same_home_exits_at_once_and_the_first_keeps_serving(tmp_path):
-    node = NodeProcess(tmp_path / "node", *FAST).start()
+    from trainer.tasks import builtin_tasks
+
+    tiny = builtin_tasks()["tiny"].id
+    node = NodeProcess(tmp_path / "node", *FAST, "--task", tiny[:6]).start()  # a task by its id prefix
     try:
+        assert node.get("/api/tasks")["default"] == tiny
         started = time.monotonic()
         second = cli("node", *FAST, "--listen", "127.0.0.1:0", home=node.home, timeout=PROCESS_SLACK_S * 4)
         assert_error(second, "another node is running on", str(node.home), f"pid {node.proc.pid}")

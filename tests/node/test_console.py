@@ -53,6 +53,9 @@ def test_experiment_lines_name_val_bpb_the_delta_against_the_seed_and_the_verdic
     worse = StepReport("published", base, "a\nnote", "worse", 1.99, "12" * 32)
     assert step_line(worse, 4).startswith("experiment 4: discarded val_bpb 1.990000 (+0.040000 vs seed baseline")
     assert step_line(worse, 4).endswith(": a note")
+    over = StepReport("published", base, "DEPTH 2 -> 8 trained 3.1x the baseline's time", "worse", 1.90, "56" * 32)
+    assert step_line(over, 4).endswith(f"(not kept: see ralphswarm show {'56' * 6})")  # lower, yet discarded: why
+    assert "not kept" not in step_line(worse, 4)
     crashed = StepReport("published", base, "boom", "crashed", None, "34" * 32, reason="OOM")
     assert step_line(crashed, 5) == f"experiment 5: crashed (seed baseline) {'34' * 6}: OOM"
     skipped = StepReport("skipped", None, reason="duplicate source")

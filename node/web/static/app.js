@@ -176,7 +176,7 @@ function leaderboardSection(lb) {
   // This node's own claims nobody else has voted on are listed apart, never ranked: every node's
   // board then agrees on #1 once votes have flowed.
   const delta = (e) => el("span", { class: "delta", text: e.delta === null || e.delta === undefined ? "—" : e.delta });
-  const byAuthor = (e) => el("span", { class: "mono muted", title: e.author, text: e.own ? "own" : short(e.author) });
+  const byAuthor = (e) => el("span", { class: "mono muted author", title: e.author, text: e.own ? "own" : e.author.slice(0, 8) });
   const ranked = lb.verified.filter((e) => !e.own_unverified).map((e, i) => [String(i + 1), claimLink(e.claim), note(e),
     stateBadge(e.significance), mean(e, true), samples(e.estimate), el(e.estimate ? "span" : "strong", { text: bpb(e.val_bpb) }),
     bpb(e.claimed_bpb), String(e.votes), e.support.toFixed(2), delta(e), byAuthor(e)]);
@@ -204,7 +204,7 @@ function leaderboardSection(lb) {
       "at p < 0.01. The claimant's own run is shown apart: it may be the luckiest of many seeds. Support: " +
       (lb.support_unit || "") + "." }),
     el("div", { class: "verified" }, table(["#", "claim", "note", "state", "mean ± se", "n", "reproduced", "claimed",
-      "votes", "support (runs)", "Δ", "author"], ranked,
+      "votes", "support", "Δ", "author"], ranked,
       "No verified claims yet: claims enter the board once this node or keys it trusts reproduce them.")),
     el("h3", { title: "this node's own claims, measured by this node only: listed apart until another node votes" },
       "Own, unverified by others ", el("span", { class: "count", text: String(ownUnverified.length) })),
