@@ -3,9 +3,11 @@
 docs/design.md, "Gossip and sync". Each peer that listed missing ids gets a worker that keeps up to
 ``window`` fetches of ``batch`` ids in flight, so the next batches travel while earlier ones are
 decoded, verified (on every core, store/verify.py) and stored. An id listed by several peers goes
-to whichever worker takes it first: faster peers take more. A peer that fails a fetch (no answer
-in time, an answer that is not one, a batch missing ids it listed, invalid messages) is scored
-down and cut off (cooling, node/net/peers.py); its ids go back to the other peers that listed them.
+to whichever worker takes it first: faster peers take more. A peer that fails a fetch is scored down and
+cut off from the catch-up; one that broke the protocol (an answer that is not one, a batch missing
+ids it listed, invalid messages) is also cooled off (node/net/peers.py), while one that did not
+answer in time or dropped the connection is not (a busy honest peer looks the same). Its ids go
+back to the other peers that listed them.
 Nothing is half-stored: a batch is stored in one transaction, message by message validated, or not
 at all. Ids no remaining peer can give are dropped; the next reconciliation finds them again.
 """
@@ -187,7 +189,9 @@ class Fetcher:
                 if exc.status == 429:  # its byte budget for us is spent (SPEC.md 10.2.4): not a fault
                     self._back_off(peer, chunk, exc.retry_after)
                 else:
-                    await self._cut_off(peer, "timeout", exc.reason, chunk)
+                    # No answer in time, or the connection dropped: cut off from this catch-up,
+                    # scored as a timeout, but not cooled for it (a busy honest peer looks the same).
+                    await self._cut_off(peer, "timeout", exc.reason, chunk, cool=False)
                 return
             if self.progress is not None:
                 self.progress.peers.add(peer)
@@ -238,13 +242,15 @@ class Fetcher:
         self._paused_until[peer] = max(self._paused_until.get(peer, 0.0), time.monotonic() + wait)
         self._requeue(peer, ids)
 
-    async def _cut_off(self, peer: str, event: str | None, reason: str, ids: list[str]) -> None:
-        """Score ``peer`` (event), cut it off, give its ``ids`` back to the other peers that listed them."""
+    async def _cut_off(self, peer: str, event: str | None, reason: str, ids: list[str], *, cool: bool = True) -> None:
+        """Score ``peer`` (event), cut it off from this catch-up (and, ``cool``, from everything for
+        the cooling period: it broke the protocol), give its ``ids`` to the other peers that listed them."""
         g = self.gossip
         now = g.clock()
         if event is not None:
             g.peers.record(peer, event, now, error=reason)
-        g.peers.cut_off(peer, now, reason)
+        if cool:
+            g.peers.cut_off(peer, now, reason)
         self._cut.add(peer)
         if self.progress is not None:
             self.progress.cut_off.add(peer)

@@ -378,7 +378,8 @@ class Gossip:
             await fetcher.end()
         fetched = len(await self.store.has_ids(need)) if need else 0
         peer = self.peers.get(address)
-        if peer is None or peer.cooling_until <= self.clock():  # not if cut off while fetching
+        cut = fetcher.progress is not None and address in fetcher.progress.cut_off
+        if not cut and (peer is None or peer.cooling_until <= self.clock()):  # not if cut off while fetching
             try:
                 await self._send_missing(address, have)
             except PeerMisbehaved as exc:
@@ -440,8 +441,11 @@ class Gossip:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def sync_random(self) -> SyncResult | None:
-        """Reconcile with one peer, chosen favouring those not heard from recently (peers.pick_for_pull)."""
-        peer = self.peers.pick_for_pull(self.clock(), self.rng, horizon_s=2 * self.settings.sync_interval_s)
+        """Reconcile with one peer, chosen favouring those not heard from recently (peers.pick_for_pull),
+        among those sync_with would not skip."""
+        now = self.clock()
+        skipped = self._syncing | {a for a, t in self._reconciled_by.items() if t >= now - self.settings.sync_interval_s}
+        peer = self.peers.pick_for_pull(now, self.rng, horizon_s=2 * self.settings.sync_interval_s, exclude=skipped)
         if peer is None:
             return None
         try:

@@ -136,11 +136,12 @@ class PeerTable:
         if peer is not None:
             peer.last_heard = now if peer.last_heard is None else max(peer.last_heard, now)
 
-    def pick_for_pull(self, now: float, rng: random.Random, horizon_s: float) -> Peer | None:
+    def pick_for_pull(self, now: float, rng: random.Random, horizon_s: float,
+                      exclude: set[str] | frozenset[str] = frozenset()) -> Peer | None:
         """A peer to reconcile with, favouring those not heard from recently: whatever they hold that
         we lack (or the reverse) had no other way to reach us. The weight is the silence in seconds,
         capped at ``horizon_s`` (never heard: the cap), plus 1% of it so no peer is never picked."""
-        pool = self.active(now)
+        pool = [p for p in self.active(now) if p.address not in exclude]
         if not pool:
             return None
         weights = [min(horizon_s, now - p.last_heard) if p.last_heard is not None else horizon_s for p in pool]

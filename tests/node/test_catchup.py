@@ -170,7 +170,10 @@ async def test_a_hostile_fetch_is_cut_off_and_the_catch_up_finishes_from_the_hon
         await stored_exactly(replica, corpus)
         bad = g.peers.get(hostile.address)
         assert bad.score < 0 and bad.last_error
-        assert g.peers.active(g.clock()) == [g.peers.get(honest.address)]  # cut off: cooling
+        # Broke the protocol: cooled off. Did not answer in time, or dropped the connection: only
+        # cut off from this catch-up (a busy honest peer looks the same), scored as a timeout.
+        cooling = g.peers.active(g.clock()) == [g.peers.get(honest.address)]
+        assert cooling == (mode in ("half", "forged")), mode
         progress = g.catchup_json()
         assert progress["cut_off"] == [hostile.address] and progress["stored"] == N and progress["failed"] == 0
         assert hostile.fetches <= SETTINGS.fetch_window  # nothing more asked of it once it failed

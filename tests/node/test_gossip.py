@@ -227,3 +227,14 @@ async def test_a_second_reconciliation_with_a_peer_under_way_is_skipped():
     first, second = await asyncio.gather(gossips[0].sync_with("mem://1"), gossips[0].sync_with("mem://1"))
     assert first.need == 40 and first.fetched == 40
     assert second.rounds == 0 and net.stats.by_kind["sync"] == first.rounds
+
+
+async def test_the_pull_skips_a_peer_that_just_reconciled_with_us():
+    net, gossips = make_net(3)
+    g = gossips[0]
+    from node.net.negentropy import Negentropy, Storage
+
+    await g.handle_sync(Negentropy(Storage([])).initiate(), origin="mem://1")  # mem://1 reconciled with us
+    picked = [(await g.sync_random()).peer for _ in range(20)]
+    assert set(picked) == {"mem://2"}
+    assert (await g.sync_with("mem://1")).rounds == 0  # asked directly: skipped, nothing exchanged
