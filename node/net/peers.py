@@ -121,8 +121,9 @@ class PeerTable:
             peer.score = s.floor / 2  # a second chance after the cooling period, on probation
 
     def cut_off(self, address: str, now: float, reason: str) -> None:
-        """Stop talking to a peer that broke the protocol mid-exchange (a stalled or short fetch, a
-        reconciliation that never ends): cooling now, whatever its score, then on probation."""
+        """Stop talking to a peer that broke the protocol mid-exchange (a fetch answer with gaps or
+        invalid envelopes, a reconciliation that never ends): cooling now, whatever its score, then
+        on probation."""
         peer = self._peers.get(address)
         if peer is None:
             return
