@@ -63,6 +63,7 @@ def has_value_embedding(layer, depth):
 
 
 def rotary(x, cos, sin):
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # under bf16 autocast q and k stay bf16
     half = x.size(-1) // 2
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
@@ -125,6 +126,7 @@ class Attention(nn.Module):
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.gate_channels]))
             v = v + gate.unsqueeze(-1) * ve.view(b, t, self.heads, hd)
         q, k = norm(rotary(q, cos, sin)), norm(rotary(k, cos, sin))
+        v = v.to(q.dtype)  # the value embedding is float32: one dtype for the attention kernels
         y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), window)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
@@ -318,10 +320,15 @@ def compile_here():
     """torch.compile's caches in the run's own directory (the sandbox's only writable one), and its
     kernels compiled in this process (a pool of workers would pass the sandbox's process limit)."""
     import os
+    import tempfile
 
-    for name, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
-        os.environ.setdefault(name, os.path.join(os.getcwd(), ".cache", sub))
+    base = os.path.join(os.getcwd(), ".cache")
+    for name, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton"), ("TRITON_HOME", "home")):
+        os.environ.setdefault(name, os.path.join(base, sub))
     os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+    if not os.access(tempfile.gettempdir(), os.W_OK):  # the sandbox's /tmp may be read-only or hidden
+        os.makedirs(os.path.join(base, "tmp"), exist_ok=True)
+        tempfile.tempdir = os.path.join(base, "tmp")
 
 
 def train(model, loader, log):
