@@ -135,16 +135,40 @@ class Scorer:
             self.rng.shuffle(queues[p])
         return queues
 
-    def _summary(self, logits: np.ndarray, window: int, cut: int) -> np.ndarray:
-        """(cut, 2 + k) float64 for a large vocabulary: per position, the log-sum-exp, the logit of
-        the window's real target, and k logits at columns chosen here at random (from the operating
-        system, unknown to the model). The score is made of the first two, so a model that changes
-        its score with what it should not see changes them; the columns catch the rest."""
-        lse, picked = lse_and_picked(logits[:cut], self.windows[window, 1:cut + 1], exact=False)
-        return np.concatenate([lse[:, None], picked[:, None], logits[:cut, self._columns].astype(np.float64)], axis=1)
+    def _summary(self, lse: np.ndarray, picked: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """(positions, 2 + k) float64 for a large vocabulary: per position, the log-sum-exp, the
+        logit of the window's real target, and k logits at columns chosen here at random (from the
+        operating system, unknown to the model). The score is made of the first two, so a model that
+        changes its score with what it should not see changes them; the columns catch the rest."""
+        return np.concatenate([lse[:, None], picked[:, None], logits[:, self._columns].astype(np.float64)], axis=1)
+
+    def _take_large(self, batch: Batch, logits: np.ndarray) -> None:
+        """A large vocabulary's answer: one float32 log-sum-exp over every position of the batch
+        (torch, every core) serves the score and the probes; losses and sums are float64."""
+        lse = _lse_float32(logits)
+        if batch.real:
+            for i, w in enumerate(batch.windows):
+                if w < 0:
+                    continue
+                targets = self.windows[w, 1:].astype(np.int64)
+                picked = logits[i, np.arange(self.context), targets].astype(np.float64)
+                loss = lse[i] - picked
+                if self.token_bytes is not None:
+                    loss = np.where(self.token_bytes[targets] > 0, loss, 0.0)
+                self.nats[w] = loss.sum()
+                if w in self._wanted:
+                    self._real[w] = self._summary(lse[i], picked, logits[i])
+        else:
+            for i, (w, cut) in enumerate(batch.probes):
+                if w >= 0:
+                    targets = self.windows[w, 1:cut + 1].astype(np.int64)
+                    picked = logits[i, np.arange(cut), targets].astype(np.float64)
+                    self._probed.append((w, cut, self._summary(lse[i, :cut], picked, logits[i, :cut])))
 
     def take(self, batch: Batch, logits: np.ndarray) -> None:
         """The answer to ``batch``: (rows, context, vocab) float32 logits (a private copy)."""
+        if self.summarize:
+            return self._take_large(batch, logits)
         if not np.isfinite(logits).all():
             raise ScoreError("the model returned non-finite logits (nan or inf)")
         if batch.real:
@@ -154,14 +178,12 @@ class Scorer:
             mask = None if self.token_bytes is None else self.token_bytes[targets] > 0
             self.nats[idx] = cross_entropy_rows(logits[live], targets, mask)
             for i in live:
-                w = batch.windows[i]
-                if w in self._wanted:
-                    self._real[w] = self._summary(logits[i], w, self.context) if self.summarize else logits[i]
+                if batch.windows[i] in self._wanted:
+                    self._real[batch.windows[i]] = logits[i]
         else:
             for i, (w, cut) in enumerate(batch.probes):
                 if w >= 0:
-                    kept = self._summary(logits[i], w, cut) if self.summarize else logits[i, :cut].copy()
-                    self._probed.append((w, cut, kept))
+                    self._probed.append((w, cut, logits[i, :cut].copy()))
 
     def result(self) -> tuple[float, int]:
         """(summed cross-entropy in nats, predicted bytes), once every batch is answered; raises
@@ -193,33 +215,24 @@ class Scorer:
 
 def cross_entropy_rows(logits: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Per-row summed cross-entropy in nats (float64) of (rows, T, V) logits against (rows, T)
-    targets; positions where ``mask`` is False count nothing. A large vocabulary goes a row at a
-    time (a row of 2,048 x 8,192 is 128 MiB in float64)."""
-    if logits.shape[-1] <= VOCAB:
-        return _cross_entropy(logits, targets, mask)
-    out = []
-    for i in range(logits.shape[0]):
-        lse, picked = lse_and_picked(logits[i], targets[i])
-        loss = lse - picked
-        out.append((np.where(mask[i], loss, 0.0) if mask is not None else loss).sum())
-    return np.asarray(out)
+    targets; positions where ``mask`` is False count nothing."""
+    return _cross_entropy(logits, targets, mask)
 
 
-def lse_and_picked(logits: np.ndarray, targets: np.ndarray, *, exact: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(T,) log-sum-exp and target logit of (T, V) float32 logits, through torch where it is installed
-    (its reduction runs on every core; numpy's float64 takes ~0.3 s a row at 2,048 x 8,192). ``exact``:
-    in float64 (the score); else in float32, ~4x faster, for the probes' comparisons, which compute
-    both sides the same way."""
+def _lse_float32(logits: np.ndarray) -> np.ndarray:
+    """(rows, T) float64 of the float32 log-sum-exp over the last axis of (rows, T, V) float32 logits,
+    through torch (every core: at 2,048 x 8,192 numpy's float64 takes ~0.3 s a row on one core);
+    raises ScoreError for a non-finite logit."""
     try:
         import torch
-    except ImportError:
-        z = logits.astype(np.float64)
-        return _logsumexp(z), np.take_along_axis(z, targets[:, None].astype(np.int64), axis=-1)[:, 0]
-    z = torch.from_numpy(np.ascontiguousarray(logits))
-    if exact:
-        z = z.double()
-    picked = z.gather(-1, torch.from_numpy(targets.astype(np.int64))[:, None])[:, 0]
-    return torch.logsumexp(z, dim=-1).double().numpy(), picked.double().numpy()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        if not np.isfinite(logits).all():
+            raise ScoreError("the model returned non-finite logits (nan or inf)") from None
+        return _logsumexp(logits.astype(np.float64))
+    z = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+    if not bool(torch.isfinite(z).all()):
+        raise ScoreError("the model returned non-finite logits (nan or inf)")
+    return torch.logsumexp(z, dim=-1).double().numpy()
 
 
 def _cross_entropy(logits: np.ndarray, targets: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

@@ -351,7 +351,7 @@ def test_scorer_bits_per_byte_masks_special_tokens():
     targets = windows[:, 1:]
     scored = int((token_bytes[targets] > 0).sum())
     assert count == int(token_bytes[targets].sum())
-    assert nats == pytest.approx(scored * math.log(vocab), rel=1e-12)  # masked positions count no nats
+    assert nats == pytest.approx(scored * math.log(vocab), rel=1e-6)  # float32 log-sum-exp; masked positions count no nats
 
 
 def test_scorer_catches_a_lookahead_with_a_large_vocabulary():
@@ -373,7 +373,7 @@ def test_scorer_catches_a_lookahead_with_a_large_vocabulary():
     honest = Scorer(windows, train, context=context, rows=4, vocab=vocab, token_bytes=token_bytes,
                     rng=random.Random(2))
     nats, count = _uniform_answers(honest)
-    assert count == 40 * context and nats == pytest.approx(count * math.log(vocab), rel=1e-12)
+    assert count == 40 * context and nats == pytest.approx(count * math.log(vocab), rel=1e-6)
 
 
 def test_scorer_refuses_ids_outside_the_vocabulary():
