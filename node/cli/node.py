@@ -215,13 +215,23 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     def status(home: Path | None, as_json: bool) -> None:
         """Status of this home's running node."""
-        st = asyncio.run(ask(get_home(home), "/v1/status"))
+        where = get_home(home)
+
+        async def both() -> tuple[dict, dict]:
+            return await ask(where, "/v1/status"), await ask(where, "/api/stats")
+        st, stats = asyncio.run(both())
+        catchup = stats.get("catchup") if isinstance(stats, dict) else None
         if as_json:
-            click.echo(json.dumps(st, indent=2))
+            click.echo(json.dumps({**st, "catchup": catchup}, indent=2))
             return
         counts = st.get("counts", {})
         click.echo(f"node    {st.get('address')}\npubkey  {st.get('pubkey')}\nswarm   {st.get('swarm')}\n"
                    f"peers   {st.get('peers')}\ncorpus  " + "  ".join(f"{k} {v}" for k, v in counts.items()))
+        if catchup:
+            state = "fetching" if catchup.get("active") else "done"
+            click.echo(f"catchup {state}: {catchup.get('stored')}/{catchup.get('wanted')} messages from "
+                       f"{len(catchup.get('peers') or [])} peer(s), {catchup.get('failed')} failed, "
+                       f"{catchup.get('remaining')} to go, {catchup.get('rate_per_s')}/s over {catchup.get('elapsed_s')} s")
 
     @cli.command()
     @home_option

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 
 import aiohttp
 import pytest
@@ -297,6 +299,17 @@ async def test_a_node_joining_a_holder_catches_up_in_the_pool_and_shows_its_prog
         assert samples[("ralphswarm_catchup_messages", (("state", "stored"),))] >= len(corpus)
         assert samples[("ralphswarm_catchup_messages", (("state", "remaining"),))] == 0
         assert samples[("ralphswarm_catchup_active", ())] == 0
+        # ... and `ralphswarm status` says so, in words and in JSON (the runtime file the `node`
+        # command writes for an in-process node: where it really listens)
+        (tmp_path / "fresh" / "node.json").write_text(json.dumps(
+            {"address": f"http://127.0.0.1:{port}", "pid": os.getpid(), "swarm": fresh.swarm, "swarm_key_file": None}))
+        for args, want in ((["status"], f"catchup done: {stats['catchup']['stored']}/"),
+                           (["status", "--json"], '"catchup": {')):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "node.cli", *args, "--home", str(tmp_path / "fresh"),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            assert proc.returncode == 0 and want in out.decode(), (out, err)
         # The holder will not reconcile with it in turn (it just did the work), and a header naming
         # an address at another IP than the request's is not believed.
         assert (await holder.gossip.sync_with("http://127.0.0.1:9")).rounds == 0
