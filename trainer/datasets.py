@@ -26,16 +26,21 @@ def cache_path(cache_dir: Path, sha256: str) -> Path:
     return Path(cache_dir) / "data" / f"{sha256}.bin"
 
 
-def read_cached(cache_dir: Path, sha256: str) -> bytes | None:
-    path = cache_path(cache_dir, sha256)
+def read_pinned(path: Path, sha256: str) -> bytes | None:
+    """A content-pinned cache file's bytes, re-hashed: None when absent, or when corrupt (it is
+    dropped, so the caller rebuilds it)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
     if hashlib.sha256(data).hexdigest() != sha256:
-        path.unlink(missing_ok=True)  # corrupted cache entry: drop it and rebuild
+        path.unlink(missing_ok=True)
         return None
     return data
+
+
+def read_cached(cache_dir: Path, sha256: str) -> bytes | None:
+    return read_pinned(cache_path(cache_dir, sha256), sha256)
 
 
 def write_cached(cache_dir: Path, data: bytes) -> Path:

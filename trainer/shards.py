@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .canon import canon, sha256_hex
-from .datasets import DataError
+from .datasets import DataError, read_pinned
 from .fileio import write_atomic
 
 FORMAT = "ralphswarm-shards-v1"
@@ -235,9 +235,10 @@ def read_packed(cache_dir: Path, key: str, split: str, row_len: int) -> np.ndarr
     """The cached rows of ``split`` under ``key``, re-hashed (a corrupt file is dropped); None when absent."""
     directory = Path(cache_dir) / "tokens"
     for path in sorted(directory.glob(f"{key}-{split}.*.u16")):
-        want = path.name.split(".")[1]
-        data = path.read_bytes()
-        if sha256_hex(data) != want or len(data) % (2 * row_len):
+        data = read_pinned(path, path.name.split(".")[1])
+        if data is None:
+            continue
+        if len(data) % (2 * row_len):
             path.unlink(missing_ok=True)
             continue
         return np.frombuffer(data, dtype="<u2").reshape(-1, row_len)

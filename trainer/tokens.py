@@ -30,7 +30,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .canon import canon
-from .datasets import DataError
+from .datasets import DataError, read_pinned
 from .fileio import write_atomic
 
 FORMAT = "ralphswarm-bpe-v1"
@@ -169,15 +169,8 @@ def tokenizer_path(cache_dir: Path, sha256: str) -> Path:
 
 def read_tokenizer(cache_dir: Path, sha256: str) -> BPE | None:
     """The cached tokenizer of this sha256, re-hashed; None when absent (a corrupt file is dropped)."""
-    path = tokenizer_path(cache_dir, sha256)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    if hashlib.sha256(data).hexdigest() != sha256:
-        path.unlink(missing_ok=True)
-        return None
-    return parse_tokenizer(data, sha256=sha256)
+    data = read_pinned(tokenizer_path(cache_dir, sha256), sha256)
+    return None if data is None else parse_tokenizer(data, sha256=sha256)
 
 
 def write_tokenizer(cache_dir: Path, data: bytes) -> BPE:
