@@ -494,6 +494,25 @@ async def test_claimed_values_no_fresh_run_reaches_distrust_their_author_once_ch
     await me.close()
 
 
+async def test_a_voter_that_contradicts_our_fresh_runs_more_than_chance_allows_is_distrusted(tmp_path):
+    # A hostile voter votes `mismatch` at fresh seeds on claims this node reproduced: one such vote is
+    # what an honest voter casts once in fifty, two in two are not (store/trust.py FRESH_DISTRUST_P).
+    t = task(ME)
+    liar = ident("fresh-liar")
+    me = await Node.open(tmp_path / "me.sqlite3", ME)
+    await me.receive(t)
+    xs = [claim(ident(f"author-{i}"), tid(t), f"0.9{i}0000", at=NOW - 3000 + i) for i in range(2)]
+    await me.receive(*xs)
+    await me.receive(*[cast(ME, x.id, val=f"0.9{i}0500") for i, x in enumerate(xs)])
+    await me.receive(cast(liar, xs[0].id, "mismatch", "1.200000"))
+    view = await me.view()
+    assert liar.pubkey not in view.distrusted and (await me.r.claim_status(xs[0].id)).status == "verified"
+    await me.receive(cast(liar, xs[1].id, "mismatch", "1.300000"))
+    view = await me.view()
+    assert view.distrusted == {liar.pubkey}  # the authors of the honest claims are not charged
+    await me.close()
+
+
 def test_chance_of_at_least_is_the_binomial_tail():
     from itertools import product
 
