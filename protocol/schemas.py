@@ -97,7 +97,7 @@ _NON_NEGATIVE_DECIMAL = r"(?:0|[1-9][0-9]{0,15}+)(?:\.[0-9]{1,12}+)?+"
 # Comma-joined non-negative decimals; a decimal holds no comma, so counting commas pins the count.
 _DECIMALS_RE = re.compile(f"(?:{_NON_NEGATIVE_DECIMAL},)*+{_NON_NEGATIVE_DECIMAL}")
 _RESULT_REQUIRED = frozenset({"val_bpb", "curve", "tokens", "seed", "wall_s", "device", "torch", "flops_per_token"})
-_RESULT_OPTIONAL = frozenset({"entropy_bpb", "sandbox", "cpu_s"})
+_RESULT_OPTIONAL = frozenset({"entropy_bpb", "sandbox", "cpu_s", "peak_mem_mb"})
 _RESULT_FIELDS = _RESULT_REQUIRED | _RESULT_OPTIONAL
 _LIST_TYPE, _INT_TYPE, _PAIR_LENGTH = {list}, {int}, {2}
 _SHORT_TEXT_CHARS = MAX_SHORT_TEXT_BYTES // 4  # this many characters fit the byte limit whatever they are
@@ -120,6 +120,10 @@ def _result_ok(value: Any) -> bool:
             decimals.append(value["cpu_s"])
         if "sandbox" in value and value["sandbox"] not in SANDBOXES:
             return False
+        if "peak_mem_mb" in value:
+            mem = value["peak_mem_mb"]
+            if type(mem) is not int or not 0 <= mem <= MAX_SAFE_INT:
+                return False
     tokens, seed, flops = value["tokens"], value["seed"], value["flops_per_token"]
     device, torch = value["device"], value["torch"]
     if (type(tokens) is not int or type(seed) is not int or type(flops) is not int
@@ -177,6 +181,8 @@ def _check_result(value: Any, field: str) -> dict:
         _enum(value["sandbox"], f"{field}.sandbox", SANDBOXES)
     if "cpu_s" in value:
         decimal(value["cpu_s"], f"{field}.cpu_s")
+    if "peak_mem_mb" in value:
+        _int(value["peak_mem_mb"], f"{field}.peak_mem_mb")
     return value
 
 

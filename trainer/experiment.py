@@ -187,6 +187,7 @@ class _Trained:
     sandbox: str
     weights: bytes | None
     params: int = 0  # floating elements of the checked weights (flops_per_token = 6 x params)
+    peak_mem_mb: int | None = None  # the training process's report of its peak memory (descriptive)
 
 
 def _train(task: Task, source: str, ws: Workspace, stream: bytes, *, seed: int, budget: int, device: str,
@@ -234,7 +235,13 @@ def _train(task: Task, source: str, ws: Workspace, stream: bytes, *, seed: int, 
         ws.refill("train", settings=settings, device=device, limit_s=limit)  # also after a crash
     weights, params = (None, 0) if mode == "spot" else _read_weights(harness, settings.weights_max_bytes, sandbox)
     return _Trained(_curve(out.get("curve"), budget), harness.wall_s or 0.0, harness.cpu_s,
-                    _label(out.get("device"), device), _label(out.get("torch"), "?"), sandbox, weights, params)
+                    _label(out.get("device"), device), _label(out.get("torch"), "?"), sandbox, weights, params,
+                    _peak_mem(out.get("peak_mem_mb")))
+
+
+def _peak_mem(value) -> int | None:
+    """The process's peak-memory report when it is a plausible MiB count (below 16 TiB), else none."""
+    return value if type(value) is int and 0 <= value < 1 << 24 else None
 
 
 def _read_weights(harness, max_bytes: int, sandbox: str) -> tuple[bytes, int]:
@@ -468,6 +475,8 @@ def _result(task: Task, trained: _Trained, nats: float, count: int, *, seed: int
     }
     if trained.cpu_s is not None:
         result["cpu_s"] = _decimal(trained.cpu_s, 3)
+    if trained.peak_mem_mb is not None:
+        result["peak_mem_mb"] = trained.peak_mem_mb
     if task.entropy_bpb is not None:
         result["entropy_bpb"] = _decimal(task.entropy_bpb, 6)
     return result

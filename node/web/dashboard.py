@@ -86,7 +86,7 @@ def _points(result: Any) -> list[list[float]]:
 def _result_summary(result: Any) -> dict[str, Any] | None:
     if not isinstance(result, dict):
         return None
-    return {k: result.get(k) for k in ("val_bpb", "tokens", "seed", "wall_s", "cpu_s", "device", "torch", "sandbox")}
+    return {k: result.get(k) for k in ("val_bpb", "tokens", "seed", "wall_s", "cpu_s", "peak_mem_mb", "device", "torch", "sandbox")}
 
 
 async def tasks(request: web.Request) -> web.Response:

@@ -7,7 +7,9 @@ status ``keep``, ``discard`` or ``crash``, and the baseline as its first row; it
 takes the first row that did not crash as the baseline and the kept rows' running minimum as the
 frontier. Here: commit is the claim's short id, val_bpb the node's own run (the claim's result),
 status ``keep`` for an improvement the loop kept and for the baseline run, ``crash`` for a crashed
-run, ``discard`` otherwise. A result carries no memory figure (SPEC 5.6), so memory_gb is 0.0.
+run, ``discard`` otherwise. memory_gb is the result's ``peak_mem_mb`` (SPEC 5.6: the training process's
+peak GPU allocation, or its peak resident set on a CPU) in GiB with one decimal, as autoresearch
+writes it; 0.0 for a crash and for a result without the figure (older nodes).
 """
 from __future__ import annotations
 
@@ -39,8 +41,10 @@ def experiment_rows(claims: list[Any], self_key: str) -> list[dict[str, Any]]:
         result = c.body["result"] if isinstance(c.body["result"], dict) else {}
         status = "keep" if is_baseline(c) and c.body["outcome"] != "crashed" else STATUS.get(c.body["outcome"], "discard")
         val = result.get("val_bpb") if status != "crash" else None
+        mem = result.get("peak_mem_mb") if status != "crash" else None
         rows.append({"claim": c.id, "commit": short(c.id), "created_at": c.created_at,
-                     "val_bpb": f"{float(val):.6f}" if val is not None else "0.000000", "memory_gb": "0.0",
+                     "val_bpb": f"{float(val):.6f}" if val is not None else "0.000000",
+                     "memory_gb": f"{mem / 1024:.1f}" if type(mem) is int else "0.0",
                      "status": status, "description": _description(c.body["note"]), "baseline": is_baseline(c)})
     return rows
 

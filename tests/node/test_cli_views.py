@@ -31,9 +31,12 @@ TINY = builtin_tasks()["tiny"]
 OTHER = Identity.from_seed(b"\x31" * 32)  # another node: its claims are never in this node's results
 
 
-def result(val_bpb: str, seed: int = 0) -> dict:
-    return {"val_bpb": val_bpb, "curve": [[0, "5.5"], [4096, "2.1"]], "tokens": 4096, "seed": seed,
-            "wall_s": "1.0", "device": "cpu", "torch": "2.13.0", "flops_per_token": 1000}
+def result(val_bpb: str, seed: int = 0, mem: int | None = None) -> dict:
+    out = {"val_bpb": val_bpb, "curve": [[0, "5.5"], [4096, "2.1"]], "tokens": 4096, "seed": seed,
+           "wall_s": "1.0", "device": "cpu", "torch": "2.13.0", "flops_per_token": 1000}
+    if mem is not None:
+        out["peak_mem_mb"] = mem
+    return out
 
 
 def edit(source: str, old: str, new: str) -> str:
@@ -53,21 +56,21 @@ class Experiments:
         lr2 = edit(lr, "MATRIX_LR = 0.04", "MATRIX_LR = 0.05")
         self.sources: dict[str, str] = {}
 
-        def claim(author, parent, parent_src, src, outcome, val, note, at):
+        def claim(author, parent, parent_src, src, outcome, val, note, at, mem=None):
             body = {"task": TINY.id, "parent": parent.id if parent else None,
                     "patch": make_patch(parent_src, src) if parent else "",
                     "source_sha256": hashlib.sha256(src.encode()).hexdigest(), "note": note, "outcome": outcome,
-                    "result": result(val) if val else None}
+                    "result": result(val, mem=mem) if val else None}
             env = build(author, "public", "claim", body, created_at=t0 + at)
             self.sources[env.id] = src
             return env
 
         self.early_crash = claim(me, None, None, base_src, "crashed", None, "a crash before the baseline", 0)
-        self.baseline = claim(me, None, None, base_src, "improved", "1.950000", "the task baseline", 10)
-        self.kept = claim(me, self.baseline, base_src, lr, "improved", "1.940000", "MATRIX_LR 0.03 -> 0.04", 20)
+        self.baseline = claim(me, None, None, base_src, "improved", "1.950000", "the task baseline", 10, mem=45056)
+        self.kept = claim(me, self.baseline, base_src, lr, "improved", "1.940000", "MATRIX_LR 0.03 -> 0.04", 20, mem=46080)
         self.discarded = claim(me, self.kept, lr, worse, "worse", "1.990000", 'MATRIX_LR 0.04 -> 0.4 "too far"', 30)
         self.crashed = claim(me, self.kept, lr, worse, "crashed", None, "crashed\twith a tab", 40)
-        self.kept2 = claim(me, self.kept, lr, lr2, "improved", "1.930000", "MATRIX_LR 0.04 -> 0.05", 50)
+        self.kept2 = claim(me, self.kept, lr, lr2, "improved", "1.930000", "MATRIX_LR 0.04 -> 0.05", 50, mem=46694)
         self.foreign = claim(OTHER, self.baseline, base_src, lr2, "improved", "1.900000", "someone else's", 60)
         self.mine = [self.early_crash, self.baseline, self.kept, self.discarded, self.crashed, self.kept2]
         self.all = [*self.mine, self.foreign]
@@ -241,7 +244,8 @@ def test_results_tsv_is_what_the_autoresearch_notebook_reads(home):
     assert nb["best"] == 1.93 and nb["best_description"] == "MATRIX_LR 0.04 -> 0.05"
     assert nb["running_min"] == [1.95, 1.94, 1.93]
     assert nb["hits"] == [0.01, 0.01]
-    assert nb["memory"] == [0.0] * 6  # a result carries no memory figure (SPEC 5.6)
+    # peak_mem_mb in GiB with one decimal; 0.0 for a crash and for a result without the figure (older nodes)
+    assert nb["memory"] == [44.0, 0.0, 45.0, 0.0, 0.0, 45.6]
     assert "crashed with a tab" in tsv and "\"" not in tsv
 
 

@@ -73,6 +73,8 @@ def test_peer_address_count_limit():
     ({"curve": [["1", "2"]]}, "curve[0][0]"), ({"entropy_bpb": "x"}, "entropy_bpb"),
     ({"cpu_s": 1.5}, "cpu_s"), ({"cpu_s": "-1"}, "cpu_s"), ({"cpu_s": None}, "cpu_s"), ({"cpu_s": "1.5 "}, "cpu_s"),
     ({"sandbox": "docker"}, "sandbox"), ({"sandbox": None}, "sandbox"), ({"gpu": "h100"}, "gpu"),
+    ({"peak_mem_mb": "512"}, "peak_mem_mb"), ({"peak_mem_mb": -1}, "peak_mem_mb"), ({"peak_mem_mb": 1.5}, "peak_mem_mb"),
+    ({"peak_mem_mb": True}, "peak_mem_mb"), ({"peak_mem_mb": 2**53 + 1}, "peak_mem_mb"),
 ])
 def test_result_fields(over, field):
     with pytest.raises(ProtocolError) as err:
@@ -86,6 +88,8 @@ def test_result_optional_fields():
     validate_result(S.result(curve=[]))
     validate_result(S.result(cpu_s="3.125"))
     validate_result(S.result(cpu_s="0.000", sandbox="none", entropy_bpb="0.5"))
+    validate_result(S.result(peak_mem_mb=0))
+    validate_result(S.result(peak_mem_mb=81920, cpu_s="1.0", sandbox="bwrap"))
 
 
 def test_over_budget_vote_needs_the_measured_result():

@@ -76,6 +76,8 @@ def test_result_satisfies_the_protocol_schema(baseline):
     assert r["flops_per_token"] == 6 * _parameters(TINY.source)  # counted by the runner from the weights
     assert r["entropy_bpb"] == f"{TINY.entropy_bpb:.6f}"
     assert r["sandbox"] == baseline.sandbox
+    # The process's peak memory (its resident set on a CPU): at least the imported torch, far under the cap
+    assert type(r["peak_mem_mb"]) is int and 50 <= r["peak_mem_mb"] < 8192, r["peak_mem_mb"]
 
 
 def test_same_seed_gives_identical_result(cache, baseline):

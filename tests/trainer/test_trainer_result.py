@@ -6,6 +6,7 @@ process runs here, so unlike tests/trainer/test_trainer_experiment.py nothing is
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -43,6 +44,16 @@ def test_a_val_bpb_below_the_floor_is_refused(tmp_path):
     assert float(ok["val_bpb"]) == pytest.approx(floor + 0.001, abs=1e-6)
     assert ok["flops_per_token"] == 6 * 30 and ok["seed"] == 3 and ok["tokens"] == 1024
     assert ok["sandbox"] == "bwrap" and "cpu_s" not in ok
+    assert "peak_mem_mb" not in ok  # no report from the process: no figure
+    reported = experiment_module._result(TINY, dataclasses.replace(trained, peak_mem_mb=612), (floor + 0.001) * math.log(2) * 1000,
+                                         1000, seed=3, budget=1024)
+    assert validate_result(reported)["peak_mem_mb"] == 612
+
+
+def test_a_peak_memory_report_is_kept_only_when_plausible():
+    assert experiment_module._peak_mem(612) == 612 and experiment_module._peak_mem(0) == 0
+    for junk in (-1, 1 << 24, 1.5, "612", True, None, [612]):
+        assert experiment_module._peak_mem(junk) is None
 
 
 def test_compare_curves():

@@ -196,7 +196,19 @@ def run_train(sock: socket.socket | None, cfg: dict, background: Background | No
         raise ScriptError("train() never called log(loss)")
     if not spot:
         tensorfile.save(model.state_dict(), cfg["weights"])
-    return {"curve": recorder.curve, "device": device_label(device), "torch": torch.__version__}
+    return {"curve": recorder.curve, "device": device_label(device), "torch": torch.__version__,
+            "peak_mem_mb": _peak_mem_mb(torch, device)}
+
+
+def _peak_mem_mb(torch, device) -> int:
+    """The run's peak memory in MiB, as autoresearch reports it: on a GPU the device's peak allocation
+    (torch.cuda.max_memory_allocated), elsewhere this process's peak resident set (getrusage
+    ru_maxrss, KiB on Linux). Descriptive, like the device label: nothing is ranked on it."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)) >> 20
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) >> 10
 
 
 def run_model(sock: socket.socket, cfg: dict, fds: list[int], background: Background) -> dict:
