@@ -254,7 +254,8 @@ class Node:
                         continue
                     if self.admission.from_record(address, env.author, origin or "direct",
                                                   self._addresses_of(env.author)):
-                        self.peers.add(address, pubkey=env.author, source="exchange")
+                        self.peers.add(address, pubkey=env.author, source="exchange", origin=origin,
+                                       now=time.time())
         for ext in self.extensions:
             ext.on_accepted(envelopes)
 
@@ -346,6 +347,8 @@ class Node:
             "gossip": {k: v for k, v in vars(g).items()},
             "catchup": self.gossip.catchup_json(),
             "events": dict(self.telemetry.events),
+            "peer_table": {"tried": len(self.peers.tried()), "new": len(self.peers) - len(self.peers.tried()),
+                           **self.peers.counters, **{f"admission_{k}": v for k, v in self.admission.counters.items()}},
             "counters": {**self.telemetry.counters, **{f"busy_s_{k}": v for k, v in self.slots.busy_s.items()}},
         }
 

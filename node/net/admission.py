@@ -60,6 +60,39 @@ def is_public_host(host: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def network_group(address: str) -> str:
+    """The network an address (``http://host:port``) or a bare host/origin label is in, for bucketing
+    the peer table (node/net/peers.py) as Bitcoin Core's addrman does: one machine owner rarely holds
+    addresses in many of them. A public IPv4 address: its /16; IPv6: its /32 (an IPv4-mapped one as
+    IPv4); a DNS name: its last two labels; a non-public IP or local name (only ever admitted in a LAN
+    or private swarm, where the operator vouches for the network): the address itself, each its own
+    group; anything else (``"direct"``: clients that are no peer) is its own label."""
+    if not isinstance(address, str):
+        return "?"
+    host = host_of(address)
+    if host is None:
+        host, whole = address, address
+    else:
+        whole = address.rstrip("/")
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        if host_of(address) is None:
+            return "label:" + address
+        name = host.lower().rstrip(".")
+        if not is_public_host(name):
+            return "addr:" + whole
+        return "dns:" + ".".join(name.split(".")[-2:])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if not (ip.is_global and not ip.is_multicast):
+        return "addr:" + whole
+    if isinstance(ip, ipaddress.IPv4Address):
+        a, b = ip.packed[:2]
+        return f"v4:{a}.{b}"
+    return "v6:" + ip.packed[:4].hex()
+
+
 def _same_ip(a: str, b: str) -> bool:
     try:
         x, y = ipaddress.ip_address(a.split("%", 1)[0]), ipaddress.ip_address(b.split("%", 1)[0])

@@ -202,7 +202,7 @@ class Gossip:
             else:
                 candidates = [p for p in active if p.address not in out.exclude and msg_id not in p.has]
                 if not out.own and len(candidates) > self.settings.fanout:
-                    chosen = self.rng.sample(candidates, self.settings.fanout)
+                    chosen = self.peers.sample_preferring_tried(candidates, self.settings.fanout, self.rng)
                     spare[msg_id] = [p for p in candidates if p not in chosen]
                     candidates = chosen
             tried[msg_id] = {p.address for p in candidates}
