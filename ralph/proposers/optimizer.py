@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import threading
 import time
 import warnings
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ralph.optimizer")
 SAMPLERS = ("tpe", "cmaes")
 MAX_ASKS = 64
-TPE_STARTUP = 8  # random points before TPE models the history (observations count towards them)
+TPE_STARTUP = 8  # points near the seed before TPE models the history (observations count towards them)
 CMA_SIGMA0 = 0.15  # initial step in the [0, 1]-scaled space: about a factor 1.4 on a rate's log range
 
 
@@ -247,6 +248,7 @@ class OptimizerProposer:
         seed_values = space.values(space.coordinates(seed_source) or {})
         refused: dict[str, int] = {}
         for _ in range(MAX_ASKS):
+            self._start_near_seed(study, space, dists, seed_source)
             trial = study.ask(dists)
             values = space.values(trial.params)
             ok, ratio = within_cap(values, baseline, context.compute_cap)
@@ -275,6 +277,25 @@ class OptimizerProposer:
         detail = ", ".join(f"{n} {why}" for why, n in sorted(refused.items()))
         raise ProposalError(f"the {self.sampler_name} sampler found no new feasible point in {MAX_ASKS} asks ({detail})")
 
+    def _start_near_seed(self, study: Any, space: Space, dists: dict, seed_source: str) -> None:
+        """TPE's startup points: until TPE_STARTUP trials are complete, the next ask is the seed with
+        every knob moved by a Gaussian step of CMA_SIGMA0 of its range (the spread of CMA-ES's first
+        generation), not a uniform draw over the whole space: with a dozen or more knobs a uniform
+        point is far from anything that trains well, and TPE then models only bad points."""
+        from optuna.trial import TrialState
+
+        if self.sampler_name != "tpe":
+            return
+        trials = study.get_trials(deepcopy=False)
+        if sum(t.state == TrialState.COMPLETE for t in trials) >= TPE_STARTUP:
+            return
+        centre = space.coordinates(seed_source)
+        if centre is None:
+            return
+        rng = random.Random(f"{self.seed}:{len(trials)}")
+        study.enqueue_trial({k.name: near(k, centre[k.name], CMA_SIGMA0, rng) for k in space.knobs},
+                            skip_if_exists=False)
+
     def best_text(self, context: "Context") -> str:
         """The best constants measured so far at this budget among scripts of the seed's skeleton
         (what the hybrid's LLM sees), or "" when there are none."""
@@ -290,6 +311,16 @@ class OptimizerProposer:
         changes = diff_constants(context.baseline_source or context.seed.source, best.source)
         moved = ", ".join(f"{n} {a} -> {b}" for n, a, b in changes) or "the baseline's constants"
         return f"val_bpb {best.val_bpb:.6f} (claim {best.claim_id[:12]}) with {moved}"
+
+
+def near(k: Knob, u: float, sigma: float, rng: random.Random) -> float | int:
+    """A coordinate of ``k`` a Gaussian step of ``sigma`` x its range from ``u`` (in the space the
+    sampler sees: log for rates and decays), inside the range; integers rounded."""
+    if k.kind in ("log", "one_minus_log"):
+        lo, hi, x = math.log(k.low), math.log(k.high), math.log(min(max(u, k.low), k.high))
+        return min(max(math.exp(x + rng.gauss(0.0, sigma) * (hi - lo)), k.low), k.high)
+    x = min(max(u + rng.gauss(0.0, sigma) * (k.high - k.low), k.low), k.high)
+    return int(round(x)) if k.kind in ("pow2", "int") else x
 
 
 def _check_journal(path: Path) -> None:
