@@ -27,6 +27,7 @@ from node.net.peers import PeerTable
 from node.net.ratelimit import RateLimiter, RateSettings
 from node.corpus import ReplicaCorpus, TaskBook
 from node.extension import Extension
+from node.newcomers import Newcomers
 from node.settings import NodeSettings, load_noise, to_address
 from node.slots import DeviceSlots, detect_devices
 from node.telemetry import Telemetry
@@ -53,6 +54,7 @@ class Node:
         self.echo = echo or (lambda line: print(line, flush=True))
         self.replica: Replica | None = None
         self.gossip: Gossip | None = None
+        self.newcomers: Newcomers | None = None  # budgets of keys without trust, the disk budget (node/newcomers.py)
         self.peers = PeerTable(self_pubkey=identity.pubkey)
         # who may enter the table (node/net/admission.py): non-public ranges only in a local swarm
         self.admission = Admission(allow_private=_local_swarm(settings))
@@ -114,6 +116,8 @@ class Node:
         self.gossip = Gossip(self.replica, transport, self.peers, own_key=self.identity.pubkey,
                              settings=s.gossip, rng=self._rng, on_accepted=self._on_accepted,
                              verifier=VerifyPool(), on_progress=self.echo)
+        self.newcomers = Newcomers(self.replica, s.newcomers, on_shed=lambda _ids: self.gossip.changed())
+        self.gossip.relay_filter = self.newcomers.relay
         await self.publish_peer_record(advertised)
         await self.publish_task()
         for addr in s.network.bootstrap:
@@ -122,6 +126,7 @@ class Node:
         self.spawn(self.gossip.run_sync_loop(), "sync")
         self.spawn(self._discovery_loop(), "discovery")
         self.spawn(self._republish_loop(), "republish")
+        self.spawn(self.newcomers.run(), "newcomers")
         if s.network.lan:
             await self._start_lan(port)
         for ext in self.extensions:
@@ -245,6 +250,7 @@ class Node:
         return sum(1 for p in self.peers.all() if p.pubkey == pubkey)
 
     async def _on_accepted(self, envelopes: list[Envelope], origin: str | None) -> None:
+        self.newcomers.on_accepted(envelopes)
         for env in envelopes:
             if env.kind == "peer" and env.author != self.identity.pubkey \
                     and env.body["expires_at"] > time.time():
@@ -346,6 +352,7 @@ class Node:
                         **vars(self.replica.pending.stats)} if self.replica.pending is not None else None,
             "gossip": {k: v for k, v in vars(g).items()},
             "catchup": self.gossip.catchup_json(),
+            "disk": self.newcomers.to_json(),
             "events": dict(self.telemetry.events),
             "peer_table": {"tried": len(self.peers.tried()), "new": len(self.peers) - len(self.peers.tried()),
                            **self.peers.counters, **{f"admission_{k}": v for k, v in self.admission.counters.items()}},

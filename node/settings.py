@@ -13,6 +13,7 @@ from node.errors import UserError
 from node.net.conn import ConnSettings
 from node.net.gossip import GossipSettings
 from node.net.ratelimit import RateSettings
+from node.newcomers import MIB, NewcomerSettings
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class NodeSettings:
     gossip: GossipSettings = field(default_factory=GossipSettings)
     rate: RateSettings = field(default_factory=RateSettings)
     connections: ConnSettings = field(default_factory=ConnSettings)  # read deadlines and caps (node/net/conn.py)
+    # budgets of keys without trust and the replica's disk budget, --max-db-mb (node/newcomers.py)
+    newcomers: NewcomerSettings = field(default_factory=NewcomerSettings)
     trusted: tuple[str, ...] = ()
     ralph: bool = True
     reproduce: bool = True
@@ -70,7 +73,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N; the one list node and ex
 BUDGET_SCALE_MIN, BUDGET_SCALE_MAX = 0.0001, 1.0  # a fraction of the task's token budget, never more
 # Every key config.json may hold; another is refused (a typo must not be silently ignored).
 CONFIG_KEYS = ("swarm", "listen", "bootstrap", "trusted", "lan", "lan_interface", "run_untrusted", "verify_share",
-               "task", "budget_scale", "device", "swarm_key_file", "ralph")
+               "task", "budget_scale", "device", "swarm_key_file", "ralph", "max_db_mb")
+MAX_DB_MB_MIN = 64  # the replica's disk budget at least (its schema alone is 12 pages of 16 KiB, the rest is corpus)
 
 
 def check_device(value: Any) -> str:
@@ -90,6 +94,17 @@ def check_budget_scale(value: Any) -> float:
         raise UserError(f"budget scale must be in [{BUDGET_SCALE_MIN:g}, {BUDGET_SCALE_MAX:g}] "
                         f"(a fraction of the task's token budget), got {value}")
     return scale
+
+
+def check_max_db_mb(value: Any) -> int:
+    """The replica's disk budget in MiB (``--max-db-mb``, config ``max_db_mb``): a whole number >= 64."""
+    try:
+        mb = int(value) if not isinstance(value, bool) and str(value).strip().isdigit() else -1
+    except (TypeError, ValueError):
+        mb = -1
+    if mb < MAX_DB_MB_MIN:
+        raise UserError(f"max-db-mb must be a whole number of MiB, at least {MAX_DB_MB_MIN}, got {value!r}")
+    return mb
 
 
 def check_config_keys(config: Mapping[str, Any], where: Any) -> None:
@@ -137,7 +152,9 @@ def settings_from(home: Path, config: Mapping[str, Any], flags: Mapping[str, Any
         ralph=flags.get("ralph", base.ralph), reproduce=flags.get("reproduce", base.reproduce), task=pick("task"),
         run_untrusted=pick("run_untrusted"), verify_share=float(pick("verify_share")),
         budget_scale=check_budget_scale(pick("budget_scale", base.budget_scale)),
-        device=check_device(pick("device", base.device)))
+        device=check_device(pick("device", base.device)),
+        newcomers=dataclasses.replace(base.newcomers, max_db_bytes=check_max_db_mb(
+            pick("max_db_mb", base.newcomers.max_db_bytes // MIB)) * MIB))
 
 
 NOISE_FILE = "noise.json"

@@ -33,6 +33,11 @@ class PendingSet:
     def __contains__(self, message_id: str) -> bool:
         return message_id in self._items
 
+    def awaited(self, message_id: str) -> str | None:
+        """The id a held message waits for; None when it is not held."""
+        item = self._items.get(message_id)
+        return item[0] if item is not None else None
+
     def hold(self, message_id: str, need: str, raw: bytes) -> None:
         if message_id in self._items or len(raw) > self.max_bytes:
             return

@@ -13,10 +13,11 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from time import monotonic as _monotonic  # the trust interval's clock (tests swap time.time)
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 import aiosqlite
 
@@ -30,6 +31,7 @@ from .ranking import ClaimStatus, Entry, Leaderboard, RankingSettings
 from .ingest import PreparedBatch, gc_paused
 from .pending import PendingSet
 from .schema import migrate
+from .shed import SCAN_SQL, Tombstones
 from .stats import NoiseTable, Significance
 from .trust import TrustSettings, TrustView, VoteFact, compute_trust
 from .verify import VerifyPool
@@ -68,6 +70,9 @@ class StoreSettings:
     # (0: stored at once, the library's default; a node sets a bound, node/daemon.py; store/pending.py).
     pending_max_messages: int = 0
     pending_max_bytes: int = 32 * 1024 * 1024
+    # Ids shed to stay within a disk budget (store/shed.py) remembered, at most this many, so that they
+    # are not fetched again at once (a push of one reads as a duplicate).
+    tombstones: int = 100_000
 
 
 def _envelope(raw: bytes) -> Envelope:
@@ -122,6 +127,9 @@ class Replica:
         # votes for claims, and claims for parents, this replica lacks wait here (None: stored at once)
         self.pending = (PendingSet(settings.pending_max_messages, settings.pending_max_bytes)
                         if settings.pending_max_messages > 0 else None)
+        self.tombstones = Tombstones(settings.tombstones)  # ids shed (store/shed.py)
+        # claims a held vote of a key this node relies on waits for, and their held ancestors' parents
+        self._wanted: OrderedDict[str, None] = OrderedDict()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -214,7 +222,8 @@ class Replica:
     # -- ingest ------------------------------------------------------------------------------
 
     async def ingest(self, items: Iterable[Any], now: int | None = None, *, check_sig: bool = True,
-                     verifier: VerifyPool | None = None) -> IngestReport:
+                     verifier: VerifyPool | None = None,
+                     admit: Callable[[list[Envelope]], Awaitable[dict[str, str]]] | None = None) -> IngestReport:
         """Validate and store a batch; the stored part of it commits in ONE transaction.
 
         Each item is raw bytes, str or a dict envelope. The report says, per message, accepted /
@@ -222,12 +231,15 @@ class Replica:
         ``check_sig=False`` only for items whose signatures the caller has verified (bulk import
         verifying on several cores). ``verifier``: check the signatures of a big batch in that
         pool of processes (store/verify.py), same verdicts. An I/O error raises and leaves
-        nothing of the batch.
+        nothing of the batch. ``admit``: given the valid new envelopes, returns those refused
+        ({id: reason}), reported as rejected and not stored (a node's budgets, node/newcomers.py).
+        An id this replica shed (``tombstones``) reads as stored: a duplicate.
         """
         items = list(items)
         # Gossip and re-imports bring mostly known messages: skip decoding what is already stored.
         named = [quick_id(item) for item in items]
         stored = await self.has_ids([i for i in named if i is not None])
+        stored |= self.tombstones.among(named)
         known = [i for i in named if i in stored]
         items = [item for item, i in zip(items, named) if i not in stored]
         args = dict(swarm=self.swarm, now=now, check_sig=check_sig, received_at=int(time.time()))
@@ -239,9 +251,20 @@ class Replica:
             batch = await asyncio.to_thread(prepare, items, **args)
         else:
             batch = prepare(items, **args)
+        if admit is not None and batch.envelopes:
+            refused = await admit(list(batch.envelopes))
+            if refused:
+                keep = [i for i, env in enumerate(batch.envelopes) if env.id not in refused]
+                batch = dataclasses.replace(
+                    batch, envelopes=[batch.envelopes[i] for i in keep], rows=[batch.rows[i] for i in keep],
+                    rejected=[*batch.rejected, *((env.id, refused[env.id]) for env in batch.envelopes
+                                                 if env.id in refused)])
         held: list[str] = []
         if self.pending is not None and batch.rows:
+            before = batch
             batch, held = await self._hold_back(batch)
+            if held:
+                self._lift_tombstones(before.envelopes, set(held))
         # held ones are reported with the duplicates: not stored, not relayed, and no broken promise
         report = IngestReport(rejected=batch.rejected, duplicate=known + batch.in_batch_duplicates + held)
         if not batch.rows:
@@ -261,6 +284,35 @@ class Replica:
                 later = await self.ingest(released, check_sig=False)
                 report.accepted.extend(later.accepted)
         return report
+
+    def relied_on(self, key: str) -> bool:
+        """A key whose messages this node keeps whatever its budgets (store/shed.py): its own, a
+        pre-trusted key, one with earned trust above 0 in the latest computed view."""
+        return key == self.self_key or key in self._config_trusted or key in self._db_trusted or (
+            self._trust is not None and self._trust.of(key) > 0)
+
+    def _lift_tombstones(self, envelopes: Sequence[Envelope], held: set[str]) -> None:
+        """A vote of a key this node relies on, held for a claim it shed, or for a claim held for an
+        ancestor it shed: that claim or ancestor may come back (it is fetched at the next sync)."""
+        for env in envelopes:
+            if env.id not in held:
+                continue
+            if env.kind == "vote" and self.relied_on(env.author):
+                awaited = env.body["claim"]
+            elif env.kind == "claim" and env.id in self._wanted:
+                awaited = env.body["parent"]
+            else:
+                continue
+            for _ in range(1024):  # up a chain of held claims to the one shed (ids cannot form a cycle)
+                self._wanted[awaited] = None
+                self._wanted.move_to_end(awaited)
+                if self.tombstones.lift(awaited) or self.pending is None:
+                    break
+                awaited = self.pending.awaited(awaited)
+                if awaited is None:
+                    break
+        while len(self._wanted) > self.settings.tombstones:
+            self._wanted.popitem(last=False)
 
     async def _hold_back(self, batch: PreparedBatch) -> tuple[PreparedBatch, list[str]]:
         """Split off the votes for claims and the claims with parents that neither the replica nor the
@@ -335,6 +387,55 @@ class Replica:
             except (sqlite3.Error, ValueError):  # connection already gone: nothing was committed
                 pass
             raise
+
+    # -- shedding (store/shed.py) -------------------------------------------------------------
+
+    async def shed_rows(self) -> list[tuple]:
+        """Every stored message's columns that shedding decides on (not its bytes), as plain tuples in
+        the order of store.shed.Row (``plan`` makes them Rows, in its worker thread)."""
+        return await self._fetchall(SCAN_SQL)
+
+    async def delete(self, ids: Iterable[str]) -> int:
+        """Delete these messages in one transaction and remember them as shed (``tombstones``);
+        returns how many were stored. Ranking and trust are recomputed from what is left."""
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return 0
+        deleted = 0
+        async with self._write_lock:
+            writer = self._conn(self._writer)
+            await writer.execute("BEGIN IMMEDIATE")
+            try:
+                for i in range(0, len(ids), SQL_CHUNK):
+                    chunk = ids[i:i + SQL_CHUNK]
+                    async with writer.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(chunk))})",
+                                              chunk) as cur:
+                        deleted += cur.rowcount
+                await writer.execute("COMMIT")
+            except BaseException:
+                try:
+                    await writer.execute("ROLLBACK")
+                except (sqlite3.Error, ValueError):
+                    pass
+                raise
+        self.tombstones.add(ids)
+        self._invalidate_trust()
+        self._status_cache.clear()
+        self._board_cache.clear()
+        return deleted
+
+    async def disk_usage(self) -> dict[str, int]:
+        """Bytes of the replica: ``used`` (pages holding data; freed pages are reused before the file
+        grows), ``file`` (the database file) and ``wal`` (its write-ahead log)."""
+        (row,) = await self._fetchall("SELECT * FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()")
+        pages, free, size = row
+        wal = 0
+        if self.path != ":memory:":
+            try:
+                wal = Path(self.path + "-wal").stat().st_size
+            except OSError:
+                wal = 0
+        return {"used": (pages - free) * size, "file": pages * size, "wal": wal}
 
     # -- messages ----------------------------------------------------------------------------
 

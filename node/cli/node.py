@@ -161,6 +161,9 @@ def register(cli: click.Group) -> None:
                   help="Run strangers' code only in a working sandbox (default), also without one, or never.")
     @click.option("--verify-share", type=click.FloatRange(0.0, 1.0), default=None,
                   help="Most compute share spent reproducing while the own loop has work (default 0.3).")
+    @click.option("--max-db-mb", type=int, default=None, metavar="MIB",
+                  help="Disk budget of the replica; past it, keys without trust here lose their oldest "
+                       "unverified messages first (default 2048, at least 64).")
     @click.option("--ralph-steps", type=click.IntRange(min=1), default=None,
                   help="Stop the own loop after this many experiments (the node keeps serving and reproducing).")
     @click.option("--quiet", is_flag=True, help="Print only start-up, warnings and errors; no event lines.")
@@ -169,7 +172,7 @@ def register(cli: click.Group) -> None:
     @ralph_options
     def node(home: Path | None, listen, bootstrap, swarm, swarm_key_file, lan, lan_interface, advertise, ralph,
              reproduce, trusted, sync_interval, task, device, budget_scale, run_untrusted, verify_share,
-             ralph_steps, quiet, log_file, **ralph_flags) -> None:
+             max_db_mb, ralph_steps, quiet, log_file, **ralph_flags) -> None:
         """Run a node until SIGINT or SIGTERM."""
         logging.basicConfig(level=logging.INFO if os.environ.get("RALPHSWARM_DEBUG") else logging.WARNING,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -180,7 +183,7 @@ def register(cli: click.Group) -> None:
             listen=listen, bootstrap=bootstrap, swarm=swarm, swarm_key_file=swarm_key_file, lan=lan,
             lan_interface=lan_interface, advertise=advertise, ralph=ralph, reproduce=reproduce, trusted=trusted,
             sync_interval=sync_interval, task=task, device=device, budget_scale=budget_scale,
-            run_untrusted=run_untrusted, verify_share=verify_share)
+            run_untrusted=run_untrusted, verify_share=verify_share, max_db_mb=max_db_mb)
         settings = settings_from(h.path, config, flags)
         if ralph:
             ralph_settings(config, ralph_flags)
@@ -221,12 +224,19 @@ def register(cli: click.Group) -> None:
             return await ask(where, "/v1/status"), await ask(where, "/api/stats")
         st, stats = asyncio.run(both())
         catchup = stats.get("catchup") if isinstance(stats, dict) else None
+        disk = stats.get("disk") if isinstance(stats, dict) else None
         if as_json:
-            click.echo(json.dumps({**st, "catchup": catchup}, indent=2))
+            click.echo(json.dumps({**st, "catchup": catchup, "disk": disk}, indent=2))
             return
         counts = st.get("counts", {})
         click.echo(f"node    {st.get('address')}\npubkey  {st.get('pubkey')}\nswarm   {st.get('swarm')}\n"
                    f"peers   {st.get('peers')}\ncorpus  " + "  ".join(f"{k} {v}" for k, v in counts.items()))
+        if isinstance(disk, dict):
+            mib = lambda n: f"{(n or 0) / 2**20:.1f}"  # noqa: E731
+            click.echo(f"disk    {mib(disk.get('used_bytes'))} of {mib(disk.get('budget_bytes'))} MiB; keys without "
+                       f"trust {mib(disk.get('newcomer_bytes'))} of {mib(disk.get('newcomer_budget_bytes'))} MiB; "
+                       f"shed {disk.get('shed')} messages ({disk.get('expired')} for age), refused "
+                       f"{disk.get('refused')} pushed, {disk.get('withheld')} not relayed")
         if catchup:
             state = "fetching" if catchup.get("active") else "done"
             click.echo(f"catchup {state}: {catchup.get('stored')}/{catchup.get('wanted')} messages from "

@@ -19,6 +19,7 @@ from aiohttp import web
 from protocol import ProtocolError, canon, is_hex, parse
 
 from node.net.admission import host_of
+from node.newcomers import REFUSED
 from node.net.negentropy import NegentropyError
 from node.net.swarmkey import PLAIN_BODY, read_body
 
@@ -33,6 +34,7 @@ FETCH_PEER_RATE_BPS = 4 * 1024 * 1024  # fetch answer bytes per second per clien
 FETCH_PEER_BURST_BYTES = 64 * 1024 * 1024  # ... after a burst of this many (a catch-up)
 BODY_PEER_RATE_BPS = 2 * 1024 * 1024  # request body bytes per second per client address, sustained ...
 BODY_PEER_BURST_BYTES = 32 * 1024 * 1024  # ... after a burst of this many (four full push batches)
+NEWCOMER_RETRY_S = 60  # Retry-After of a push refused whole for the newcomers' budgets
 PEER_HEADER = "X-Ralphswarm-Peer"  # the sender's own address (its peer record's), a hint (SPEC.md 10)
 
 
@@ -127,7 +129,14 @@ async def post_messages(request: web.Request) -> web.Response:
     # which 4.3 refuses (schema: envelope); the parsed value itself is no envelope input at all.
     items = [m if isinstance(m, (dict, str)) else canon(m) for m in messages]
     origin = request.headers.get(PEER_HEADER)
-    report = await node.gossip.ingest(items, origin=origin if origin in node.peers else None)
+    newcomers = node.newcomers
+    report = await node.gossip.ingest(items, origin=origin if origin in node.peers else None,
+                                      admit=newcomers.admit if newcomers is not None else None)
+    if report.rejected and not report.accepted and not report.duplicate \
+            and all(r.startswith(REFUSED) for _, r in report.rejected):
+        # nothing of it could be taken, for the budgets of keys without trust (node/newcomers.py)
+        node.metrics_event("newcomer_push_refused")
+        return _error(429, report.rejected[0][1], headers={"Retry-After": str(NEWCOMER_RETRY_S)})
     return web.json_response({
         "accepted": [e.id for e in report.accepted],
         "duplicate": list(report.duplicate),

@@ -108,6 +108,9 @@ class Gossip:
         self._version = 0  # bumped on every accepted message; keys the reconciliation snapshot
         self._reconciled_by: dict[str, float] = {}  # peer -> when it last reconciled with us
         self._syncing: set[str] = set()  # peers we are reconciling with now
+        # Of the newly stored, what is pushed onward (node/newcomers.py: not a zero-trust author's
+        # message no trusted vote touched); None: everything.
+        self.relay_filter: Callable[[list[Any]], list[Any]] | None = None
 
     def catchup_json(self) -> dict[str, Any] | None:
         """The current (or last) catch-up's progress: status, /api/stats, metrics."""
@@ -115,15 +118,18 @@ class Gossip:
         return None if progress is None else progress.to_json(time.monotonic())
 
     # -- receiving -------------------------------------------------------------------------
-    async def ingest(self, items: Sequence[Any], origin: str | None = None, *, relay_after: float | None = None) -> Any:
+    async def ingest(self, items: Sequence[Any], origin: str | None = None, *, relay_after: float | None = None,
+                     admit: Any = None) -> Any:
         """Store items from ``origin`` (None = local), relay what was new, score the origin.
 
         ``relay_after``: relay only the new messages created at or after this time (a catch-up's
-        old messages are no news to anyone)."""
+        old messages are no news to anyone). ``admit``: the store's admission hook (a push's budgets,
+        node/newcomers.py); what it refuses is not the origin's fault."""
+        kw = {} if admit is None else {"admit": admit}
         if self.verifier is not None:
-            report = await self.store.ingest(items, verifier=self.verifier)
+            report = await self.store.ingest(items, verifier=self.verifier, **kw)
         else:
-            report = await self.store.ingest(items)
+            report = await self.store.ingest(items, **kw)
         accepted = report.accepted
         self.stats.accepted += len(accepted)
         self.stats.duplicate += len(report.duplicate)
@@ -133,8 +139,9 @@ class Gossip:
             self.stats.rejected_by_reason[key] = self.stats.rejected_by_reason.get(key, 0) + 1
         if origin is not None:
             now = self.clock()
-            if report.rejected:
-                self.peers.record(origin, "invalid", now, count=len(report.rejected), error=report.rejected[0][1])
+            invalid = [r for r in report.rejected if not r[1].startswith("refused")]  # not budgets' refusals
+            if invalid:
+                self.peers.record(origin, "invalid", now, count=len(invalid), error=invalid[0][1])
             elif accepted:
                 self.peers.record(origin, "ok", now)
             self.peers.mark_has(origin, [e.id for e in accepted] + list(report.duplicate))
@@ -142,7 +149,7 @@ class Gossip:
             self._promised.pop(env.id, None)
         if accepted:
             self._version += 1
-            for env in accepted:
+            for env in accepted if self.relay_filter is None else self.relay_filter(accepted):
                 if relay_after is None or env.created_at >= relay_after:
                     self._outbox[env.id] = _Out(own=env.author == self.own_key,
                                                 exclude={origin} if origin else set())
@@ -161,9 +168,9 @@ class Gossip:
         if origin is not None:
             self.peers.mark_has(origin, ids)
             self.peers.heard(origin, now)
-        coming = self.fetcher.coming
+        coming, shed = self.fetcher.coming, self._shed()
         want = [i for i in dict.fromkeys(ids)
-                if i not in have and i not in self._inflight and not coming(i) and self._promised.get(i, -1.0) < now]
+                if i not in have and i not in shed and i not in self._inflight and not coming(i) and self._promised.get(i, -1.0) < now]
         # The announcer now owes us these bodies; don't ask a second announcer meanwhile (a broken
         # promise only delays the id until the deadline or the next reconciliation).
         for i in want:
@@ -171,6 +178,14 @@ class Gossip:
         if len(self._promised) > 100_000:
             self._promised = {k: v for k, v in self._promised.items() if v >= now}
         return want
+
+    def _shed(self) -> Any:
+        """Ids the store shed to stay within its budget (store/shed.py): not to be fetched again."""
+        return getattr(self.store, "tombstones", ())
+
+    def changed(self) -> None:
+        """The store lost messages (shed): the next reconciliation snapshot is rebuilt."""
+        self._version += 1
 
     # -- pushing ---------------------------------------------------------------------------
     def pending(self) -> int:
@@ -339,7 +354,8 @@ class Gossip:
         self.stats.syncs += 1
         self.stats.sync_rounds += rounds
         self.stats.sync_bytes += sent_bytes + recv_bytes
-        return _hex(have), _hex(need), rounds, sent_bytes, recv_bytes
+        shed = self._shed()
+        return _hex(have), [i for i in _hex(need) if i not in shed], rounds, sent_bytes, recv_bytes
 
     async def sync_with(self, address: str) -> SyncResult:
         """Reconcile with one peer, fetch what we lack and send what it lacks.

@@ -84,6 +84,26 @@ class NodeCollector(Collector):
         yield progress
         yield GaugeMetricFamily(f"{PREFIX}_catchup_active", "1 while a catch-up is fetching",
                                 value=1 if catchup.get("active") else 0)
+        if node.newcomers is not None:  # the disk budget and the budgets of keys without trust (node/newcomers.py)
+            disk = node.newcomers.to_json()
+            size = GaugeMetricFamily(f"{PREFIX}_replica_bytes", "The replica's bytes: used (data pages), budget "
+                                     "(--max-db-mb), newcomers (keys without trust, estimated) and their budget, "
+                                     "file and wal", labels=["part"])
+            for part, key in (("used", "used_bytes"), ("budget", "budget_bytes"), ("newcomers", "newcomer_bytes"),
+                              ("newcomer_budget", "newcomer_budget_bytes"), ("file", "file_bytes"), ("wal", "wal_bytes")):
+                size.add_metric([part], disk[key])
+            yield size
+            yield CounterMetricFamily(f"{PREFIX}_shed_messages", "Messages shed to stay within the budgets (keys "
+                                      "without trust, oldest first)", value=disk["shed"])
+            yield CounterMetricFamily(f"{PREFIX}_shed_expired_messages", "Of the shed messages, those shed for age",
+                                      value=disk["expired"])
+            refused = CounterMetricFamily(f"{PREFIX}_newcomer_refused", "Pushed messages of keys without trust "
+                                          "refused, by budget", labels=["budget"])
+            for budget, n in sorted(disk["refused_by_budget"].items()):
+                refused.add_metric([budget], n)
+            yield refused
+            yield CounterMetricFamily(f"{PREFIX}_newcomer_withheld", "Messages of keys without trust stored but "
+                                      "not relayed (no trusted vote touched them)", value=disk["withheld"])
         traffic = node.stats_json()
         yield CounterMetricFamily(f"{PREFIX}_gossip_received_bytes", "Bytes received (requests served and "
                                   "answers read)", value=traffic["bytes_received"])

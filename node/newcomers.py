@@ -1,0 +1,285 @@
+"""Admission by earned trust (issue 17 item 1; docs/design.md, "Admission by earned trust").
+
+Keys cost nothing to make, so what a key this node has no trust in sends is admitted, kept and relayed
+only within budgets; what a trusted key sends or touches is not limited here:
+
+* **Pushes** (``POST /v1/messages``): a zero-trust author has ``author_per_hour`` messages an hour and
+  ``author_bytes`` stored; all zero-trust authors share ``total_per_hour`` and the newcomers' part of
+  the replica (``newcomer_bytes``), so 10,000 fresh keys cannot each use a full author's budget. Past
+  a budget the message is refused with the reason ``refused: newcomer budget (...)``; a push of which
+  nothing could be taken for that reason answers 429 (node/net/api.py). A claim a trusted vote in the
+  same push or in the replica touches is admitted.
+* **Fetches** (reconciliation, catch-up) are not budgeted here: a fresh node trusts only its
+  pre-trusted keys, and what it fetches is what peers hold. What a fetch brings of the newcomers' part
+  is bounded by the sweep instead: the replica's whole newcomers' part is kept under its cap.
+* **Relay**: a zero-trust author's claim, task or vote that no trusted vote touches is stored but not
+  pushed onward; once a trusted vote touches the claim it is relayed (if still within the push window).
+* **The sweep** (every ``sweep_interval_s``, and at once when a budget is passed): sheds what
+  ``store/shed.py`` says, oldest first, down to ``low_water`` of the newcomers' cap, and of the
+  replica's disk budget (``max_db_bytes``, ``--max-db-mb``) when the replica is over it; junk no
+  trusted vote touched goes after ``ttl_s`` whatever the budgets. Shed ids are remembered (the
+  replica's tombstones), so reconciliation does not fetch them back.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from store.shed import ROW_OVERHEAD, plan
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+REFUSED = "refused: newcomer budget"  # the reason's prefix (protocol/SPEC.md 10.2.2)
+HELD_KINDS = ("claim", "vote", "task")  # a zero-trust author's messages of these kinds wait for a trusted touch to be relayed
+DELETE_CHUNK = 2000  # ids per delete transaction: ingest goes on between them
+
+
+@dataclass(frozen=True)
+class NewcomerSettings:
+    max_db_bytes: int = 2048 * MIB  # the replica's disk budget (--max-db-mb), on its rows' estimated size
+    newcomer_bytes: int | None = None  # the newcomers' part; None: max_db_bytes / 16
+    author_bytes: int = 4 * MIB  # stored per zero-trust author (pushes)
+    author_per_hour: int = 120  # messages per zero-trust author per hour (pushes)
+    total_per_hour: int = 10_000  # messages per hour all zero-trust authors share (pushes)
+    ttl_s: float = 24 * 3600.0  # junk no trusted vote touched is shed this long after it was received
+    sweep_interval_s: float = 60.0
+    low_water: float = 0.9  # a sweep under pressure sheds down to this share of the budget it passed
+    max_authors: int = 100_000  # per-author rate buckets kept (the least recent forgotten: the total still binds)
+    withheld: int = 10_000  # claims not relayed, remembered so that a trusted vote can release them
+
+    @property
+    def newcomer_cap(self) -> int:
+        return self.max_db_bytes // 16 if self.newcomer_bytes is None else self.newcomer_bytes
+
+
+@dataclass
+class NewcomerStats:
+    refused: int = 0  # pushed messages refused for a budget
+    refused_by_budget: dict[str, int] = field(default_factory=dict)
+    withheld: int = 0  # messages stored but not relayed (no trusted touch)
+    released: int = 0  # withheld claims relayed once a trusted vote touched them
+    shed: int = 0  # messages deleted by sweeps
+    shed_bytes: int = 0  # their estimated size (canonical bytes + row overhead)
+    expired: int = 0  # of those, for age (ttl_s, expired peer records)
+    sweeps: int = 0
+    last_sweep_s: float = 0.0  # the last sweep's duration
+
+
+@dataclass
+class _Held:
+    """What the relay needs of a withheld claim (gossip.ingest's outbox reads these three)."""
+
+    id: str
+    created_at: int
+    author: str
+
+
+class _Bucket:
+    """Token buckets per key, the least recently used forgotten past ``max_keys`` (pure; the caller's clock)."""
+
+    def __init__(self, per_hour: float, max_keys: int):
+        self.rate, self.burst, self.max_keys = per_hour / 3600.0, float(per_hour), max_keys
+        self._b: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def has(self, key: str, now: float, cost: float = 1.0) -> bool:
+        tokens, last = self._b.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - last) * self.rate) >= cost
+
+    def take(self, key: str, now: float, cost: float = 1.0) -> None:
+        tokens, last = self._b.get(key, (self.burst, now))
+        self._b[key] = (min(self.burst, tokens + (now - last) * self.rate) - cost, now)
+        self._b.move_to_end(key)
+        while len(self._b) > self.max_keys:
+            self._b.popitem(last=False)
+
+
+class Newcomers:
+    def __init__(self, replica: Any, settings: NewcomerSettings | None = None, *,
+                 on_shed: Callable[[list[str]], None] | None = None, clock: Callable[[], float] = time.monotonic):
+        self.replica = replica
+        self.settings = settings or NewcomerSettings()
+        self.on_shed = on_shed  # the gossip's reconciliation snapshot is rebuilt
+        self.clock = clock
+        self.stats = NewcomerStats()
+        s = self.settings
+        self._authors = _Bucket(s.author_per_hour, s.max_authors)
+        self._total = _Bucket(s.total_per_hour, 1)
+        self.author_bytes: dict[str, int] = {}  # zero-trust authors' stored bytes (estimated; the sweep recounts)
+        self.newcomer_bytes = 0  # the newcomers' part of the replica (estimated; the sweep recounts)
+        self.touched: set[str] = set()  # claims a trusted key voted on
+        self._withheld: OrderedDict[str, _Held] = OrderedDict()
+        # used: the replica's size as budgeted (canonical bytes + store/shed.py's ROW_OVERHEAD per row, as
+        # of the last sweep plus what was stored since); file, wal: the files' sizes at the last sweep
+        self.usage: dict[str, int] = {"used": 0, "file": 0, "wal": 0, "pages": 0}
+        self._wake = asyncio.Event()
+        self._since_scan: dict[str, int] | None = None  # zero-trust authors' bytes stored while a sweep runs
+        self._trust_at = float("-inf")
+        self._trust_task: asyncio.Future | None = None
+        self._sweeping = asyncio.Lock()
+
+    def trusted(self, key: str) -> bool:
+        return self.replica.relied_on(key)
+
+    def _refresh_trust(self) -> None:
+        """Have the replica's trust view recomputed (at most once a second), in the background: a push
+        is judged by the latest view computed (relied_on), never waits for a computation."""
+        now = self.clock()
+        if now - self._trust_at >= 1.0 and (self._trust_task is None or self._trust_task.done()):
+            self._trust_at = now
+            self._trust_task = asyncio.ensure_future(self.replica.trust())
+            self._trust_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    # -- pushes ------------------------------------------------------------------------------
+    async def admit(self, envelopes: list[Any]) -> dict[str, str]:
+        """The store's ``admit`` hook on pushes: {id: reason} for the messages over a budget."""
+        self._refresh_trust()
+        s, now = self.settings, self.clock()
+        touched = self.touched | {e.body["claim"] for e in envelopes if e.kind == "vote" and self.trusted(e.author)}
+        refused: dict[str, str] = {}
+        author_bytes: dict[str, int] = {}
+        total_bytes = 0
+        for env in envelopes:
+            author = env.author
+            if self.trusted(author) or (env.kind == "claim" and env.id in touched):
+                continue
+            size = len(env.canonical()) + ROW_OVERHEAD
+            stored = self.author_bytes.get(author, 0) + author_bytes.get(author, 0)
+            if not self._authors.has(author, now):
+                budget = f"{s.author_per_hour} messages per hour per author"
+            elif stored + size > s.author_bytes:
+                budget = f"{s.author_bytes / MIB:g} MiB stored per author"
+            elif self.newcomer_bytes + total_bytes + size > s.newcomer_cap:
+                budget = f"{s.newcomer_cap / MIB:g} MiB stored for all new keys"
+            elif not self._total.has("", now):
+                budget = f"{s.total_per_hour} messages per hour for all new keys"
+            else:
+                self._authors.take(author, now)
+                self._total.take("", now)
+                author_bytes[author] = author_bytes.get(author, 0) + size
+                total_bytes += size
+                continue
+            refused[env.id] = f"{REFUSED} ({budget}, author {author[:8]} has no trust here)"
+            self.stats.refused += 1
+            self.stats.refused_by_budget[budget] = self.stats.refused_by_budget.get(budget, 0) + 1
+        if self.newcomer_bytes + total_bytes > s.newcomer_cap:
+            self._wake.set()
+        return refused
+
+    # -- what was stored (any path) ------------------------------------------------------------
+    def relay(self, accepted: list[Any]) -> list[Any]:
+        """Gossip's relay filter: of the newly stored, what is pushed onward, plus withheld claims a
+        trusted vote in this batch touched."""
+        out: list[Any] = []
+        for env in accepted:
+            if env.kind == "vote" and self.trusted(env.author):
+                claim = env.body["claim"]
+                self.touched.add(claim)
+                held = self._withheld.pop(claim, None)
+                if held is not None:
+                    out.append(held)
+                    self.stats.released += 1
+        for env in accepted:
+            if env.kind in HELD_KINDS and not self.trusted(env.author):
+                if env.kind == "claim" and env.id in self.touched or \
+                        env.kind == "vote" and env.body["claim"] in self.touched:
+                    out.append(env)
+                    continue
+                self.stats.withheld += 1
+                if env.kind == "claim":
+                    self._withheld[env.id] = _Held(env.id, env.created_at, env.author)
+                    while len(self._withheld) > self.settings.withheld:
+                        self._withheld.popitem(last=False)
+                continue
+            out.append(env)
+        return out
+
+    def on_accepted(self, accepted: list[Any]) -> None:
+        """Count the newcomers' bytes stored (pushes and fetches alike); wake the sweep past a budget."""
+        s = self.settings
+        for env in accepted:
+            size = len(env.canonical()) + ROW_OVERHEAD
+            self.usage["used"] += size
+            if self.trusted(env.author) or (env.kind == "claim" and env.id in self.touched):
+                continue
+            self.author_bytes[env.author] = self.author_bytes.get(env.author, 0) + size
+            self.newcomer_bytes += size
+            if self._since_scan is not None:
+                self._since_scan[env.author] = self._since_scan.get(env.author, 0) + size
+        if self.newcomer_bytes > s.newcomer_cap or self.usage["used"] > s.max_db_bytes:
+            self._wake.set()
+
+    # -- the sweep ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Owned by the node: sweep every sweep_interval_s, or at once when a budget is passed."""
+        while True:
+            self._wake.clear()
+            try:
+                await self.sweep()
+            except Exception:  # a failed sweep (disk error) is tried again next time; the node goes on
+                log.exception("newcomers: sweep failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.sweep_interval_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def sweep(self, now: int | None = None) -> int:
+        """Shed what store/shed.py says; returns how many messages were deleted."""
+        async with self._sweeping:
+            try:
+                return await self._sweep(now)
+            finally:
+                self._since_scan = None
+
+    async def _sweep(self, now: int | None) -> int:
+        t0 = time.monotonic()
+        s = self.settings
+        await self.replica.trust()  # a current view (or one within the replica's interval)
+        self._since_scan = {}
+        rows = await self.replica.shed_rows()
+        out = await asyncio.to_thread(
+            plan, rows, self.trusted, self.replica.self_key, int(time.time()) if now is None else now,
+            ttl_s=s.ttl_s, newcomer_target=int(s.low_water * s.newcomer_cap), newcomer_limit=s.newcomer_cap,
+            total_target=int(s.low_water * s.max_db_bytes), total_limit=s.max_db_bytes)
+        del rows
+        # a trusted vote stored since the scan touched these: kept
+        shed = [i for i in out.shed if i not in self.touched] if self.touched else out.shed
+        deleted = 0
+        for i in range(0, len(shed), DELETE_CHUNK):
+            deleted += await self.replica.delete(shed[i:i + DELETE_CHUNK])
+        self.touched |= out.touched
+        since, self._since_scan = self._since_scan or {}, None
+        for author, size in since.items():  # stored after the scan: counted on top of it
+            out.author_bytes[author] = out.author_bytes.get(author, 0) + size
+        self.author_bytes = out.author_bytes
+        self.newcomer_bytes = out.newcomer_bytes + sum(since.values())
+        for i in shed:
+            self._withheld.pop(i, None)
+        if shed and self.on_shed is not None:
+            self.on_shed(shed)
+        disk = await self.replica.disk_usage()
+        self.usage = {"used": out.total_bytes, "file": disk["file"], "wal": disk["wal"], "pages": disk["used"]}
+        if shed:
+            log.info("newcomers: shed %d messages (%d for age), ~%.1f MiB", deleted, out.expired,
+                     out.shed_bytes / MIB)
+        self.stats.shed += deleted
+        self.stats.shed_bytes += out.shed_bytes
+        self.stats.expired += out.expired
+        self.stats.sweeps += 1
+        self.stats.last_sweep_s = round(time.monotonic() - t0, 3)
+        return deleted
+
+    def to_json(self) -> dict[str, Any]:
+        """For /api/stats, ralphswarm status and /metrics."""
+        s = self.settings
+        return {
+            "budget_bytes": s.max_db_bytes, "used_bytes": self.usage["used"], "file_bytes": self.usage["file"],
+            "wal_bytes": self.usage["wal"], "pages_bytes": self.usage["pages"], "newcomer_bytes": self.newcomer_bytes,
+            "newcomer_budget_bytes": s.newcomer_cap, "newcomer_authors": len(self.author_bytes),
+            "tombstones": len(self.replica.tombstones), "withheld_now": len(self._withheld),
+            **{k: v for k, v in vars(self.stats).items()},
+        }
