@@ -18,6 +18,7 @@ from node.net.transport import PeerMisbehaved, PeerUnavailable
 MAX_ANSWER_BYTES = 16 * 1024 * 1024  # a bigger answer is a misbehaving peer (SPEC.md 10.5)
 PEER_HEADER = "X-Ralphswarm-Peer"  # our own address, sent with every request (SPEC.md 10)
 TIMEOUT_S = 10.0  # one whole exchange, request and answer (SPEC.md 10.5)
+REFUSED = "refused:"  # a push refused for the receiver's budgets, not for its content (SPEC.md 10.2.2)
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
@@ -35,6 +36,15 @@ async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
 _HEAD, _TAIL = b'{"messages":[', b"]}"
 _FIRST = b'{"author":"'
 _BETWEEN = b'},{"author":"'
+
+
+def _error_of(raw: bytes) -> str:
+    """The one-line ``error`` of a JSON error answer, or ""."""
+    try:
+        error = json.loads(raw).get("error")
+    except (ValueError, AttributeError):
+        return ""
+    return error[:200] if isinstance(error, str) else ""
 
 
 def split_envelopes(raw: bytes) -> list[bytes] | None:
@@ -108,7 +118,8 @@ class HttpTransport:
             except SwarmAuthError as exc:
                 raise PeerMisbehaved(f"answer does not open with the swarm key: {exc}") from None
         if status == 429:
-            raise PeerUnavailable("rate limited", status=status,
+            reason = _error_of(raw)
+            raise PeerUnavailable(reason if reason.startswith(REFUSED) else "rate limited", status=status,
                                   retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None)
         if status >= 400:
             reason = raw[:200].decode("utf-8", "replace")
@@ -123,8 +134,15 @@ class HttpTransport:
         return want
 
     async def send(self, peer: str, raws: Sequence[bytes]) -> dict[str, Any]:
+        """The peer's ingest report. A push it took nothing of because of its budgets for keys without
+        trust (429 ``refused: ...``, SPEC.md 10.2.2) is no failed exchange: an empty report naming it."""
         body = b'{"messages":[' + b",".join(raws) + b"]}"
-        answer = await self.request("POST", peer, "/v1/messages", body)
+        try:
+            answer = await self.request("POST", peer, "/v1/messages", body)
+        except PeerUnavailable as exc:
+            if exc.status == 429 and exc.reason.startswith(REFUSED):
+                return {"accepted": [], "duplicate": [], "rejected": [], "refused": exc.reason}
+            raise
         if not isinstance(answer, dict):
             raise PeerMisbehaved("ingest answer is not an object")
         return answer

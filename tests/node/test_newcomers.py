@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from node.daemon import Node
 from node.newcomers import MIB, REFUSED, NewcomerSettings
 from node.net.gossip import GossipSettings
+from node.net.http import HttpTransport
 from node.settings import NetworkSettings, NodeSettings
 from protocol import Identity, build
 from store.shed import ROW_OVERHEAD, Row
@@ -114,6 +115,10 @@ async def test_a_flood_of_fresh_keys_over_http_stays_within_the_budgets(tmp_path
             assert set(report) == {"error"} and report["error"].startswith(REFUSED) \
                 and "for all new keys" in report["error"] and "\n" not in report["error"]
             assert int(headers["Retry-After"]) >= 1
+            # an honest peer offering such messages (its reconciliation's offer) gets an empty report,
+            # not a failed exchange that would lower its view of this node
+            answer = await HttpTransport(session).send(node.address, [_junk(Identity.generate(), 99).canonical()])
+            assert answer["accepted"] == [] and answer["refused"].startswith(REFUSED)
             stored = await _newcomer_bytes_stored(node)
             assert stored <= budgets.newcomer_bytes, (stored, budgets.newcomer_bytes)
             assert stored >= budgets.newcomer_bytes - 2 * (1500 + ROW_OVERHEAD + 1000)  # it was filled, not refused early
