@@ -278,3 +278,16 @@ def test_max_db_mb_is_checked_before_start_up(tmp_path, value):
     err = proc.stderr.decode()
     assert proc.returncode != 0 and "Traceback" not in err and "max-db-mb" in err.lower(), err
     assert not (tmp_path / "h").exists()  # nothing initialised
+
+
+def test_max_db_mb_from_config_and_flag(tmp_path):
+    from node.errors import UserError
+    from node.settings import settings_from
+
+    assert settings_from(tmp_path, {}, {}).newcomers.max_db_bytes == NewcomerSettings().max_db_bytes
+    assert settings_from(tmp_path, {"max_db_mb": 100}, {}).newcomers.max_db_bytes == 100 * MIB
+    assert settings_from(tmp_path, {"max_db_mb": 100}, {"max_db_mb": 300}).newcomers.max_db_bytes == 300 * MIB
+    assert settings_from(tmp_path, {"max_db_mb": 100}, {}).newcomers.newcomer_cap == 100 * MIB // 16
+    for bad in (63, "lots", 1.5, True, 0, -1, "64.0"):
+        with pytest.raises(UserError, match="max-db-mb"):
+            settings_from(tmp_path, {"max_db_mb": bad}, {})
