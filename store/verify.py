@@ -43,6 +43,13 @@ def verify_parts(parts: Sequence[Part]) -> list[bool]:
             for env_id, author, sig, claim, proof in parts]
 
 
+def _verify_chunk(parts: Sequence[Part]) -> tuple[list[bool], float]:
+    """Worker: ``verify_parts`` and the CPU seconds it took (``VerifyPool.cpu_s``)."""
+    start = time.process_time()
+    verdicts = verify_parts(parts)
+    return verdicts, time.process_time() - start
+
+
 def default_workers() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -66,6 +73,7 @@ class VerifyPool:
         self.chunk = chunk
         self.idle_s = idle_s
         self.verified = 0  # messages checked in the pool (status, tests)
+        self.cpu_s = 0.0  # CPU seconds the workers spent checking them (scripts/bench/ingest)
         self._pool: ProcessPoolExecutor | None = None
         self._busy = 0
         self._last_used = 0.0
@@ -91,7 +99,7 @@ class VerifyPool:
         self._busy += 1
         try:
             executor = self._executor()
-            futures = [loop.run_in_executor(executor, verify_parts, parts[i:i + size])
+            futures = [loop.run_in_executor(executor, _verify_chunk, parts[i:i + size])
                        for i in range(0, len(parts), size)]
             results = await asyncio.gather(*futures)
         except BrokenProcessPool:
@@ -103,7 +111,8 @@ class VerifyPool:
             self._last_used = time.monotonic()
             self._schedule_reap(loop)
         self.verified += len(parts)
-        return [ok for chunk in results for ok in chunk]
+        self.cpu_s += sum(cpu for _, cpu in results)
+        return [ok for verdicts, _ in results for ok in verdicts]
 
     def _schedule_reap(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._reaper is None and self._pool is not None:
