@@ -48,6 +48,7 @@ class NewcomerSettings:
     total_per_hour: int = 10_000  # messages per hour all zero-trust authors share (pushes)
     ttl_s: float = 24 * 3600.0  # junk no trusted vote touched is shed this long after it was received
     sweep_interval_s: float = 60.0
+    sweep_gap_s: float = 2.0  # sweeps a budget wakes are at least this far apart (each scans the replica)
     low_water: float = 0.9  # a sweep under pressure sheds down to this share of the budget it passed
     max_authors: int = 100_000  # per-author rate buckets kept (the least recent forgotten: the total still binds)
     withheld: int = 10_000  # claims not relayed, remembered so that a trusted vote can release them
@@ -218,10 +219,12 @@ class Newcomers:
         """Owned by the node: sweep every sweep_interval_s, or at once when a budget is passed."""
         while True:
             self._wake.clear()
+            t0 = time.monotonic()
             try:
                 await self.sweep()
             except Exception:  # a failed sweep (disk error) is tried again next time; the node goes on
                 log.exception("newcomers: sweep failed")
+            await asyncio.sleep(max(0.0, self.settings.sweep_gap_s - (time.monotonic() - t0)))
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.sweep_interval_s)
             except asyncio.TimeoutError:
