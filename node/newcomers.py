@@ -49,6 +49,10 @@ class NewcomerSettings:
     ttl_s: float = 24 * 3600.0  # junk no trusted vote touched is shed this long after it was received
     sweep_interval_s: float = 60.0
     sweep_gap_s: float = 2.0  # sweeps a budget wakes are at least this far apart (each scans the replica)
+    # What a sweep sheds is at once out of reconciliation and refused as a duplicate, but deleted only
+    # this much later (at a later sweep): a peer that listed it from an earlier snapshot of ours and
+    # fetches it meanwhile is still served, and does not take us for a peer that breaks its promises.
+    grace_s: float = 60.0
     low_water: float = 0.9  # a sweep under pressure sheds down to this share of the budget it passed
     max_authors: int = 100_000  # per-author rate buckets kept (the least recent forgotten: the total still binds)
     withheld: int = 10_000  # claims not relayed, remembered so that a trusted vote can release them
@@ -64,7 +68,8 @@ class NewcomerStats:
     refused_by_budget: dict[str, int] = field(default_factory=dict)
     withheld: int = 0  # messages stored but not relayed (no trusted touch)
     released: int = 0  # withheld claims relayed once a trusted vote touched them
-    shed: int = 0  # messages deleted by sweeps
+    shed: int = 0  # messages shed by sweeps (out of reconciliation at once, deleted after grace_s)
+    deleted: int = 0  # of those, deleted
     shed_bytes: int = 0  # their estimated size (canonical bytes + row overhead)
     expired: int = 0  # of those, for age (ttl_s, expired peer records)
     sweeps: int = 0
@@ -119,6 +124,7 @@ class Newcomers:
         self.usage: dict[str, int] = {"used": 0, "file": 0, "wal": 0, "pages": 0}
         self._wake = asyncio.Event()
         self._since_scan: dict[str, int] | None = None  # zero-trust authors' bytes stored while a sweep runs
+        self._doomed: list[tuple[float, list[str]]] = []  # (when to delete, ids) shed but still served (grace_s)
         self._trust_at = float("-inf")
         self._trust_task: asyncio.Future | None = None
         self._sweeping = asyncio.Lock()
@@ -231,19 +237,45 @@ class Newcomers:
                 pass
 
     async def sweep(self, now: int | None = None) -> int:
-        """Shed what store/shed.py says; returns how many messages were deleted."""
+        """Shed what store/shed.py says, delete what earlier sweeps shed once its grace is over; returns
+        how many messages were deleted."""
         async with self._sweeping:
             try:
                 return await self._sweep(now)
             finally:
                 self._since_scan = None
 
+    async def _delete_due(self, force: bool = False) -> int:
+        """Delete what earlier sweeps shed once its grace is over (a claim a trusted vote touched
+        meanwhile is kept, and can be fetched and pushed again)."""
+        due, later, mono = [], [], time.monotonic()
+        for at, ids in self._doomed:
+            (due if force or at <= mono else later).append((at, ids))
+        self._doomed = later
+        deleted = 0
+        for _, ids in due:
+            kept = [i for i in ids if i in self.touched]
+            if kept:
+                for i in kept:
+                    self.replica.tombstones.lift(i)
+                if self.on_shed is not None:
+                    self.on_shed([])
+            ids = [i for i in ids if i not in self.touched] if kept else ids
+            for i in range(0, len(ids), DELETE_CHUNK):
+                deleted += await self.replica.delete(ids[i:i + DELETE_CHUNK])
+        self.stats.deleted += deleted
+        return deleted
+
     async def _sweep(self, now: int | None) -> int:
         t0 = time.monotonic()
         s = self.settings
+        deleted = await self._delete_due()
         await self.replica.trust()  # a current view (or one within the replica's interval)
         self._since_scan = {}
         rows = await self.replica.shed_rows()
+        doomed = {i for _, ids in self._doomed for i in ids}  # shed already, in their grace: not counted
+        if doomed:
+            rows = [r for r in rows if r[0] not in doomed]
         out = await asyncio.to_thread(
             plan, rows, self.trusted, self.replica.self_key, int(time.time()) if now is None else now,
             ttl_s=s.ttl_s, newcomer_target=int(s.low_water * s.newcomer_cap), newcomer_limit=s.newcomer_cap,
@@ -251,9 +283,11 @@ class Newcomers:
         del rows
         # a trusted vote stored since the scan touched these: kept
         shed = [i for i in out.shed if i not in self.touched] if self.touched else out.shed
-        deleted = 0
-        for i in range(0, len(shed), DELETE_CHUNK):
-            deleted += await self.replica.delete(shed[i:i + DELETE_CHUNK])
+        if shed:  # out of reconciliation and refused from now on, deleted after grace_s
+            self.replica.tombstones.add(shed)
+            self._doomed.append((time.monotonic() + s.grace_s, shed))
+            if s.grace_s <= 0:
+                deleted += await self._delete_due()
         self.touched |= out.touched
         since, self._since_scan = self._since_scan or {}, None
         for author, size in since.items():  # stored after the scan: counted on top of it
@@ -267,9 +301,9 @@ class Newcomers:
         disk = await self.replica.disk_usage()
         self.usage = {"used": out.total_bytes, "file": disk["file"], "wal": disk["wal"], "pages": disk["used"]}
         if shed:
-            log.info("newcomers: shed %d messages (%d for age), ~%.1f MiB", deleted, out.expired,
+            log.info("newcomers: shed %d messages (%d for age), ~%.1f MiB", len(shed), out.expired,
                      out.shed_bytes / MIB)
-        self.stats.shed += deleted
+        self.stats.shed += len(shed)
         self.stats.shed_bytes += out.shed_bytes
         self.stats.expired += out.expired
         self.stats.sweeps += 1
@@ -284,5 +318,6 @@ class Newcomers:
             "wal_bytes": self.usage["wal"], "pages_bytes": self.usage["pages"], "newcomer_bytes": self.newcomer_bytes,
             "newcomer_budget_bytes": s.newcomer_cap, "newcomer_authors": len(self.author_bytes),
             "tombstones": len(self.replica.tombstones), "withheld_now": len(self._withheld),
+            "in_grace": sum(len(ids) for _, ids in self._doomed),
             **{k: v for k, v in vars(self.stats).items()},
         }

@@ -184,7 +184,7 @@ class Gossip:
         return getattr(self.store, "tombstones", ())
 
     def changed(self) -> None:
-        """The store lost messages (shed): the next reconciliation snapshot is rebuilt."""
+        """The store shed messages or took one back: the next reconciliation snapshot is rebuilt."""
         self._version += 1
 
     # -- pushing ---------------------------------------------------------------------------
@@ -300,7 +300,8 @@ class Gossip:
         if self._snapshot is None or self._snapshot[0] != self._version:
             version = self._version
             items = await self.store.items()
-            self._snapshot = (version, Storage((ts, bytes.fromhex(i)) for ts, i in items))
+            shed = self._shed()  # shed, still stored for a grace period (node/newcomers.py): not offered
+            self._snapshot = (version, Storage((ts, bytes.fromhex(i)) for ts, i in items if i not in shed))
         return self._snapshot[1]
 
     async def handle_sync(self, msg: bytes, origin: str | None = None) -> bytes:

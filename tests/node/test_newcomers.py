@@ -34,6 +34,7 @@ from store.shed import ROW_OVERHEAD, Row
 from tests.messages import claim, result
 
 TRUSTED = Identity.from_seed(b"\x54" * 32)  # a key the nodes pre-trust
+GRACE_S = 1.0  # shed messages are deleted this long after (NewcomerSettings.grace_s), here
 WAIT_S = 30.0  # event waits: seconds of work at most on a busy 2-core machine
 
 
@@ -206,14 +207,17 @@ async def test_a_fresh_node_catches_up_within_its_disk_budget_and_does_not_refet
         assert len(report.accepted) == len(legit + junk_votes), report.rejected
         fresh = await _start(_settings(tmp_path, "fresh", bootstrap=[holder.address], sync_interval_s=1.0,
                                        newcomers=NewcomerSettings(max_db_bytes=budget, newcomer_bytes=budget,
-                                                                  sweep_interval_s=3600.0)), nodes)
+                                                                  sweep_interval_s=3600.0, grace_s=GRACE_S)), nodes)
 
         async def caught_up() -> bool:
             have = await fresh.replica.has_ids(e.id for e in legit)
             return len(have) == len(legit) and fresh.newcomers.stats.shed > 0 and \
                 not (fresh.gossip.catchup_json() or {"active": True})["active"]
         await _until(caught_up, "the fresh node to catch up the trusted corpus and shed junk", timeout=120)
-        await fresh.newcomers.sweep()  # settle: whatever the last batches added
+        await fresh.newcomers.sweep()  # settle: whatever the last batches added ...
+        await asyncio.sleep(GRACE_S)
+        await fresh.newcomers.sweep()  # ... and delete what was shed, its grace over
+        assert fresh.newcomers.to_json()["in_grace"] == 0
         assert fresh.newcomers.usage["used"] <= budget
         rows = [Row(*r) for r in await fresh.replica.shed_rows()]
         assert sum(r.size + ROW_OVERHEAD for r in rows) <= budget
@@ -254,7 +258,7 @@ async def test_junk_no_trusted_vote_touched_expires(tmp_path):
     ttl = NewcomerSettings().ttl_s
     nodes: list[Node] = []
     try:
-        node = await _start(_settings(tmp_path, "n", newcomers=NewcomerSettings()), nodes)
+        node = await _start(_settings(tmp_path, "n", newcomers=NewcomerSettings(grace_s=0)), nodes)
         stranger = Identity.generate()
         junk, kept = _junk(stranger, 1), _junk(stranger, 2)
         report = await node.gossip.ingest([junk.canonical(), kept.canonical(), _vote(TRUSTED, kept.id).canonical()])
@@ -291,3 +295,32 @@ def test_max_db_mb_from_config_and_flag(tmp_path):
     for bad in (63, "lots", 1.5, True, 0, -1, "64.0"):
         with pytest.raises(UserError, match="max-db-mb"):
             settings_from(tmp_path, {"max_db_mb": bad}, {})
+
+
+async def test_what_is_shed_leaves_reconciliation_at_once_and_is_served_until_its_grace_is_over(tmp_path):
+    """A peer that listed a message from an earlier snapshot of ours and fetches it is still served
+    (else it would score us a broken promise and cool us off); the message is deleted later."""
+    nodes: list[Node] = []
+    try:
+        node = await _start(_settings(tmp_path, "n", newcomers=NewcomerSettings(
+            newcomer_bytes=10_000, sweep_interval_s=3600.0, grace_s=3600.0)), nodes)
+        junk = [_junk(Identity.generate(), n) for n in range(20)]  # ~45 KB: over the 10 KB budget
+        await node.gossip.ingest([e.canonical() for e in junk])
+        before = len(await node.gossip.snapshot())
+        await node.newcomers.sweep()
+        shed = [e.id for e in junk if e.id in node.replica.tombstones]
+        assert len(shed) >= 14 and node.newcomers.to_json()["in_grace"] == len(shed)
+        assert len(await node.gossip.snapshot()) == before - len(shed)  # out of reconciliation at once
+        async with aiohttp.ClientSession() as session:
+            async with session.post(node.address + "/v1/fetch", json={"ids": shed}) as resp:
+                served = [m["id"] for m in (await resp.json())["messages"]]
+            assert served == shed  # ... and still served
+            status, report, _ = await _push(session, node, [e for e in junk if e.id in set(shed)][:3])
+            assert status == 200 and len(report["duplicate"]) == 3  # not taken back
+            assert await node.newcomers._delete_due(force=True) == len(shed)
+            async with session.get(f"{node.address}/v1/messages/{shed[0]}") as resp:
+                assert resp.status == 404
+        assert node.newcomers.stats.deleted == node.newcomers.stats.shed == len(shed)
+    finally:
+        for n in reversed(nodes):
+            await n.stop()
