@@ -75,19 +75,42 @@ def quick_id(item: Any) -> str | None:
 _gc_lock = threading.Lock()
 _gc_pausers = 0
 _gc_was_enabled = False
+# A pause that leaves at least this many new containers (a bulk batch: ~45 per message) hands them
+# to the oldest generation unexamined, rather than to a collection of the youngest (see gc_paused).
+GC_PROMOTE_AT = 10_000
+# ... at most this many since the last full collection: past it, one is run there and then, so
+# cyclic garbage that other code made during pauses (promoted with the rest) waits no longer.
+GC_FULL_AFTER = 2_000_000
+_gc_promoted = 0
+
+
+def _gc_collected(phase: str, info: dict) -> None:
+    global _gc_promoted
+    if phase == "stop" and info.get("generation") == 2:
+        _gc_promoted = 0
+
+
+gc.callbacks.append(_gc_collected)
 
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Automatic garbage collection off while a batch is parsed, back on (if it was) after.
 
-    Parsing allocates a few hundred containers per message (a result's curve is one list per
+    Parsing allocates a few dozen containers per message (a result's curve is one list per
     point), all kept until the batch is stored, and all acyclic: collections triggered meanwhile
-    traverse them again and again and free nothing. Deferred, one collection visits each once
-    (about 5% of ingest time, scripts/bench/ingest). Counted, so that concurrent batches in
+    traverse them again and again and free nothing. Counted, so that concurrent batches in
     several threads leave the collector as they found it.
+
+    When the last pause ends, the collector would examine everything the pauses allocated at
+    once, the batches still alive: with thousands of messages that was a fifth of the
+    catch-up's Python time in a node (py-spy, scripts/bench/gossip --catchup) and ~7 us a
+    message in scripts/bench/ingest (c). So a big pause's young objects go straight to the oldest
+    generation (``gc.freeze()`` then ``gc.unfreeze()``: two list splices, nothing examined); the
+    batches die by reference counting as usual, and anything cyclic among them waits for a full
+    collection, forced here once GC_FULL_AFTER objects were promoted since the last one.
     """
-    global _gc_pausers, _gc_was_enabled
+    global _gc_pausers, _gc_was_enabled, _gc_promoted
     with _gc_lock:
         if _gc_pausers == 0:
             _gc_was_enabled = gc.isenabled()
@@ -99,6 +122,15 @@ def gc_paused() -> Iterator[None]:
         with _gc_lock:
             _gc_pausers -= 1
             if _gc_pausers == 0 and _gc_was_enabled:
+                young = gc.get_count()[0]
+                # (not where someone else keeps objects frozen: unfreeze would thaw theirs too)
+                if young >= GC_PROMOTE_AT and gc.get_freeze_count() == 0:
+                    _gc_promoted += young
+                    if _gc_promoted >= GC_FULL_AFTER:
+                        gc.collect()  # resets _gc_promoted (_gc_collected)
+                    else:
+                        gc.freeze()
+                        gc.unfreeze()
                 gc.enable()
 
 

@@ -202,3 +202,44 @@ def test_decoding_leaves_the_garbage_collector_as_it_found_it():
             assert gc.isenabled() is enabled
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def test_a_big_pause_promotes_its_objects_and_cyclic_garbage_is_still_collected(monkeypatch):
+    """store.ingest.gc_paused: past GC_PROMOTE_AT new containers, the young generation goes to the
+    oldest unexamined (nothing stays frozen), and past GC_FULL_AFTER promoted objects a full
+    collection runs at the pause's end, so a cycle made during pauses is freed, not kept."""
+    import gc
+    import weakref
+
+    from store import ingest
+
+    class Node:
+        pass
+
+    was = gc.isenabled()
+    gc.enable()
+    try:
+        gc.collect()
+        monkeypatch.setattr(ingest, "_gc_promoted", 0)
+        with ingest.gc_paused():
+            assert not gc.isenabled()
+            kept = [[i] for i in range(ingest.GC_PROMOTE_AT + 100)]  # alive at the end, like a batch
+        assert gc.isenabled() and gc.get_freeze_count() == 0
+        assert gc.get_count()[0] < ingest.GC_PROMOTE_AT  # promoted, not left to the youngest generation
+        assert ingest._gc_promoted >= len(kept)
+
+        monkeypatch.setattr(ingest, "GC_FULL_AFTER", 3 * (ingest.GC_PROMOTE_AT + 100))
+        cycles = []
+        while ingest._gc_promoted:  # until the bound forces a full collection
+            with ingest.gc_paused():
+                a, b = Node(), Node()
+                a.other, b.other = b, a  # garbage only a collection frees
+                cycles.append(weakref.ref(a))
+                del a, b
+                filler = [[i] for i in range(ingest.GC_PROMOTE_AT + 100)]
+            del filler
+            assert len(cycles) < 10
+        assert len(cycles) > 1 and all(ref() is None for ref in cycles)
+        assert gc.isenabled() and gc.get_freeze_count() == 0
+    finally:
+        (gc.enable if was else gc.disable)()
