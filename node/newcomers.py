@@ -52,7 +52,7 @@ class NewcomerSettings:
     # What a sweep sheds is at once out of reconciliation and refused as a duplicate, but deleted only
     # this much later (at a later sweep): a peer that listed it from an earlier snapshot of ours and
     # fetches it meanwhile is still served, and does not take us for a peer that breaks its promises.
-    grace_s: float = 60.0
+    grace_s: float = 20.0
     low_water: float = 0.9  # a sweep under pressure sheds down to this share of the budget it passed
     max_authors: int = 100_000  # per-author rate buckets kept (the least recent forgotten: the total still binds)
     withheld: int = 10_000  # claims not relayed, remembered so that a trusted vote can release them
@@ -124,7 +124,8 @@ class Newcomers:
         self.usage: dict[str, int] = {"used": 0, "file": 0, "wal": 0, "pages": 0}
         self._wake = asyncio.Event()
         self._since_scan: dict[str, int] | None = None  # zero-trust authors' bytes stored while a sweep runs
-        self._doomed: list[tuple[float, list[str]]] = []  # (when to delete, ids) shed but still served (grace_s)
+        # (when to delete, ids, their estimated bytes): shed, still served (grace_s)
+        self._doomed: list[tuple[float, list[str], int]] = []
         self._trust_at = float("-inf")
         self._trust_task: asyncio.Future | None = None
         self._sweeping = asyncio.Lock()
@@ -146,13 +147,13 @@ class Newcomers:
         """The store's ``admit`` hook on pushes: {id: reason} for the messages over a budget."""
         self._refresh_trust()
         s, now = self.settings, self.clock()
-        touched = self.touched | {e.body["claim"] for e in envelopes if e.kind == "vote" and self.trusted(e.author)}
+        touched = {e.body["claim"] for e in envelopes if e.kind == "vote" and self.trusted(e.author)}
         refused: dict[str, str] = {}
         author_bytes: dict[str, int] = {}
         total_bytes = 0
         for env in envelopes:
             author = env.author
-            if self.trusted(author) or (env.kind == "claim" and env.id in touched):
+            if self.trusted(author) or (env.kind == "claim" and (env.id in touched or env.id in self.touched)):
                 continue
             size = len(env.canonical()) + ROW_OVERHEAD
             stored = self.author_bytes.get(author, 0) + author_bytes.get(author, 0)
@@ -249,11 +250,11 @@ class Newcomers:
         """Delete what earlier sweeps shed once its grace is over (a claim a trusted vote touched
         meanwhile is kept, and can be fetched and pushed again)."""
         due, later, mono = [], [], time.monotonic()
-        for at, ids in self._doomed:
-            (due if force or at <= mono else later).append((at, ids))
+        for item in self._doomed:
+            (due if force or item[0] <= mono else later).append(item)
         self._doomed = later
         deleted = 0
-        for _, ids in due:
+        for _, ids, _ in due:
             kept = [i for i in ids if i in self.touched]
             if kept:
                 for i in kept:
@@ -273,7 +274,7 @@ class Newcomers:
         await self.replica.trust()  # a current view (or one within the replica's interval)
         self._since_scan = {}
         rows = await self.replica.shed_rows()
-        doomed = {i for _, ids in self._doomed for i in ids}  # shed already, in their grace: not counted
+        doomed = {i for _, ids, _ in self._doomed for i in ids}  # shed already, in their grace: not counted
         if doomed:
             rows = [r for r in rows if r[0] not in doomed]
         out = await asyncio.to_thread(
@@ -285,7 +286,7 @@ class Newcomers:
         shed = [i for i in out.shed if i not in self.touched] if self.touched else out.shed
         if shed:  # out of reconciliation and refused from now on, deleted after grace_s
             self.replica.tombstones.add(shed)
-            self._doomed.append((time.monotonic() + s.grace_s, shed))
+            self._doomed.append((time.monotonic() + s.grace_s, shed, out.shed_bytes))
             if s.grace_s <= 0:
                 deleted += await self._delete_due()
         self.touched |= out.touched
@@ -318,6 +319,7 @@ class Newcomers:
             "wal_bytes": self.usage["wal"], "pages_bytes": self.usage["pages"], "newcomer_bytes": self.newcomer_bytes,
             "newcomer_budget_bytes": s.newcomer_cap, "newcomer_authors": len(self.author_bytes),
             "tombstones": len(self.replica.tombstones), "withheld_now": len(self._withheld),
-            "in_grace": sum(len(ids) for _, ids in self._doomed),
+            "in_grace": sum(len(ids) for _, ids, _ in self._doomed),
+            "in_grace_bytes": sum(size for _, _, size in self._doomed),
             **{k: v for k, v in vars(self.stats).items()},
         }

@@ -273,6 +273,7 @@ async def test_junk_no_trusted_vote_touched_expires(tmp_path):
             await n.stop()
 
 
+@pytest.mark.slow  # a CLI process per value (~3 s each here)
 @pytest.mark.parametrize("value", ["10", "-5", "lots", "64.5"])
 def test_max_db_mb_is_checked_before_start_up(tmp_path, value):
     import subprocess
