@@ -33,7 +33,7 @@ from .pending import PendingSet
 from .schema import migrate
 from .shed import SCAN_SQL, Tombstones
 from .stats import NoiseTable, Significance
-from .trust import TrustSettings, TrustView, VoteFact, compute_trust
+from .trust import TrustSettings, TrustState, TrustView, VoteFact
 from .verify import VerifyPool
 
 SQL_CHUNK = 500  # ids per IN (...) query, well under SQLite's bound-parameter limit
@@ -119,6 +119,13 @@ class Replica:
         self._trust_task: asyncio.Future | None = None  # a computation under way (shared by its readers)
         self._trust_task_gen = -1
         self._trust_generation = 0
+        # Trust kept up to date incrementally (store/trust.py TrustState): each computation reads only
+        # the claims and votes stored since the last (rowid above ``_trust_seen``); a deletion
+        # (``_deletions``) or another pre-trusted set starts a new state from every row.
+        self._trust_state: TrustState | None = None
+        self._trust_seen = (0, -1)  # (the highest rowid the state has read up to, _deletions then)
+        self._trust_lock = asyncio.Lock()  # one computation at a time: the state changes in place
+        self._deletions = 0
         # Per-task caches, valid while _trust_generation is unchanged (every stored claim or vote and
         # every trust change bumps it): a dashboard polling the board recomputes nothing in between.
         self._task_bodies: dict[str, dict] = {}  # task messages are immutable: kept once found
@@ -419,6 +426,7 @@ class Replica:
                     pass
                 raise
         self.tombstones.add(ids)
+        self._deletions += 1  # the incremental trust state holds what went: it starts again
         self._invalidate_trust()
         self._status_cache.clear()
         self._board_cache.clear()
@@ -584,18 +592,28 @@ class Replica:
         return self._trust_gen == self._trust_generation
 
     async def _compute_trust(self, generation: int) -> TrustView:
-        claims = await self._fetchall("SELECT id, author, claimed_bpb FROM messages WHERE kind = 'claim'")
-        rows = await self._fetchall(f"SELECT {VOTE_COLUMNS} FROM messages WHERE kind = 'vote'")
-        trusted, settings = self.trusted_set(), self.settings.trust
+        async with self._trust_lock:
+            trusted, settings = self.trusted_set(), self.settings.trust
+            state, (seen, deletions) = self._trust_state, self._trust_seen
+            if state is None or deletions != self._deletions or not state.matches(self.self_key, trusted, settings):
+                state, seen = TrustState(self.self_key, trusted, settings), 0
+            deletions = self._deletions
+            (top,) = await self._fetchall("SELECT max(rowid) FROM messages")
+            upto = top[0] or 0  # a snapshot's bound: rows committed later have higher rowids
+            claims = await self._fetchall("SELECT id, author, claimed_bpb FROM messages WHERE kind = 'claim' "
+                                          "AND rowid > ? AND rowid <= ? ORDER BY rowid", (seen, upto))
+            rows = await self._fetchall(f"SELECT {VOTE_COLUMNS} FROM messages WHERE kind = 'vote' "
+                                        "AND rowid > ? AND rowid <= ? ORDER BY rowid", (seen, upto))
 
-        def work() -> TrustView:  # rows to facts and the computation: both in the worker thread
-            # the collector paused: a collection over these objects would hold the GIL, and the loop
-            with gc_paused():
-                authors = {cid: author for cid, author, _ in claims}
-                values = {cid: value for cid, _, value in claims}
-                return compute_trust(self.self_key, trusted, authors, [_vote(r) for r in rows], settings, values)
+            def work() -> TrustView:  # rows to facts and the computation: both in the worker thread
+                # the collector paused: a collection over these objects would hold the GIL, and the loop
+                with gc_paused():
+                    state.add(claims, [_vote(r) for r in rows])
+                    return state.view()
 
-        view = await asyncio.to_thread(work)
+            self._trust_state = None  # until this update is whole (an error or a cancel: a new state next time)
+            view = await asyncio.to_thread(work)
+            self._trust_state, self._trust_seen = state, (upto, deletions)
         if generation >= self._trust_gen:  # never replace a view of later messages by an older one
             self._trust, self._trust_gen, self._trust_at = view, generation, _monotonic()
         return view

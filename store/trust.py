@@ -40,6 +40,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+import numpy as np
+
 AGREEING = ("reproduced", "mismatch")  # verdicts that carry a measurement to agree or disagree with
 
 
@@ -291,11 +293,16 @@ def voting_power(pretrusted: frozenset[str], agreement: Mapping[str, Mapping[str
 
 
 def personalized_pagerank(
-    edges: Mapping[str, Mapping[str, float]], restart_set: Iterable[str], settings: TrustSettings
+    edges: Mapping[str, Mapping[str, float]], restart_set: Iterable[str], settings: TrustSettings,
+    start: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
     """t = a*p + (1-a) * C^T t with C row-normalized; dangling mass returns to p (EigenTrust alg. 3).
 
     Only keys reachable from the restart set can hold mass, so the walk runs on that subgraph.
+    ``start``: a previous vector to begin from (warm start; its mass on keys no longer reachable is
+    dropped and the rest renormalised). The walk is a contraction by ``1 - a`` in L1, so from any
+    start it stops within ``4 * tolerance`` (L1, for a = 0.2) of the one fixed point: two starts give
+    vectors within ``2 * (1 - a) / a * tolerance`` of each other.
     """
     seeds = sorted(set(restart_set))
     if not seeds:
@@ -307,36 +314,38 @@ def personalized_pagerank(
             if dst not in reach:
                 reach.add(dst)
                 frontier.append(dst)
-    out_rows = {}
-    for src in reach:
+    keys = list(reach)
+    index = {key: i for i, key in enumerate(keys)}
+    src_idx: list[int] = []
+    dst_idx: list[int] = []
+    shares: list[float] = []
+    has_out = np.zeros(len(keys), dtype=bool)
+    for src in keys:
         row = edges.get(src) or {}
         total = sum(row.values())
         if total > 0:
-            out_rows[src] = [(dst, w / total) for dst, w in row.items()]
-    p = {s: 1.0 / len(seeds) for s in seeds}
-    t = dict.fromkeys(reach, 0.0)
-    t.update(p)
+            i = index[src]
+            has_out[i] = True
+            for dst, w in row.items():
+                src_idx.append(i)
+                dst_idx.append(index[dst])
+                shares.append(w / total)
+    src_a, dst_a, share_a = np.array(src_idx, dtype=np.int64), np.array(dst_idx, dtype=np.int64), np.array(shares)
+    dangling_mask = ~has_out
+    p = np.zeros(len(keys))
+    for seed in seeds:
+        p[index[seed]] = 1.0 / len(seeds)
+    warm = sum(start.get(k, 0.0) for k in keys) if start else 0.0
+    t = np.array([start.get(k, 0.0) / warm for k in keys]) if warm > 0 else p.copy()
     a = settings.restart
-    for _ in range(settings.max_iterations):
-        nxt = dict.fromkeys(reach, 0.0)
-        dangling = 0.0
-        for src, mass in t.items():
-            if not mass:
-                continue
-            row = out_rows.get(src)
-            if row is None:
-                dangling += mass
-                continue
-            for dst, share in row:
-                nxt[dst] += (1 - a) * mass * share
-        back = a + (1 - a) * dangling
-        for s, ps in p.items():
-            nxt[s] += back * ps
-        delta = sum(abs(nxt[k] - t[k]) for k in reach)
+    for _ in range(settings.max_iterations):  # one sparse product per step (numpy: the walk was most of the cost)
+        nxt = (1 - a) * np.bincount(dst_a, weights=t[src_a] * share_a, minlength=len(keys))
+        nxt += (a + (1 - a) * float(t[dangling_mask].sum())) * p
+        delta = float(np.abs(nxt - t).sum())
         t = nxt
         if delta < settings.tolerance:
             break
-    return t
+    return dict(zip(keys, t.tolist()))
 
 
 def compute_trust(
@@ -369,3 +378,249 @@ def compute_trust(
     for key in bad:
         weights[key] = 0.0
     return TrustView(weights=weights, distrusted=frozenset(bad), pretrusted=pre, power=power, split=split)
+
+
+@dataclass
+class _ClaimParts:
+    """What one claim contributes to trust, from its author, its value and its voters' latest votes
+    (``TrustState``). ``e_*`` are computed with the evaluators before distrust (``distrusted_keys``),
+    ``p_*`` with the pre-trusted set after it (``evidence_edges``, ``voting_power``, ``split_claims``)."""
+
+    e_split: bool = False
+    author_bad: str | None = None  # the author, when an evaluator's same-seed run found the claim bad
+    fresh_author: list[tuple[int, bool]] = field(default_factory=list)  # (created_at, differ) of the author
+    charges: list[tuple[str, str, int]] = field(default_factory=list)  # (voter, the author or claim, created_at)
+    fresh_voter: list[tuple[str, int, bool]] = field(default_factory=list)  # (voter, created_at, differ)
+    p_split: bool = False
+    agree: list[tuple[str, str]] = field(default_factory=list)  # evaluator -> voter agreement edges
+    vouch: list[tuple[str, str]] = field(default_factory=list)  # voter -> author ("reproduced")
+
+
+def _add_edges(agg: dict[str, dict[str, float]], pairs: list[tuple[str, str]], sign: float) -> None:
+    for src, dst in pairs:
+        row = agg.setdefault(src, {})
+        w = row.get(dst, 0.0) + sign
+        if w:
+            row[dst] = w
+        else:  # counts of whole votes: exact in floats, so a pair that went is absent, as in a full pass
+            del row[dst]
+            if not row:
+                del agg[src]
+
+
+class TrustState:
+    """``compute_trust`` kept up to date as messages arrive, instead of recomputed from every vote.
+
+    ``add`` takes the claims and votes received since the last call, in receipt order (the order a
+    full computation would read them in); ``view`` returns what ``compute_trust`` returns for all of
+    them so far. Per claim it caches what the claim contributes (its voters' latest votes, evaluator
+    verdicts, agreement and vouching edges, the charges and fresh-seed comparisons behind distrust;
+    ``_ClaimParts``) and recomputes that only for claims a new message touched (a vote on it, the
+    claim itself). Across claims it keeps the edge counts (updated by difference) and re-aggregates
+    only what the moving ``decay_s`` window decides (charges and fresh-seed comparisons, one pass
+    over those lists, not over all votes). When distrust changes the pre-trusted set, every claim's
+    pre-trusted part is recomputed. The walk starts from the previous vector.
+
+    Exact against ``compute_trust`` for ``distrusted``, ``pretrusted`` and ``split``; ``weights`` and
+    ``power`` agree within the walk's tolerance (``personalized_pagerank``: warm and cold starts stop
+    at different points within ``tolerance`` of the fixed point) and float summation order
+    (tests/store/test_store_trust_incremental.py checks both on random and adversarial sequences).
+    Nothing is ever removed: a replica that deletes messages starts a new state.
+    """
+
+    def __init__(self, self_key: str, trusted: Iterable[str] = (), settings: TrustSettings = TrustSettings()):
+        self.self_key = self_key
+        self.trusted = frozenset(trusted)
+        self.settings = settings
+        self.evaluators = frozenset({self_key, *self.trusted})
+        self._authors: dict[str, str] = {}
+        self._values: dict[str, str | None] = {}
+        self._latest: dict[str, dict[str, VoteFact]] = {}  # claim -> voter -> latest vote, first-seen order
+        self._parts: dict[str, _ClaimParts] = {}
+        self._judged: set[str] = set()  # claims with distrust parts (an evaluator's verdict on them)
+        self._bad_authors: dict[str, int] = {}  # author -> claims of theirs found bad at the claim's seed
+        self._agree: dict[str, dict[str, float]] = {}
+        self._vouch: dict[str, dict[str, float]] = {}
+        self._p_split: set[str] = set()
+        self._pre: frozenset[str] | None = None  # the pre-trusted set the p_ parts were computed with
+        self._newest = 0
+        self._touched: set[str] = set()
+        self._raw: dict[str, float] | None = None  # the walk's last vector (warm start)
+        self._view: TrustView | None = None
+        self.claims = 0  # messages taken, for a caller checking nothing it gave was deleted since
+        self.votes = 0
+
+    def matches(self, self_key: str, trusted: Iterable[str], settings: TrustSettings) -> bool:
+        return self_key == self.self_key and frozenset(trusted) == self.trusted and settings == self.settings
+
+    def add(self, claims: Iterable[tuple[str, str, str | None]] = (), votes: Iterable[VoteFact] = ()) -> None:
+        """Claims as (id, author, claimed value) and votes, in receipt order."""
+        for cid, author, value in claims:
+            self.claims += 1
+            if self._authors.get(cid) != author or self._values.get(cid) != value:
+                self._authors[cid], self._values[cid] = author, value
+                self._touched.add(cid)
+        for vote in votes:
+            self.votes += 1
+            by = self._latest.setdefault(vote.claim, {})
+            old = by.get(vote.voter)
+            if old is None or (vote.created_at, vote.id) > (old.created_at, old.id):
+                by[vote.voter] = vote
+                self._touched.add(vote.claim)
+            self._newest = max(self._newest, vote.created_at)
+        if self._touched:
+            self._view = None
+
+    # -- per claim ------------------------------------------------------------------------------
+    def _evaluations(self, claim: str, pre: frozenset[str]) -> dict[str, VoteFact | None]:
+        by: dict[str, VoteFact | None] = {}
+        for vote in self._latest.get(claim, {}).values():
+            if vote.voter in pre and vote.verdict in MEASURED:
+                by[vote.voter] = vote
+        author = self._authors.get(claim)
+        if author is not None and author in pre:
+            by.setdefault(author, None)
+        return by
+
+    def _e_parts(self, claim: str, parts: _ClaimParts) -> None:
+        """The distrust side (``distrusted_keys``), with the evaluators before distrust."""
+        pre = self.evaluators
+        by = self._evaluations(claim, pre)
+        parts.e_split = len({same_seed(v) for v in by.values()}) > 1
+        parts.author_bad, parts.fresh_author, parts.charges, parts.fresh_voter = None, [], [], []
+        if not by or parts.e_split:
+            return
+        author = self._authors.get(claim)
+        if author is not None:
+            for own in by.values():
+                if own is None:
+                    continue
+                if same_seed(own) == "bad":
+                    parts.author_bad = author
+                elif own.fresh and own.verdict in AGREEING:
+                    parts.fresh_author.append((own.created_at, own.verdict != "reproduced"))
+        ours = next(iter(by.values()))
+        for vote in self._latest.get(claim, {}).values():
+            if vote.voter in pre or vote.verdict not in AGREEING:
+                continue
+            if same_seed(vote) != same_seed(ours):
+                parts.charges.append((vote.voter, author if author is not None else claim, vote.created_at))
+            elif vote.fresh:
+                parts.fresh_voter.append((vote.voter, vote.created_at, vote.verdict != _verdict(ours)))
+
+    def _p_parts(self, claim: str, parts: _ClaimParts, pre: frozenset[str]) -> None:
+        """The walk's side (``agreement_edges``, ``split_claims``), with the pre-trusted set."""
+        by = self._evaluations(claim, pre)
+        parts.p_split = len({same_seed(v) for v in by.values()}) > 1
+        parts.agree = []
+        if not by:
+            return
+        value = self._values.get(claim)
+        claim_votes = sorted(self._latest.get(claim, {}).values(), key=lambda v: (v.seq, v.id))
+        for evaluator, own in by.items():
+            mine = _verdict(own)
+            if mine not in AGREEING:
+                continue
+            seen = {value} if value else set()
+            for vote in claim_votes:
+                later = own is not None and not (0 < vote.seq < own.seq)
+                if vote.voter == evaluator:
+                    continue
+                if own is None and not vote.fresh:
+                    pass
+                elif not later and vote.verdict == mine and not _copied(vote, seen):
+                    parts.agree.append((evaluator, vote.voter))
+                if vote.val_bpb is not None:
+                    seen.add(vote.val_bpb)
+
+    def _set_p(self, claim: str, parts: _ClaimParts, pre: frozenset[str]) -> None:
+        _add_edges(self._agree, parts.agree, -1.0)
+        self._p_parts(claim, parts, pre)
+        _add_edges(self._agree, parts.agree, 1.0)
+        if parts.p_split:
+            self._p_split.add(claim)
+        else:
+            self._p_split.discard(claim)
+
+    # -- the view -------------------------------------------------------------------------------
+    def _distrusted(self) -> set[str]:
+        settings = self.settings
+        recent = self._newest - settings.decay_s
+        bad = {a for a, n in self._bad_authors.items() if n > 0}
+        runs: dict[str, int] = defaultdict(int)
+        misses: dict[str, int] = defaultdict(int)
+        charged: dict[str, set[str]] = defaultdict(set)
+        for claim in self._judged:
+            parts = self._parts[claim]
+            author = self._authors.get(claim)
+            for created_at, differ in parts.fresh_author:
+                if created_at >= recent:
+                    runs[author] += 1
+                    misses[author] += differ
+            for voter, target, created_at in parts.charges:
+                if created_at >= recent:
+                    charged[voter].add(target)
+            for voter, created_at, differ in parts.fresh_voter:
+                if created_at >= recent:
+                    runs[voter] += 1
+                    misses[voter] += differ
+        bad.update(voter for voter, targets in charged.items() if len(targets) >= settings.distrust_authors)
+        bad.update(key for key, n in misses.items()
+                   if n >= 2 and chance_of_at_least(n, runs[key], FRESH_DIFFER) < FRESH_DISTRUST_P)
+        bad.discard(self.self_key)
+        return bad
+
+    def view(self) -> TrustView:
+        if self._view is not None:
+            return self._view
+        touched, self._touched = self._touched, set()
+        for claim in touched:
+            parts = self._parts.get(claim)
+            if parts is None:
+                parts = self._parts[claim] = _ClaimParts()
+            if parts.author_bad is not None:
+                self._bad_authors[parts.author_bad] -= 1
+            _add_edges(self._vouch, parts.vouch, -1.0)
+            self._e_parts(claim, parts)
+            if parts.author_bad is not None:
+                self._bad_authors[parts.author_bad] = self._bad_authors.get(parts.author_bad, 0) + 1
+            if parts.author_bad is not None or parts.fresh_author or parts.charges or parts.fresh_voter:
+                self._judged.add(claim)
+            else:
+                self._judged.discard(claim)
+            author = self._authors.get(claim)
+            parts.vouch = [(v.voter, author) for v in self._latest.get(claim, {}).values()
+                           if v.verdict == "reproduced" and author is not None and author != v.voter]
+            _add_edges(self._vouch, parts.vouch, 1.0)
+        bad = self._distrusted()
+        pre = frozenset(self.evaluators - bad)
+        if pre != self._pre:  # distrust moved the pre-trusted set: every claim's walk side anew
+            self._agree, self._p_split = {}, set()
+            for claim, parts in self._parts.items():
+                parts.agree = []
+                self._set_p(claim, parts, pre)
+            self._pre = pre
+        else:
+            for claim in touched:
+                self._set_p(claim, self._parts[claim], pre)
+        edges: dict[str, dict[str, float]] = {}
+        for agg in (self._agree, self._vouch):
+            for src, row in agg.items():
+                if src in bad:
+                    continue
+                out = edges.setdefault(src, {})
+                for dst, w in row.items():
+                    if dst not in bad and dst != src:
+                        out[dst] = out.get(dst, 0.0) + w
+        power = voting_power(pre, self._agree, bad, self.settings.restart)
+        raw = personalized_pagerank(edges, pre, self.settings, start=self._raw)
+        self._raw = raw
+        own = raw.get(self.self_key) or 1.0
+        weights = {key: min(1.0, value / own) for key, value in raw.items() if value > 0}
+        for key in pre:
+            weights[key] = 1.0
+        for key in bad:
+            weights[key] = 0.0
+        self._view = TrustView(weights=weights, distrusted=frozenset(bad), pretrusted=pre, power=power,
+                               split=frozenset(self._p_split))
+        return self._view

@@ -14,6 +14,7 @@ import pytest
 
 import store.replica as replica_module
 from store import Replica, StoreSettings
+from store.trust import TrustState, compute_trust
 from tests.store.test_store_factory import NOW, SWARM, claim, key, task, tid, vote
 
 ME = key(0)
@@ -35,18 +36,21 @@ async def _corpus(r: Replica, claims: int) -> tuple[str, list]:
 
 
 class CountingCompute:
-    """Counts the trust computations (store.trust.compute_trust, as the replica calls it) and their time."""
+    """Counts the trust computations (store.trust.TrustState.view, as the replica calls it) and their time."""
 
-    def __init__(self):
-        self.inner, self.calls, self.seconds = replica_module.compute_trust, 0, 0.0
+    def __init__(self, monkeypatch):
+        self.inner, self.calls, self.seconds = TrustState.view, 0, 0.0
+        counter = self
 
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        t0 = time.perf_counter()
-        try:
-            return self.inner(*args, **kwargs)
-        finally:
-            self.seconds += time.perf_counter() - t0
+        def view(state):
+            counter.calls += 1
+            t0 = time.perf_counter()
+            try:
+                return counter.inner(state)
+            finally:
+                counter.seconds += time.perf_counter() - t0
+
+        monkeypatch.setattr(TrustState, "view", view)
 
 
 @pytest.mark.slow  # a corpus of ~14,000 votes
@@ -59,7 +63,7 @@ async def test_the_loop_keeps_turning_while_trust_is_computed(tmp_path, monkeypa
         claims = await r._fetchall("SELECT id, author, claimed_bpb FROM messages WHERE kind = 'claim'")
 
         async def inline() -> None:  # the computation as it was: rows to facts and compute_trust, on the loop
-            replica_module.compute_trust(ME.pubkey, r.trusted_set(), {c[0]: c[1] for c in claims},
+            compute_trust(ME.pubkey, r.trusted_set(), {c[0]: c[1] for c in claims},
                                          [replica_module._vote(row) for row in rows], r.settings.trust,
                                          {c[0]: c[2] for c in claims})
 
@@ -84,8 +88,7 @@ async def test_the_loop_keeps_turning_while_trust_is_computed(tmp_path, monkeypa
 
         # the same machine, the same load, one after the other: inline, then as the replica does it
         inline_stall, _ = await longest_stall(inline)
-        counting = CountingCompute()
-        monkeypatch.setattr(replica_module, "compute_trust", counting)
+        counting = CountingCompute(monkeypatch)
         thread_stall, readers = await longest_stall(lambda: asyncio.gather(*(r.trust() for _ in range(5))))
         assert counting.calls == 1 and all(w == readers[0] for w in readers)  # five readers, one computation
         r._invalidate_trust()  # once more, the better of two (a busy machine preempts the process now and then)
@@ -103,8 +106,7 @@ async def test_at_most_one_computation_per_interval(tmp_path, monkeypatch):
                            trusted=[k.pubkey for k in TRUSTED], settings=StoreSettings(trust_min_interval_s=interval))
     try:
         task_id, envs = await _corpus(r, 3)
-        counting = CountingCompute()
-        monkeypatch.setattr(replica_module, "compute_trust", counting)
+        counting = CountingCompute(monkeypatch)
         first = await r.trust()
         board = await r.leaderboard(task_id)
         assert counting.calls == 1 and r.trust_current
