@@ -120,12 +120,13 @@ class Replica:
         self._trust_task_gen = -1
         self._trust_generation = 0
         # Trust kept up to date incrementally (store/trust.py TrustState): each computation reads only
-        # the claims and votes stored since the last (rowid above ``_trust_seen``); a deletion
-        # (``_deletions``) or another pre-trusted set starts a new state from every row.
+        # the claims and votes stored since the last (rowid above ``_trust_seen``) and forgets the
+        # ids deleted since (``_trust_removed``); another pre-trusted set starts a new state.
         self._trust_state: TrustState | None = None
-        self._trust_seen = (0, -1)  # (the highest rowid the state has read up to, _deletions then)
+        self._trust_seen = 0  # the highest rowid the state has read up to
+        self._trust_removed: list[str] = []  # ids deleted, for the next computation to forget
+        self._trust_reset = False  # too many of them waiting: the next computation starts a new state
         self._trust_lock = asyncio.Lock()  # one computation at a time: the state changes in place
-        self._deletions = 0
         # Per-task caches, valid while _trust_generation is unchanged (every stored claim or vote and
         # every trust change bumps it): a dashboard polling the board recomputes nothing in between.
         self._task_bodies: dict[str, dict] = {}  # task messages are immutable: kept once found
@@ -426,7 +427,9 @@ class Replica:
                     pass
                 raise
         self.tombstones.add(ids)
-        self._deletions += 1  # the incremental trust state holds what went: it starts again
+        self._trust_removed.extend(ids)  # the incremental trust state forgets them at its next computation
+        if len(self._trust_removed) > 1_000_000:  # bounded: past that, a new state from the rows left
+            self._trust_removed, self._trust_reset = [], True
         self._invalidate_trust()
         self._status_cache.clear()
         self._board_cache.clear()
@@ -594,26 +597,28 @@ class Replica:
     async def _compute_trust(self, generation: int) -> TrustView:
         async with self._trust_lock:
             trusted, settings = self.trusted_set(), self.settings.trust
-            state, (seen, deletions) = self._trust_state, self._trust_seen
-            if state is None or deletions != self._deletions or not state.matches(self.self_key, trusted, settings):
-                state, seen = TrustState(self.self_key, trusted, settings), 0
-            deletions = self._deletions
+            state, seen = self._trust_state, self._trust_seen
+            if state is None or self._trust_reset or not state.matches(self.self_key, trusted, settings):
+                state, seen, self._trust_reset = TrustState(self.self_key, trusted, settings), 0, False
             (top,) = await self._fetchall("SELECT max(rowid) FROM messages")
             upto = top[0] or 0  # a snapshot's bound: rows committed later have higher rowids
             claims = await self._fetchall("SELECT id, author, claimed_bpb FROM messages WHERE kind = 'claim' "
                                           "AND rowid > ? AND rowid <= ? ORDER BY rowid", (seen, upto))
             rows = await self._fetchall(f"SELECT {VOTE_COLUMNS} FROM messages WHERE kind = 'vote' "
                                         "AND rowid > ? AND rowid <= ? ORDER BY rowid", (seen, upto))
+            # taken after the rows were read: a row deleted since is read and then forgotten
+            removed, self._trust_removed = self._trust_removed, []
 
             def work() -> TrustView:  # rows to facts and the computation: both in the worker thread
                 # the collector paused: a collection over these objects would hold the GIL, and the loop
                 with gc_paused():
                     state.add(claims, [_vote(r) for r in rows])
+                    state.remove(removed)
                     return state.view()
 
             self._trust_state = None  # until this update is whole (an error or a cancel: a new state next time)
             view = await asyncio.to_thread(work)
-            self._trust_state, self._trust_seen = state, (upto, deletions)
+            self._trust_state, self._trust_seen = state, upto
         if generation >= self._trust_gen:  # never replace a view of later messages by an older one
             self._trust, self._trust_gen, self._trust_at = view, generation, _monotonic()
         return view

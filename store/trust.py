@@ -425,7 +425,8 @@ class TrustState:
     ``power`` agree within the walk's tolerance (``personalized_pagerank``: warm and cold starts stop
     at different points within ``tolerance`` of the fixed point) and float summation order
     (tests/store/test_store_trust_incremental.py checks both on random and adversarial sequences).
-    Nothing is ever removed: a replica that deletes messages starts a new state.
+    ``remove`` forgets messages (a replica's deletions) the same way: the claims they name are
+    recomputed, a voter's earlier vote counts again, the newest vote (the window's end) is found again.
     """
 
     def __init__(self, self_key: str, trusted: Iterable[str] = (), settings: TrustSettings = TrustSettings()):
@@ -435,7 +436,11 @@ class TrustState:
         self.evaluators = frozenset({self_key, *self.trusted})
         self._authors: dict[str, str] = {}
         self._values: dict[str, str | None] = {}
-        self._latest: dict[str, dict[str, VoteFact]] = {}  # claim -> voter -> latest vote, first-seen order
+        self._latest: dict[str, dict[str, VoteFact]] = {}  # claim -> voter -> latest vote
+        self._all: dict[str, dict[str, list[tuple[int, VoteFact]]]] = {}  # claim -> voter -> (arrival, vote)s
+        self._vote_at: dict[str, tuple[str, str]] = {}  # vote id -> (claim, voter)
+        self._times: dict[int, int] = {}  # created_at -> votes held with it (the newest, after a removal)
+        self._arrivals = 0
         self._parts: dict[str, _ClaimParts] = {}
         self._judged: set[str] = set()  # claims with distrust parts (an evaluator's verdict on them)
         self._bad_authors: dict[str, int] = {}  # author -> claims of theirs found bad at the claim's seed
@@ -447,21 +452,32 @@ class TrustState:
         self._touched: set[str] = set()
         self._raw: dict[str, float] | None = None  # the walk's last vector (warm start)
         self._view: TrustView | None = None
-        self.claims = 0  # messages taken, for a caller checking nothing it gave was deleted since
-        self.votes = 0
 
     def matches(self, self_key: str, trusted: Iterable[str], settings: TrustSettings) -> bool:
         return self_key == self.self_key and frozenset(trusted) == self.trusted and settings == self.settings
 
+    @property
+    def claims(self) -> int:
+        return len(self._authors)
+
+    @property
+    def votes(self) -> int:
+        return len(self._vote_at)
+
     def add(self, claims: Iterable[tuple[str, str, str | None]] = (), votes: Iterable[VoteFact] = ()) -> None:
-        """Claims as (id, author, claimed value) and votes, in receipt order."""
+        """Claims as (id, author, claimed value) and votes, in receipt order (a vote id held already
+        is ignored)."""
         for cid, author, value in claims:
-            self.claims += 1
             if self._authors.get(cid) != author or self._values.get(cid) != value:
                 self._authors[cid], self._values[cid] = author, value
                 self._touched.add(cid)
         for vote in votes:
-            self.votes += 1
+            if vote.id in self._vote_at:
+                continue
+            self._arrivals += 1
+            self._vote_at[vote.id] = (vote.claim, vote.voter)
+            self._all.setdefault(vote.claim, {}).setdefault(vote.voter, []).append((self._arrivals, vote))
+            self._times[vote.created_at] = self._times.get(vote.created_at, 0) + 1
             by = self._latest.setdefault(vote.claim, {})
             old = by.get(vote.voter)
             if old is None or (vote.created_at, vote.id) > (old.created_at, old.id):
@@ -471,12 +487,45 @@ class TrustState:
         if self._touched:
             self._view = None
 
+    def remove(self, ids: Iterable[str]) -> None:
+        """Forget these messages (claims or votes; ids not held are ignored), as if never received:
+        a voter's earlier vote on the claim counts again, the claim's author is unknown again."""
+        for mid in ids:
+            if mid in self._authors:
+                del self._authors[mid], self._values[mid]
+                self._touched.add(mid)
+            at = self._vote_at.pop(mid, None)
+            if at is None:
+                continue
+            claim, voter = at
+            held = self._all[claim][voter]
+            gone = next(v for _, v in held if v.id == mid)
+            held[:] = [(n, v) for n, v in held if v.id != mid]
+            if held:
+                self._latest[claim][voter] = max((v for _, v in held), key=lambda v: (v.created_at, v.id))
+            else:
+                del self._all[claim][voter], self._latest[claim][voter]
+                if not self._all[claim]:
+                    del self._all[claim], self._latest[claim]
+            self._times[gone.created_at] -= 1
+            if not self._times[gone.created_at]:
+                del self._times[gone.created_at]
+                if gone.created_at == self._newest:
+                    self._newest = max(self._times, default=0)
+            self._touched.add(claim)
+        if self._touched:
+            self._view = None
+
     # -- per claim ------------------------------------------------------------------------------
     def _evaluations(self, claim: str, pre: frozenset[str]) -> dict[str, VoteFact | None]:
+        """Evaluator -> its latest measured vote, in the order of each evaluator's first vote held on
+        the claim (a full pass's order: ``distrusted_keys`` compares with the first)."""
+        latest, held = self._latest.get(claim, {}), self._all.get(claim, {})
+        ordered = sorted((held[voter][0][0], voter) for voter in pre if voter in latest)
         by: dict[str, VoteFact | None] = {}
-        for vote in self._latest.get(claim, {}).values():
-            if vote.voter in pre and vote.verdict in MEASURED:
-                by[vote.voter] = vote
+        for _, voter in ordered:
+            if latest[voter].verdict in MEASURED:
+                by[voter] = latest[voter]
         author = self._authors.get(claim)
         if author is not None and author in pre:
             by.setdefault(author, None)

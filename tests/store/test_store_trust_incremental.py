@@ -2,8 +2,9 @@
 (compute_trust) after every batch: exactly for distrust, the pre-trusted set and split claims, within
 the walk's tolerance for weights and voting power. Random sequences from hypothesis, biased towards
 the adversarial cases: copied values, reruns that flip a verdict, claims arriving after their votes,
-votes on claims never seen, voters charged and then forgiven as the decay window moves, and an
-operator-trusted key that this node's own run distrusts (the pre-trusted set changes).
+votes on claims never seen, deletions (a vote whose voter's earlier vote counts again, the newest
+vote, a claim), voters charged and then forgiven as the decay window moves, and an operator-trusted
+key that this node's own run distrusts (the pre-trusted set changes).
 
     .venv/bin/python -m pytest tests/store/test_store_trust_incremental.py -q
 """
@@ -44,11 +45,15 @@ def check(state: TrustState, trusted: list[str], claims: list, votes: list) -> N
 
 @st.composite
 def histories(draw):
-    """A receipt-ordered list of messages, cut into batches."""
+    """A receipt-ordered list of messages and deletions, cut into batches."""
     n = draw(st.integers(1, 60))
     msgs = []
     claimed = set()
     for i in range(n):
+        if msgs and draw(st.integers(0, 7)) == 0:  # a deletion (a replica shedding) of an earlier message
+            target = draw(st.sampled_from([m for m in msgs if m[0] != "remove"]))
+            msgs.append(("remove", target[1][0] if target[0] == "claim" else target[1].id))
+            continue
         if draw(st.integers(0, 4)) == 0:
             cid = draw(st.sampled_from(CLAIMS[:-1]))
             if cid in claimed:
@@ -69,7 +74,7 @@ def histories(draw):
     return msgs, cuts
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories(), st.sampled_from([[], [OP]]))
 def test_incremental_trust_equals_a_full_recompute_after_every_batch(history, trusted):
     msgs, cuts = history
@@ -80,9 +85,11 @@ def test_incremental_trust_equals_a_full_recompute_after_every_batch(history, tr
         start = cut
         new_claims = [m[1] for m in batch if m[0] == "claim"]
         new_votes = [m[1] for m in batch if m[0] == "vote"]
+        removed = {m[1] for m in batch if m[0] == "remove"}
         state.add(new_claims, new_votes)
-        claims += new_claims
-        votes += new_votes
+        state.remove(removed)  # as the replica does: what this batch read, then what was deleted
+        claims = [c for c in claims + new_claims if c[0] not in removed]
+        votes = [v for v in votes + new_votes if v.id not in removed]
         check(state, trusted, claims, votes)
 
 
@@ -193,10 +200,10 @@ def _edges_of(claims, votes):
     return evidence_edges(pre, authors, current, bad, {c: v for c, _, v in claims}), pre
 
 
-async def test_the_replica_keeps_its_trust_state_and_starts_again_after_a_deletion(tmp_path):
-    """store/replica.py: each computation reads only what was stored since the last one; a deletion
-    (store/shed.py) or another pre-trusted set makes a new state from every row. Each view equals a
-    full recompute from every row of the database."""
+async def test_the_replica_keeps_its_trust_state_through_new_rows_and_deletions(tmp_path):
+    """store/replica.py: each computation reads only what was stored since the last one and forgets
+    what was deleted (store/shed.py) since; another pre-trusted set makes a new state from every row.
+    Each view equals a full recompute from every row of the database."""
     from store import Replica
     from store.replica import VOTE_COLUMNS, _vote
     from tests.store.test_store_factory import NOW, SWARM, claim, key, task, tid, vote
@@ -235,15 +242,58 @@ async def test_the_replica_keeps_its_trust_state_and_starts_again_after_a_deleti
         await r.ingest([e.canonical() for e in extra], now=NOW)
         await full_equals_view()
         assert r._trust_state is state and state.votes == sum(1 for e in envs + extra if e.kind == "vote")
-        # a deletion: a new state, from every row left
-        gone = [e.id for e in envs if e.kind == "vote" and e.author == voters[5].pubkey]
+        # deletions: the same state forgets them (votes, this node's own vote among them, and a claim)
+        held = state.votes
+        gone = [e.id for e in envs if e.kind == "vote" and e.author in (voters[5].pubkey, me.pubkey)]
         assert await r.delete(gone) == len(gone)
         await full_equals_view()
-        assert r._trust_state is not state
-        state = r._trust_state
+        assert r._trust_state is state and state.votes == held - len(gone)
+        assert await r.delete([envs[0].id]) == 1
+        await full_equals_view()
+        assert r._trust_state is state and envs[0].id not in state._authors
         # another pre-trusted set: a new state too
         await r.set_trusted(voters[6].pubkey)
         await full_equals_view()
         assert r._trust_state is not state and voters[6].pubkey in r._trust_state.trusted
     finally:
         await r.close()
+
+
+def test_deletions_restore_earlier_votes_the_evaluators_order_and_the_window():
+    """Deletions a random history rarely hits: the newest vote going (the window's end moves back),
+    and an evaluator's first vote going (its place among the evaluators, whose first one a fresh-seed
+    verdict is compared with, is its next vote's)."""
+    n = iter(range(1, 1000))
+
+    def v(voter, claim, verdict, at, fresh=True, value=None):
+        i = next(n)
+        return VoteFact(f"w{i:03d}", voter, claim, verdict, value or f"0.{i:03d}", at, fresh, None, i)
+
+    claims = [("c1", "x", "0.5"), ("c2", "y", "0.6"), ("c3", "x", "0.7"), ("c4", "y", "0.8")]
+    # the window: a liar contradicts this node's same-seed runs on two authors' claims, a late vote
+    # forgives it, and that late vote goes
+    votes = [v(ME, "c3", "reproduced", 10, fresh=False), v(ME, "c4", "reproduced", 10, fresh=False),
+             v("liar", "c3", "mismatch", 20, fresh=False), v("liar", "c4", "mismatch", 20, fresh=False)]
+    late = v("late", "c3", "reproduced", 400)
+    state = TrustState(ME, [OP], SETTINGS)
+    state.add(claims, votes + [late])
+    check(state, [OP], claims, votes + [late])
+    assert "liar" not in state.view().distrusted
+    state.remove([late.id])
+    check(state, [OP], claims, votes)
+    assert "liar" in state.view().distrusted
+    # the order: ME's fresh "reproduced" first, OP's fresh "mismatch" second; V's fresh "mismatch" is
+    # compared with ME's (two misses: distrusted) until ME's first vote on each claim goes and its
+    # rerun, received after OP's, puts OP first (two agreements)
+    first = [v(ME, c, "reproduced", 30) for c in ("c1", "c2")]
+    ops = [v(OP, c, "mismatch", 31) for c in ("c1", "c2")]
+    reruns = [v(ME, c, "reproduced", 25) for c in ("c1", "c2")]  # older: the first votes stay the latest
+    vs = [v("V", c, "mismatch", 32) for c in ("c1", "c2")]
+    state = TrustState(ME, [OP], SETTINGS)
+    everything = first + ops + reruns + vs
+    state.add(claims, everything)
+    check(state, [OP], claims, everything)
+    assert "V" in state.view().distrusted
+    state.remove([x.id for x in first])
+    check(state, [OP], claims, ops + reruns + vs)
+    assert "V" not in state.view().distrusted
