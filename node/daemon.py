@@ -113,9 +113,12 @@ class Node:
         self._session = aiohttp.ClientSession()
         transport = HttpTransport(self._session, self_address=self.address, swarm_key=self.swarm_key)
         self.transport = transport
+        verifier = VerifyPool()
+        if s.network.bootstrap:  # a node given peers to join usually catches up first: workers ready for it
+            verifier.warm()
         self.gossip = Gossip(self.replica, transport, self.peers, own_key=self.identity.pubkey,
                              settings=s.gossip, rng=self._rng, on_accepted=self._on_accepted,
-                             verifier=VerifyPool(), on_progress=self.echo)
+                             verifier=verifier, on_progress=self.echo)
         self.newcomers = Newcomers(self.replica, s.newcomers, on_shed=lambda _ids: self.gossip.changed())
         self.gossip.relay_filter = self.newcomers.relay
         await self.publish_peer_record(advertised)

@@ -43,6 +43,10 @@ def verify_parts(parts: Sequence[Part]) -> list[bool]:
             for env_id, author, sig, claim, proof in parts]
 
 
+def _ready() -> None:
+    """Worker: nothing; submitted by ``VerifyPool.warm`` to start a worker."""
+
+
 def _verify_chunk(parts: Sequence[Part]) -> tuple[list[bool], float]:
     """Worker: ``verify_parts`` and the CPU seconds it took (``VerifyPool.cpu_s``)."""
     start = time.process_time()
@@ -60,8 +64,13 @@ def default_workers() -> int:
 def _context() -> multiprocessing.context.BaseContext:
     # Never fork the node itself (it has SQLite and event-loop threads): a forkserver forks workers
     # from a clean process, spawn where there is none.
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    return multiprocessing.get_context(method)
+    # The forkserver imports this module (protocol, both signature libraries) once, so each worker
+    # forked from it starts ready: 170 ms of CPU less per worker here (a no-op where it already runs).
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        return context
+    return multiprocessing.get_context("spawn")
 
 
 class VerifyPool:
@@ -88,6 +97,21 @@ class VerifyPool:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=_context())
         return self._pool
+
+    def warm(self) -> None:
+        """Start the workers now, in the background, rather than at the first big batch: a node
+        about to catch up calls it at start, so its first fetched batch does not wait for new
+        processes (a second or more on a busy machine). Idle workers stop after ``idle_s`` as usual."""
+        if self._closed or self._pool is not None:
+            return
+        executor = self._executor()
+        for _ in range(self.workers):
+            executor.submit(_ready)  # each spawns a worker (concurrent.futures starts them on demand)
+        self._last_used = time.monotonic()
+        try:
+            self._schedule_reap(asyncio.get_running_loop())
+        except RuntimeError:  # no event loop: reaped after the next verify instead
+            pass
 
     async def verify(self, envelopes: Sequence[Envelope]) -> list[bool]:
         if self._closed or len(envelopes) < self.min_batch:

@@ -93,6 +93,9 @@ class Fetcher:
             return
         if self.progress is None or self.progress.finished_at is not None:
             self.progress = CatchUpProgress(started_at=time.monotonic())
+            verifier = getattr(self.gossip, "verifier", None)
+            if verifier is not None:  # its workers start while the first batches travel
+                verifier.warm()
         progress = self.progress
         queue = self._queues.setdefault(peer, deque())
         for i in ids:

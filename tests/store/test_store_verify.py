@@ -99,3 +99,25 @@ async def test_idle_pool_stops_and_close_is_final(tmp_path):
     (tmp_path / "closed").mkdir()
     inline, pooled = await ingest_twice(tmp_path / "closed", pool)
     assert pooled == inline and not pool.running
+
+
+async def test_warm_starts_the_workers_at_once_and_idle_ones_still_stop(tmp_path):
+    pool = VerifyPool(workers=2, min_batch=1, idle_s=0.5)
+    try:
+        pool.warm()  # returns at once: the workers start in the background
+        assert pool.running
+        deadline = time.monotonic() + 30  # process start-up on a busy machine
+        while time.monotonic() < deadline and not (
+                len(pool._pool._processes) == 2 and all(p.is_alive() for p in pool._pool._processes.values())):
+            await asyncio.sleep(0.05)
+        assert len(pool._pool._processes) == 2
+        inline, pooled = await ingest_twice(tmp_path, pool)  # the warm workers verify as usual
+        assert pooled == inline and pool.verified == len(mixed_batch()) - 1
+        deadline = time.monotonic() + 0.5 + 10  # idle_s plus slack for a busy machine
+        while pool.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not pool.running
+    finally:
+        pool.close()
+    pool.warm()  # closed: nothing starts
+    assert not pool.running
