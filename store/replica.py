@@ -126,6 +126,9 @@ class Replica:
         self._trust_seen = 0  # the highest rowid the state has read up to
         self._trust_removed: list[str] = []  # ids deleted, for the next computation to forget
         self._trust_reset = False  # too many of them waiting: the next computation starts a new state
+        # SQLite gives a new row the highest rowid + 1: after the highest rows go, new ones reuse their
+        # rowids, at or below what the state has read. The next computation reads from here instead.
+        self._trust_floor: int | None = None
         self._trust_lock = asyncio.Lock()  # one computation at a time: the state changes in place
         # Per-task caches, valid while _trust_generation is unchanged (every stored claim or vote and
         # every trust change bumps it): a dashboard polling the board recomputes nothing in between.
@@ -419,6 +422,8 @@ class Replica:
                     async with writer.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(chunk))})",
                                               chunk) as cur:
                         deleted += cur.rowcount
+                async with writer.execute("SELECT max(rowid) FROM messages") as cur:
+                    top = (await cur.fetchone())[0] or 0
                 await writer.execute("COMMIT")
             except BaseException:
                 try:
@@ -428,6 +433,7 @@ class Replica:
                 raise
         self.tombstones.add(ids)
         self._trust_removed.extend(ids)  # the incremental trust state forgets them at its next computation
+        self._trust_floor = top if self._trust_floor is None else min(self._trust_floor, top)
         if len(self._trust_removed) > 1_000_000:  # bounded: past that, a new state from the rows left
             self._trust_removed, self._trust_reset = [], True
         self._invalidate_trust()
@@ -600,6 +606,8 @@ class Replica:
             state, seen = self._trust_state, self._trust_seen
             if state is None or self._trust_reset or not state.matches(self.self_key, trusted, settings):
                 state, seen, self._trust_reset = TrustState(self.self_key, trusted, settings), 0, False
+            if self._trust_floor is not None:  # rows above it went; any there now are new (reused rowids)
+                seen, self._trust_floor = min(seen, self._trust_floor), None
             (top,) = await self._fetchall("SELECT max(rowid) FROM messages")
             upto = top[0] or 0  # a snapshot's bound: rows committed later have higher rowids
             claims = await self._fetchall("SELECT id, author, claimed_bpb FROM messages WHERE kind = 'claim' "

@@ -251,6 +251,14 @@ async def test_the_replica_keeps_its_trust_state_through_new_rows_and_deletions(
         assert await r.delete([envs[0].id]) == 1
         await full_equals_view()
         assert r._trust_state is state and envs[0].id not in state._authors
+        # the newest row goes and a new vote takes its rowid (SQLite: the highest + 1): still read
+        (newest,) = await r._fetchall("SELECT id, rowid FROM messages ORDER BY rowid DESC LIMIT 1")
+        assert await r.delete([newest[0]]) == 1
+        late = vote(voters[7], x.id, val="0.890777", at=NOW - 50)
+        await r.ingest([late.canonical()], now=NOW)
+        assert (await r._fetchall("SELECT rowid FROM messages WHERE id = ?", (late.id,)))[0][0] == newest[1]
+        await full_equals_view()
+        assert r._trust_state is state and late.id in state._vote_at and newest[0] not in state._vote_at
         # another pre-trusted set: a new state too
         await r.set_trusted(voters[6].pubkey)
         await full_equals_view()
