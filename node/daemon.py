@@ -27,7 +27,7 @@ from node.net.peers import PeerTable
 from node.net.ratelimit import RateLimiter, RateSettings
 from node.corpus import ReplicaCorpus, TaskBook
 from node.extension import Extension
-from node.newcomers import Newcomers
+from node.newcomers import Newcomers, wal_pages
 from node.settings import NodeSettings, load_noise, to_address
 from node.slots import DeviceSlots, detect_devices
 from node.telemetry import Telemetry
@@ -94,6 +94,9 @@ class Node:
         self.replica = await Replica.open(s.home / "replica.sqlite3", swarm=self.swarm,
                                           self_key=self.identity.pubkey, trusted=list(s.trusted),
                                           settings=StoreSettings(noise=load_noise(s.home),
+                                                                 wal_autocheckpoint=wal_pages(
+                                                                     s.newcomers.max_db_bytes, StoreSettings.page_size,
+                                                                     StoreSettings.wal_autocheckpoint),
                                                                  trust_min_interval_s=TRUST_INTERVAL_S,
                                                                  pending_max_messages=PENDING_MAX_MESSAGES))
         self.slots = DeviceSlots(devices=["cpu"] if s.device == "cpu" else detect_devices())

@@ -62,6 +62,13 @@ class NewcomerSettings:
         return self.max_db_bytes // 16 if self.newcomer_bytes is None else self.newcomer_bytes
 
 
+def wal_pages(max_db_bytes: int, page_size: int, default: int) -> int:
+    """The replica's WAL checkpoint interval in pages under a disk budget: the library's default
+    (store/replica.py, tuned for ingest) unless that lets the WAL, which sits beside the budgeted
+    rows, grow past 1/16 of the budget; never under 64 pages."""
+    return max(64, min(default, max_db_bytes // 16 // page_size))
+
+
 @dataclass
 class NewcomerStats:
     refused: int = 0  # pushed messages refused for a budget

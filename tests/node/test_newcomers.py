@@ -325,3 +325,27 @@ async def test_what_is_shed_leaves_reconciliation_at_once_and_is_served_until_it
     finally:
         for n in reversed(nodes):
             await n.stop()
+
+
+async def test_the_wal_stays_within_a_sixteenth_of_a_small_budget(tmp_path):
+    """Beside the budgeted rows, the write-ahead log: checkpointed every budget/16 bytes of pages
+    (node/newcomers.py wal_pages), where the library's interval (64 MiB at 16 KiB pages) would let it
+    alone pass a 64 MiB budget."""
+    budget = 64 * MIB
+    nodes: list[Node] = []
+    try:
+        node = await _start(_settings(tmp_path, "n", newcomers=NewcomerSettings(max_db_bytes=budget)), nodes)
+        async with node.replica._writer.execute("PRAGMA wal_autocheckpoint") as cur:
+            (pages,) = await cur.fetchone()
+        assert pages * node.replica.settings.page_size == budget // 16
+        batch_bytes = 0
+        for b in range(8):  # ~10 MiB of a trusted key's claims, none of it shed
+            envs = [_junk(TRUSTED, b * 100 + n, pad=12_000) for n in range(100)]
+            batch_bytes = max(batch_bytes, sum(len(e.canonical()) for e in envs))
+            report = await node.gossip.ingest([e.canonical() for e in envs])
+            assert len(report.accepted) == 100
+        wal = (await node.replica.disk_usage())["wal"]
+        assert wal <= budget // 16 + 2 * batch_bytes, (wal, budget // 16)
+    finally:
+        for n in reversed(nodes):
+            await n.stop()
