@@ -122,7 +122,9 @@ async def test_a_flood_of_fresh_keys_over_http_stays_within_the_budgets(tmp_path
             assert answer["accepted"] == [] and answer["refused"].startswith(REFUSED)
             stored = await _newcomer_bytes_stored(node)
             assert stored <= budgets.newcomer_bytes, (stored, budgets.newcomer_bytes)
-            assert stored >= budgets.newcomer_bytes - 2 * (1500 + ROW_OVERHEAD + 1000)  # it was filled, not refused early
+            # filled, not refused early (a message stored while a sweep scans may be counted twice until
+            # the next sweep: the estimate errs on the safe side)
+            assert stored >= 0.8 * budgets.newcomer_bytes
             # a trusted key is not limited by any of it
             mine = [_junk(TRUSTED, 100 + n, pad=100) for n in range(budgets.author_per_hour + 3)]
             status, report, _ = await _push(session, node, mine)
