@@ -73,6 +73,7 @@ def wal_pages(max_db_bytes: int, page_size: int, default: int) -> int:
 class NewcomerStats:
     refused: int = 0  # pushed messages refused for a budget
     refused_by_budget: dict[str, int] = field(default_factory=dict)
+    prescreened: int = 0  # of the refused, before their signatures were checked (a budget already spent)
     withheld: int = 0  # messages stored but not relayed (no trusted touch)
     released: int = 0  # withheld claims relayed once a trusted vote touched them
     shed: int = 0  # messages shed by sweeps (out of reconciliation at once, deleted after grace_s)
@@ -150,6 +151,50 @@ class Newcomers:
             self._trust_task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     # -- pushes ------------------------------------------------------------------------------
+    def _spent(self, author: str, now: float) -> str | None:
+        """The budget of ``author`` (a key without trust here) that is already spent, if any."""
+        s = self.settings
+        if not self._authors.has(author, now):
+            return f"{s.author_per_hour} messages per hour per author"
+        if self.author_bytes.get(author, 0) >= s.author_bytes:
+            return f"{s.author_bytes / MIB:g} MiB stored per author"
+        if self.newcomer_bytes >= s.newcomer_cap:
+            return f"{s.newcomer_cap / MIB:g} MiB stored for all new keys"
+        if not self._total.has("", now):
+            return f"{s.total_per_hour} messages per hour for all new keys"
+        return None
+
+    def _refuse(self, budget: str, author: str) -> str:
+        self.stats.refused += 1
+        self.stats.refused_by_budget[budget] = self.stats.refused_by_budget.get(budget, 0) + 1
+        return f"{REFUSED} ({budget}, author {author[:8]} has no trust here)"
+
+    def prescreen(self, items: list[Any]) -> tuple[list[Any], list[tuple[str, str]]]:
+        """The store's ``screen`` hook on pushes, before anything is decoded or a signature checked: an
+        item whose author has no trust here and has already spent a budget (its own, or the one all
+        such authors share) is refused at once, as ``admit`` would refuse it after the check, so a
+        flood past its budgets costs no signature checks. Only verified messages spend budgets, so a
+        forged item can refuse nothing ``admit`` would take; items that name a claim a trusted key
+        voted on, or that a vote in the same push names, and items not in the usual shape, go on."""
+        now = self.clock()
+        voted = {item["body"].get("claim") for item in items
+                 if type(item) is dict and item.get("kind") == "vote" and type(item.get("body")) is dict}
+        keep: list[Any] = []
+        refused: list[tuple[str, str]] = []
+        for item in items:
+            author = item.get("author") if type(item) is dict else None
+            msg_id = item.get("id") if type(item) is dict else None
+            budget = None
+            if (type(author) is str and type(msg_id) is str and msg_id not in self.touched
+                    and msg_id not in voted and not self.trusted(author)):
+                budget = self._spent(author, now)
+            if budget is None:
+                keep.append(item)
+            else:
+                self.stats.prescreened += 1
+                refused.append((msg_id, self._refuse(budget, author)))
+        return keep, refused
+
     async def admit(self, envelopes: list[Any]) -> dict[str, str]:
         """The store's ``admit`` hook on pushes: {id: reason} for the messages over a budget."""
         self._refresh_trust()
@@ -178,9 +223,7 @@ class Newcomers:
                 author_bytes[author] = author_bytes.get(author, 0) + size
                 total_bytes += size
                 continue
-            refused[env.id] = f"{REFUSED} ({budget}, author {author[:8]} has no trust here)"
-            self.stats.refused += 1
-            self.stats.refused_by_budget[budget] = self.stats.refused_by_budget.get(budget, 0) + 1
+            refused[env.id] = self._refuse(budget, author)
         if self.newcomer_bytes + total_bytes > s.newcomer_cap:
             self._wake.set()
         return refused

@@ -234,7 +234,9 @@ class Replica:
 
     async def ingest(self, items: Iterable[Any], now: int | None = None, *, check_sig: bool = True,
                      verifier: VerifyPool | None = None,
-                     admit: Callable[[list[Envelope]], Awaitable[dict[str, str]]] | None = None) -> IngestReport:
+                     admit: Callable[[list[Envelope]], Awaitable[dict[str, str]]] | None = None,
+                     screen: Callable[[list[Any]], tuple[list[Any], list[tuple[str, str]]]] | None = None,
+                     ) -> IngestReport:
         """Validate and store a batch; the stored part of it commits in ONE transaction.
 
         Each item is raw bytes, str or a dict envelope. The report says, per message, accepted /
@@ -244,6 +246,8 @@ class Replica:
         pool of processes (store/verify.py), same verdicts. An I/O error raises and leaves
         nothing of the batch. ``admit``: given the valid new envelopes, returns those refused
         ({id: reason}), reported as rejected and not stored (a node's budgets, node/newcomers.py).
+        ``screen``: given the new items before they are decoded or their signatures checked, returns
+        those to go on and the (id, reason) of those refused at once (the budgets already spent).
         An id this replica shed (``tombstones``) reads as stored: a duplicate.
         """
         items = list(items)
@@ -253,6 +257,9 @@ class Replica:
         stored |= self.tombstones.among(named)
         known = [i for i in named if i in stored]
         items = [item for item, i in zip(items, named) if i not in stored]
+        screened: list[tuple[str, str]] = []
+        if screen is not None and items:
+            items, screened = screen(items)
         args = dict(swarm=self.swarm, now=now, check_sig=check_sig, received_at=int(time.time()))
         if check_sig and verifier is not None and len(items) >= verifier.min_batch:
             decoded = await asyncio.to_thread(decode_all, items, swarm=self.swarm, now=now)
@@ -262,6 +269,8 @@ class Replica:
             batch = await asyncio.to_thread(prepare, items, **args)
         else:
             batch = prepare(items, **args)
+        if screened:
+            batch = dataclasses.replace(batch, rejected=[*screened, *batch.rejected])
         if admit is not None and batch.envelopes:
             refused = await admit(list(batch.envelopes))
             if refused:

@@ -131,7 +131,8 @@ async def post_messages(request: web.Request) -> web.Response:
     origin = request.headers.get(PEER_HEADER)
     newcomers = node.newcomers
     report = await node.gossip.ingest(items, origin=origin if origin in node.peers else None,
-                                      admit=newcomers.admit if newcomers is not None else None)
+                                      admit=newcomers.admit if newcomers is not None else None,
+                                      screen=newcomers.prescreen if newcomers is not None else None)
     if report.rejected and not report.accepted and not report.duplicate \
             and all(r.startswith(REFUSED) for _, r in report.rejected):
         # nothing of it could be taken, for the budgets of keys without trust (node/newcomers.py)

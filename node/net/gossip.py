@@ -119,13 +119,16 @@ class Gossip:
 
     # -- receiving -------------------------------------------------------------------------
     async def ingest(self, items: Sequence[Any], origin: str | None = None, *, relay_after: float | None = None,
-                     admit: Any = None) -> Any:
+                     admit: Any = None, screen: Any = None) -> Any:
         """Store items from ``origin`` (None = local), relay what was new, score the origin.
 
         ``relay_after``: relay only the new messages created at or after this time (a catch-up's
         old messages are no news to anyone). ``admit``: the store's admission hook (a push's budgets,
-        node/newcomers.py); what it refuses is not the origin's fault."""
+        node/newcomers.py), and ``screen`` its check before decoding; what they refuse is not the
+        origin's fault."""
         kw = {} if admit is None else {"admit": admit}
+        if screen is not None:
+            kw["screen"] = screen
         if self.verifier is not None:
             report = await self.store.ingest(items, verifier=self.verifier, **kw)
         else:

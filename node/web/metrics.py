@@ -102,6 +102,9 @@ class NodeCollector(Collector):
             for budget, n in sorted(disk["refused_by_budget"].items()):
                 refused.add_metric([budget], n)
             yield refused
+            yield CounterMetricFamily(f"{PREFIX}_newcomer_prescreened", "Of the refused, those refused before "
+                                      "their signatures were checked (a budget already spent)",
+                                      value=disk.get("prescreened", 0))
             yield CounterMetricFamily(f"{PREFIX}_newcomer_withheld", "Messages of keys without trust stored but "
                                       "not relayed (no trusted vote touched them)", value=disk["withheld"])
         traffic = node.stats_json()

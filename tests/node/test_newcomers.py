@@ -147,6 +147,59 @@ async def test_a_flood_of_fresh_keys_over_http_stays_within_the_budgets(tmp_path
             await n.stop()
 
 
+def _forged(env):
+    """``env`` with one bit of its signature flipped: refused as invalid by any signature check."""
+    raw = json.loads(env.canonical())
+    raw["sig"] = ("1" if raw["sig"][0] == "0" else "0") + raw["sig"][1:]
+    return raw
+
+
+async def test_a_spent_budget_refuses_before_any_signature_is_checked(tmp_path):
+    budgets = NewcomerSettings(max_db_bytes=64 * MIB, author_per_hour=3, total_per_hour=100_000)
+    nodes: list[Node] = []
+    try:
+        node = await _start(_settings(tmp_path, "n", newcomers=budgets), nodes)
+        key = Identity.generate()
+        async with aiohttp.ClientSession() as session:
+            status, report, _ = await _push(session, node, [_junk(key, n, pad=100) for n in range(3)])
+            assert status == 200 and len(report["accepted"]) == 3  # the author's hour is spent
+            # its next messages are refused for the budget even when their signatures are bad: no check ran
+            later = [_junk(key, 10 + n, pad=100) for n in range(4)]
+            body = json.dumps({"messages": [_forged(later[0]), *(json.loads(e.canonical()) for e in later[1:])]})
+            async with session.post(node.address + "/v1/messages", data=body) as resp:
+                assert resp.status == 429
+                assert (await resp.json())["error"].startswith(REFUSED)
+            assert node.newcomers.stats.prescreened == 4
+            # forged messages under a key with budget left spend none of it: checked, refused as invalid
+            other = Identity.generate()
+            status, report, _ = await _push_raw(session, node, [_forged(_junk(other, n, pad=100)) for n in range(5)])
+            assert status == 200 and len(report["rejected"]) == 5 \
+                and all(not r["reason"].startswith(REFUSED) for r in report["rejected"]), report
+            status, report, _ = await _push(session, node, [_junk(other, 20 + n, pad=100) for n in range(3)])
+            assert len(report["accepted"]) == 3  # its whole hour still there
+            # a spent author's claim that a vote in the same push names goes on to the check: a trusted
+            # vote touches it, so it is taken
+            touched = _junk(key, 30, pad=100)
+            status, report, _ = await _push(session, node, [touched, _vote(TRUSTED, touched.id)])
+            assert status == 200 and touched.id in report["accepted"], report
+            # a message already stored reads as a duplicate, not as refused
+            status, report, _ = await _push(session, node, [_junk(key, 0, pad=100)])
+            assert report["duplicate"] == [_junk(key, 0, pad=100).id] and report["rejected"] == []
+            async with session.get(node.address + "/metrics") as resp:
+                text = await resp.text()
+        samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+        assert samples["ralphswarm_newcomer_prescreened_total"] == node.newcomers.stats.prescreened == 4
+    finally:
+        for n in reversed(nodes):
+            await n.stop()
+
+
+async def _push_raw(session, node: Node, raws: list[dict]) -> tuple[int, dict, dict]:
+    async with session.post(node.address + "/v1/messages", data=json.dumps({"messages": raws}),
+                            headers={"Content-Type": "application/json"}) as resp:
+        return resp.status, json.loads(await resp.read()), dict(resp.headers)
+
+
 async def test_junk_is_not_relayed_until_a_trusted_vote_touches_it(tmp_path):
     budgets = NewcomerSettings()
     nodes: list[Node] = []
