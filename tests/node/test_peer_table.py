@@ -126,7 +126,7 @@ def test_one_network_group_gets_few_tried_places():
     assert len(table) == table.tried_per_group + table.new_per_source
 
 
-def test_pushes_and_pulls_prefer_peers_with_useful_exchanges():
+def test_pulls_prefer_peers_with_useful_exchanges_and_every_push_reaches_one():
     table = PeerTable(max_peers=256)
     honest = set(_honest(table, 10))
     _flood(table, Admission(allow_private=False), origins=100, per_origin=16, now=NOW, rng=random.Random(5))
@@ -139,8 +139,11 @@ def test_pushes_and_pulls_prefer_peers_with_useful_exchanges():
     candidates = table.active(NOW)
     chosen = [table.sample_preferring_tried(candidates, 6, rng) for _ in range(500)]
     assert all(len(c) == 6 and len({p.address for p in c}) == 6 for c in chosen)
+    # a push: one proven peer among its targets whatever was planted, the rest uniform (spread kept)
+    assert all(any(p.address in honest for p in c) for c in chosen)
     share = sum(p.address in honest for c in chosen for p in c) / (6 * 500)
-    assert 0.4 < share < 0.6
+    uniform_rest = (len(honest) - 1) / (len(candidates) - 1)
+    assert 1 / 6 <= share < (1 + 5 * uniform_rest) / 6 + 0.05, share
     # with only one kind of peer the pick is uniform, as before
     only_new = [p for p in candidates if not p.tried]
     assert all(not p.tried for p in table.sample_preferring_tried(only_new, 6, rng))
