@@ -100,7 +100,7 @@ RALPH_FLAGS = [
     ("--model", str, "Anthropic model, when ANTHROPIC_API_KEY is set."),
     ("--daily-spend-usd", float, "Anthropic spend cap per UTC day (0 = offline proposer)."),
     ("--proposer", click.Choice(["mutate", "tpe", "cmaes", "llm", "hybrid"]),
-     "What proposes experiments (default: hybrid with an LLM key, else cmaes)."),
+     "What proposes experiments (default: hybrid with an LLM key, else tpe)."),
     ("--llm-share", float, "Hybrid: share of proposals the LLM makes instead of the optimizer (default 0.3)."),
     ("--llm-api", click.Choice(["anthropic", "openai"]), "LLM API: Anthropic Messages or OpenAI Chat Completions."),
     ("--llm-base-url", str, "LLM server URL (default ANTHROPIC_BASE_URL / OPENAI_BASE_URL); a local one needs no key."),
