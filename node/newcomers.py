@@ -151,14 +151,16 @@ class Newcomers:
             self._trust_task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     # -- pushes ------------------------------------------------------------------------------
-    def _spent(self, author: str, now: float) -> str | None:
-        """The budget of ``author`` (a key without trust here) that is already spent, if any."""
+    def _over(self, author: str, now: float, author_bytes: int = 1, total_bytes: int = 1) -> str | None:
+        """The budget of ``author`` (a key without trust here) that storing ``author_bytes`` more of
+        its bytes, ``total_bytes`` more of all such keys', would pass; None when none. The defaults
+        (one byte) ask whether a budget is already spent."""
         s = self.settings
         if not self._authors.has(author, now):
             return f"{s.author_per_hour} messages per hour per author"
-        if self.author_bytes.get(author, 0) >= s.author_bytes:
+        if self.author_bytes.get(author, 0) + author_bytes > s.author_bytes:
             return f"{s.author_bytes / MIB:g} MiB stored per author"
-        if self.newcomer_bytes >= s.newcomer_cap:
+        if self.newcomer_bytes + total_bytes > s.newcomer_cap:
             return f"{s.newcomer_cap / MIB:g} MiB stored for all new keys"
         if not self._total.has("", now):
             return f"{s.total_per_hour} messages per hour for all new keys"
@@ -187,7 +189,7 @@ class Newcomers:
             budget = None
             if (type(author) is str and type(msg_id) is str and msg_id not in self.touched
                     and msg_id not in voted and not self.trusted(author)):
-                budget = self._spent(author, now)
+                budget = self._over(author, now)
             if budget is None:
                 keep.append(item)
             else:
@@ -208,16 +210,8 @@ class Newcomers:
             if self.trusted(author) or (env.kind == "claim" and (env.id in touched or env.id in self.touched)):
                 continue
             size = len(env.canonical()) + ROW_OVERHEAD
-            stored = self.author_bytes.get(author, 0) + author_bytes.get(author, 0)
-            if not self._authors.has(author, now):
-                budget = f"{s.author_per_hour} messages per hour per author"
-            elif stored + size > s.author_bytes:
-                budget = f"{s.author_bytes / MIB:g} MiB stored per author"
-            elif self.newcomer_bytes + total_bytes + size > s.newcomer_cap:
-                budget = f"{s.newcomer_cap / MIB:g} MiB stored for all new keys"
-            elif not self._total.has("", now):
-                budget = f"{s.total_per_hour} messages per hour for all new keys"
-            else:
+            budget = self._over(author, now, author_bytes.get(author, 0) + size, total_bytes + size)
+            if budget is None:
                 self._authors.take(author, now)
                 self._total.take("", now)
                 author_bytes[author] = author_bytes.get(author, 0) + size
