@@ -124,6 +124,7 @@ class Node:
                              verifier=verifier, on_progress=self.echo)
         self.newcomers = Newcomers(self.replica, s.newcomers, on_shed=lambda _ids: self.gossip.changed())
         self.gossip.relay_filter = self.newcomers.relay
+        self.gossip.unoffered = lambda: self.newcomers.held
         await self.publish_peer_record(advertised)
         await self.publish_task()
         for addr in s.network.bootstrap:

@@ -13,7 +13,11 @@ only within budgets; what a trusted key sends or touches is not limited here:
   pre-trusted keys, and what it fetches is what peers hold. What a fetch brings of the newcomers' part
   is bounded by the sweep instead: the replica's whole newcomers' part is kept under its cap.
 * **Relay**: a zero-trust author's claim, task or vote that no trusted vote touches is stored but not
-  pushed onward; once a trusted vote touches the claim it is relayed (if still within the push window).
+  pushed onward, nor offered to peers' reconciliation (``held``: out of the gossip's snapshot, so what
+  a flood pushed into one node is not fetched from it by every other); once a trusted vote touches the
+  claim it is relayed (if still within the push window) and offered again, with its ancestors, its task
+  and the votes on it. A trusted key's claim releases its ancestors the same way. The sweep recomputes
+  ``held`` from the replica (trust earned or lost meanwhile, and at start).
 * **The sweep** (every ``sweep_interval_s``, and at once when a budget is passed): sheds what
   ``store/shed.py`` says, oldest first, down to ``low_water`` of the newcomers' cap, and of the
   replica's disk budget (``max_db_bytes``, ``--max-db-mb``) when the replica is over it; junk no
@@ -29,6 +33,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from protocol.envelope import task_id
 from store.shed import ROW_OVERHEAD, plan
 
 log = logging.getLogger(__name__)
@@ -126,6 +131,12 @@ class Newcomers:
         self.author_bytes: dict[str, int] = {}  # zero-trust authors' stored bytes (estimated; the sweep recounts)
         self.newcomer_bytes = 0  # the newcomers' part of the replica (estimated; the sweep recounts)
         self.touched: set[str] = set()  # claims a trusted key voted on
+        # not offered to peers (see the module's docstring): id -> (kind, the claim's parent | the vote's
+        # claim | the task's id, the claim's task), as store/shed.py's Plan.held
+        self.held: dict[str, tuple[str, str | None, str | None]] = {}
+        self._refs: dict[str, list[str]] = {}  # claim id -> held votes on it; task id -> held task messages
+        self._scan_held: dict[str, tuple[str, str | None, str | None]] | None = None  # held while a sweep scans
+        self._scan_released: set[str] | None = None  # released while a sweep scans
         self._withheld: OrderedDict[str, _Held] = OrderedDict()
         # used: the replica's size as budgeted (canonical bytes + store/shed.py's ROW_OVERHEAD per row, as
         # of the last sweep plus what was stored since); file, wal: the files' sizes at the last sweep
@@ -225,12 +236,14 @@ class Newcomers:
     # -- what was stored (any path) ------------------------------------------------------------
     def relay(self, accepted: list[Any]) -> list[Any]:
         """Gossip's relay filter: of the newly stored, what is pushed onward, plus withheld claims a
-        trusted vote in this batch touched."""
+        trusted vote in this batch touched. What is not pushed is held out of reconciliation too."""
         out: list[Any] = []
+        touching: list[str] = []
         for env in accepted:
             if env.kind == "vote" and self.trusted(env.author):
                 claim = env.body["claim"]
                 self.touched.add(claim)
+                touching.append(claim)
                 held = self._withheld.pop(claim, None)
                 if held is not None:
                     out.append(held)
@@ -243,12 +256,59 @@ class Newcomers:
                     continue
                 self.stats.withheld += 1
                 if env.kind == "claim":
+                    self._hold(env.id, ("claim", env.body["parent"], env.body["task"]))
                     self._withheld[env.id] = _Held(env.id, env.created_at, env.author)
                     while len(self._withheld) > self.settings.withheld:
                         self._withheld.popitem(last=False)
+                else:
+                    self._hold(env.id, ("vote", env.body["claim"], None) if env.kind == "vote"
+                               else ("task", task_id(env.body), None))
                 continue
             out.append(env)
+        # after the whole batch is held: a parent may come in the same batch as its touched child
+        for claim in touching:
+            self._release(claim)
+        for env in accepted:
+            if env.kind == "claim" and env.id not in self.held:
+                self._release(env.body["parent"])
         return out
+
+    def _hold(self, msg_id: str, entry: tuple[str, str | None, str | None]) -> None:
+        self.held[msg_id] = entry
+        if entry[0] != "claim":
+            self._refs.setdefault(entry[1], []).append(msg_id)
+        if self._scan_held is not None:
+            self._scan_held[msg_id] = entry
+
+    def _release(self, claim: str | None) -> int:
+        """Offer again a claim, its held ancestors, their tasks and the held votes on them; how many
+        messages that was."""
+        n = 0
+        for _ in range(4096):  # up a chain (ids cannot form a cycle; a bound all the same)
+            if claim is None:
+                break
+            n += self._release_refs(claim)
+            entry = self.held.get(claim)
+            if entry is None or entry[0] != "claim":
+                break
+            del self.held[claim]
+            n += 1
+            if self._scan_released is not None:
+                self._scan_released.add(claim)
+            if entry[2] is not None:
+                n += self._release_refs(entry[2])
+            claim = entry[1]
+        return n
+
+    def _release_refs(self, ref: str) -> int:
+        """The held votes on a claim, or the held messages of a task."""
+        n = 0
+        for i in self._refs.pop(ref, ()):
+            if self.held.pop(i, None) is not None:
+                n += 1
+                if self._scan_released is not None:
+                    self._scan_released.add(i)
+        return n
 
     def on_accepted(self, accepted: list[Any]) -> None:
         """Count the newcomers' bytes stored (pushes and fetches alike); wake the sweep past a budget."""
@@ -288,7 +348,7 @@ class Newcomers:
             try:
                 return await self._sweep(now)
             finally:
-                self._since_scan = None
+                self._since_scan = self._scan_held = self._scan_released = None
 
     async def _delete_due(self, force: bool = False) -> int:
         """Delete what earlier sweeps shed once its grace is over (a claim a trusted vote touched
@@ -317,6 +377,7 @@ class Newcomers:
         deleted = await self._delete_due()
         await self.replica.trust()  # a current view (or one within the replica's interval)
         self._since_scan = {}
+        self._scan_held, self._scan_released = {}, set()
         rows = await self.replica.shed_rows()
         doomed = {i for _, ids, _ in self._doomed for i in ids}  # shed already, in their grace: not counted
         if doomed:
@@ -341,7 +402,9 @@ class Newcomers:
         self.newcomer_bytes = out.newcomer_bytes + sum(since.values())
         for i in shed:
             self._withheld.pop(i, None)
-        if shed and self.on_shed is not None:
+        # the gossip's snapshot is rebuilt when what it leaves out changed: not when all that was shed
+        # was held already (a flood's junk), so that sweeps under a flood do not rebuild it each time
+        if self._rehold(out.held, shed) and self.on_shed is not None:
             self.on_shed(shed)
         disk = await self.replica.disk_usage()
         self.usage = {"used": out.total_bytes, "file": disk["file"], "wal": disk["wal"], "pages": disk["used"]}
@@ -355,6 +418,26 @@ class Newcomers:
         self.stats.last_sweep_s = round(time.monotonic() - t0, 3)
         return deleted
 
+    def _rehold(self, held: dict[str, tuple[str, str | None, str | None]], shed: list[str]) -> bool:
+        """Take the sweep's view of what is held (store/shed.py), with what was held and released while
+        it scanned and what a trusted vote touched meanwhile; whether what the gossip's snapshot leaves
+        out changed: something offered before is now held or shed, or something held is offered."""
+        scan_held, released = self._scan_held or {}, self._scan_released or set()
+        self._scan_held = self._scan_released = None
+        for i in released:
+            held.pop(i, None)
+        held.update(scan_held)
+        old, self.held = self.held, held
+        self._refs = {}
+        for i, entry in held.items():
+            if entry[0] != "claim":
+                self._refs.setdefault(entry[1], []).append(i)
+        for claim in [i for i, e in held.items() if e[0] == "claim" and i in self.touched]:
+            self._release(claim)
+        gone = set(shed)
+        return (any(i not in old for i in shed) or any(i not in old for i in self.held)
+                or any(i not in self.held and i not in gone for i in old))
+
     def to_json(self) -> dict[str, Any]:
         """For /api/stats, ralphswarm status and /metrics."""
         s = self.settings
@@ -362,7 +445,7 @@ class Newcomers:
             "budget_bytes": s.max_db_bytes, "used_bytes": self.usage["used"], "file_bytes": self.usage["file"],
             "wal_bytes": self.usage["wal"], "pages_bytes": self.usage["pages"], "newcomer_bytes": self.newcomer_bytes,
             "newcomer_budget_bytes": s.newcomer_cap, "newcomer_authors": len(self.author_bytes),
-            "tombstones": len(self.replica.tombstones), "withheld_now": len(self._withheld),
+            "tombstones": len(self.replica.tombstones), "withheld_now": len(self._withheld), "held": len(self.held),
             "in_grace": sum(len(ids) for _, ids, _ in self._doomed),
             "in_grace_bytes": sum(size for _, _, size in self._doomed),
             **{k: v for k, v in vars(self.stats).items()},

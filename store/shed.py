@@ -56,6 +56,11 @@ class Plan:
     author_bytes: dict[str, int] = field(default_factory=dict)  # per zero-trust author, after shedding
     touched: set[str] = field(default_factory=set)  # claims a trusted key voted on (relayed normally)
     kept: int = 0  # rows never to be shed
+    # Of the newcomers' part not shed, what is not offered to peers (node/newcomers.py): a zero-trust
+    # author's claim no trusted key touched, or task no kept claim belongs to, and votes on such
+    # claims (or on none stored): id -> (kind, the claim's parent | the vote's claim | the task's id,
+    # the claim's task)
+    held: dict[str, tuple[str, str | None, str | None]] = field(default_factory=dict)
 
 
 def cost(row: Row) -> int:
@@ -102,6 +107,7 @@ def plan(rows: Iterable[Row | tuple], trusted: Callable[[str], bool], self_key: 
     expired: list[Row] = []
     units: list[tuple[tuple, list[Row]]] = []  # (order key, rows shed together)
     cutoff = now - ttl_s
+    held = out.held
     for r in rows:
         mine = ok(r.author)
         if r.kind == "peer":
@@ -116,6 +122,7 @@ def plan(rows: Iterable[Row | tuple], trusted: Callable[[str], bool], self_key: 
             if r.id in kept_claims:
                 continue
             unit = [r, *votes_on.get(r.id, ())]
+            held[r.id] = ("claim", r.parent, r.task)
             if r.received_at is not None and r.received_at < cutoff:
                 expired.extend(unit)
             else:
@@ -126,9 +133,12 @@ def plan(rows: Iterable[Row | tuple], trusted: Callable[[str], bool], self_key: 
             # a vote on an unkept claim goes with that claim; one on a claim not stored is an orphan
             elif r.claim not in claims:
                 units.append(((1, 0, r.received_at or 0, r.id), [r]))
+            if r.claim not in kept_claims:
+                held[r.id] = ("vote", r.claim, None)
         elif r.kind == "task":
             if r.task in kept_tasks:
                 continue
+            held[r.id] = ("task", r.task, None)
             if r.received_at is not None and r.received_at < cutoff:
                 expired.append(r)
             else:
@@ -156,6 +166,8 @@ def plan(rows: Iterable[Row | tuple], trusted: Callable[[str], bool], self_key: 
             out.shed_bytes += cost(r)
             newcomer -= cost(r)
         shed_units += 1
+    for i in out.shed:
+        held.pop(i, None)
     out.newcomer_bytes = newcomer
     out.total_bytes = total - out.shed_bytes
     for _, unit in units[shed_units:]:

@@ -22,7 +22,13 @@ def claim(identity: Identity, swarm: str = "public", *, task: str = "a" * 64, n:
     return build(identity, swarm, "claim", body, created_at=created_at + n)
 
 
+def claims_author(seed: int = 0) -> Identity:
+    """The author of ``claims(..., seed=seed)``: a node that is to relay and offer those claims to its
+    peers trusts it (``--trusted``); a zero-trust author's claims stay where they were pushed until a
+    trusted vote touches them (node/newcomers.py)."""
+    return Identity.from_seed(random.Random(seed).randbytes(32))
+
+
 def claims(count: int, swarm: str = "public", seed: int = 0, **kw) -> list:
-    rng = random.Random(seed)
-    author = Identity.from_seed(rng.randbytes(32))
+    author = claims_author(seed)
     return [claim(author, swarm, n=seed * 1_000_000 + i, **kw) for i in range(count)]

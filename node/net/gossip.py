@@ -111,6 +111,9 @@ class Gossip:
         # Of the newly stored, what is pushed onward (node/newcomers.py: not a zero-trust author's
         # message no trusted vote touched); None: everything.
         self.relay_filter: Callable[[list[Any]], list[Any]] | None = None
+        # Stored ids not offered to reconciliation, nor fetched again when a peer offers them (the same
+        # module's ``held``: what the relay filter withholds); None: none.
+        self.unoffered: Callable[[], Any] | None = None
 
     def catchup_json(self) -> dict[str, Any] | None:
         """The current (or last) catch-up's progress: status, /api/stats, metrics."""
@@ -151,8 +154,10 @@ class Gossip:
         for env in accepted:
             self._promised.pop(env.id, None)
         if accepted:
-            self._version += 1
-            for env in accepted if self.relay_filter is None else self.relay_filter(accepted):
+            relayed = accepted if self.relay_filter is None else self.relay_filter(accepted)
+            if relayed:  # what is withheld is out of the snapshot as well: then it is unchanged
+                self._version += 1
+            for env in relayed:
                 if relay_after is None or env.created_at >= relay_after:
                     self._outbox[env.id] = _Out(own=env.author == self.own_key,
                                                 exclude={origin} if origin else set())
@@ -185,6 +190,9 @@ class Gossip:
     def _shed(self) -> Any:
         """Ids the store shed to stay within its budget (store/shed.py): not to be fetched again."""
         return getattr(self.store, "tombstones", ())
+
+    def _unoffered(self) -> Any:
+        return () if self.unoffered is None else self.unoffered()
 
     def changed(self) -> None:
         """The store shed messages or took one back: the next reconciliation snapshot is rebuilt."""
@@ -304,7 +312,9 @@ class Gossip:
             version = self._version
             items = await self.store.items()
             shed = self._shed()  # shed, still stored for a grace period (node/newcomers.py): not offered
-            self._snapshot = (version, Storage((ts, bytes.fromhex(i)) for ts, i in items if i not in shed))
+            held = self._unoffered()  # held until a trusted vote touches it (node/newcomers.py)
+            self._snapshot = (version, Storage((ts, bytes.fromhex(i)) for ts, i in items
+                                               if i not in shed and i not in held))
         return self._snapshot[1]
 
     async def handle_sync(self, msg: bytes, origin: str | None = None) -> bytes:
@@ -358,8 +368,8 @@ class Gossip:
         self.stats.syncs += 1
         self.stats.sync_rounds += rounds
         self.stats.sync_bytes += sent_bytes + recv_bytes
-        shed = self._shed()
-        return _hex(have), [i for i in _hex(need) if i not in shed], rounds, sent_bytes, recv_bytes
+        shed, held = self._shed(), self._unoffered()  # held: stored, only not offered
+        return _hex(have), [i for i in _hex(need) if i not in shed and i not in held], rounds, sent_bytes, recv_bytes
 
     async def sync_with(self, address: str) -> SyncResult:
         """Reconcile with one peer, fetch what we lack and send what it lacks.

@@ -25,12 +25,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from node.daemon import Node
-from node.newcomers import MIB, REFUSED, NewcomerSettings
+from node.newcomers import MIB, REFUSED, NewcomerSettings, Newcomers
 from node.net.gossip import GossipSettings
 from node.net.http import HttpTransport
 from node.settings import NetworkSettings, NodeSettings
 from protocol import Identity, build
+from store import Replica
 from store.shed import ROW_OVERHEAD, Row
+from tests.store.test_store_factory import NOW, SWARM, key, tid
+from tests.store.test_store_factory import claim as claim_on
+from tests.store.test_store_factory import task, vote
 from tests.messages import claim, result
 
 TRUSTED = Identity.from_seed(b"\x54" * 32)  # a key the nodes pre-trust
@@ -366,7 +370,9 @@ async def test_what_is_shed_leaves_reconciliation_at_once_and_is_served_until_it
         shed = [e.id for e in junk if e.id in node.replica.tombstones]
         assert len(shed) >= 14 and node.newcomers.to_json()["in_grace"] == len(shed)
         stored = len(await node.gossip.store.items())  # still stored in their grace ...
-        assert len(await node.gossip.snapshot()) == stored - len(shed)  # ... but out of reconciliation at once
+        # ... but out of reconciliation at once, as the rest of the junk (held: no trusted vote touched it)
+        assert {e.id for e in junk if e.id in node.newcomers.held} == {e.id for e in junk} - set(shed)
+        assert len(await node.gossip.snapshot()) == stored - len(junk)
         async with aiohttp.ClientSession() as session:
             async with session.post(node.address + "/v1/fetch", json={"ids": shed}) as resp:
                 served = [m["id"] for m in (await resp.json())["messages"]]
@@ -401,6 +407,82 @@ async def test_the_wal_stays_within_a_sixteenth_of_a_small_budget(tmp_path):
             assert len(report.accepted) == 100
         wal = (await node.replica.disk_usage())["wal"]
         assert wal <= budget // 16 + 2 * batch_bytes, (wal, budget // 16)
+    finally:
+        for n in reversed(nodes):
+            await n.stop()
+
+
+ME, P, A, C = key(0), key(1), key(2), key(4)  # self, pre-trusted, strangers (tests/store/test_store_shed.py)
+
+
+async def test_newcomers_hold_what_they_withhold_and_release_it_with_a_trusted_touch(tmp_path):
+    """node/newcomers.py keeps ``held`` as it stores (relay), releases a claim with its ancestors, their
+    task and the votes on them when a trusted vote touches it, and a trusted key's claim releases its
+    ancestors; a sweep (as at start, on another instance over the same replica) agrees with the plan."""
+    r = await Replica.open(tmp_path / "r.sqlite3", swarm=SWARM, self_key=ME.pubkey, trusted=[P.pubkey])
+    changed: list[list[str]] = []
+    n = Newcomers(r, NewcomerSettings(), on_shed=changed.append)
+    try:
+        other = task(C, name="other")
+        root = claim_on(C, tid(other), "0.990000", note="root")
+        child = claim_on(C, tid(other), "0.980000", parent=root.id, note="child")
+        on_child = vote(A, child.id)
+        for env in (other, root, child, on_child):
+            report = await r.ingest([env.canonical()], now=NOW)
+            assert report.accepted and n.relay(report.accepted) == []
+        assert set(n.held) == {other.id, root.id, child.id, on_child.id}
+        await n.sweep(now=NOW)
+        assert set(n.held) == {other.id, root.id, child.id, on_child.id} and changed == []
+        # a pre-trusted key builds on the root: the root and its task are offered, the child is not
+        mine = claim_on(P, tid(other), "0.970000", parent=root.id, note="mine")
+        report = await r.ingest([mine.canonical()], now=NOW)
+        assert [e.id for e in n.relay(report.accepted)] == [mine.id]
+        assert set(n.held) == {child.id, on_child.id}
+        await n.sweep(now=NOW)
+        assert set(n.held) == {child.id, on_child.id} and changed == []
+        # a restarted node's newcomers hold nothing until their first sweep, which rebuilds the snapshot
+        fresh = Newcomers(r, NewcomerSettings(), on_shed=changed.append)
+        await fresh.sweep(now=NOW)
+        assert set(fresh.held) == {child.id, on_child.id} and changed == [[]]
+        # a trusted vote touches the child: it and the vote on it are offered
+        touch = vote(P, child.id)
+        report = await r.ingest([touch.canonical()], now=NOW)
+        assert {e.id for e in n.relay(report.accepted)} == {touch.id, child.id}
+        assert n.held == {} and n.stats.released == 1
+    finally:
+        await r.close()
+
+
+async def test_junk_is_not_fetched_by_reconciliation_until_a_trusted_vote_touches_it(tmp_path):
+    """Reconciliation is a relay too: what a flood pushes into one node is not fetched from it by every
+    other node. A node offers what it trusts, and one that holds a message it was offered does not
+    fetch it again; once a trusted vote touches a claim, the claim, its ancestors and the vote are
+    offered."""
+    friend, stranger = Identity.generate(), Identity.generate()
+    nodes: list[Node] = []
+    try:
+        a = await _start(_settings(tmp_path, "a", newcomers=NewcomerSettings(),
+                                   trusted=(TRUSTED.pubkey, friend.pubkey)), nodes)
+        b = await _start(_settings(tmp_path, "b", newcomers=NewcomerSettings()), nodes)
+        root = _junk(stranger, 1)
+        child = claim(stranger, n=2, parent=root.id)
+        ours = _junk(friend, 3)  # a trusts its author, b does not
+        async with aiohttp.ClientSession() as session:
+            assert len((await _push(session, a, [root, child, ours]))[1]["accepted"]) == 3
+            assert (await _push(session, b, [ours]))[1]["accepted"] == [ours.id]
+            assert ours.id in b.newcomers.held and root.id in a.newcomers.held and ours.id not in a.newcomers.held
+            duplicates = b.gossip.stats.duplicate
+            first = await asyncio.wait_for(b.gossip.sync_with(a.address), WAIT_S)
+            assert first.rounds >= 1
+            assert await b.replica.get_raw(root.id) is None and await b.replica.get_raw(child.id) is None
+            assert b.gossip.stats.duplicate == duplicates  # ours was offered by a: not fetched again
+            touch = _vote(TRUSTED, child.id)
+            assert (await _push(session, a, [touch]))[1]["accepted"] == [touch.id]
+            assert not {root.id, child.id} & set(a.newcomers.held)  # (b's task, sent by b, still is)
+            await asyncio.wait_for(b.gossip.sync_with(a.address), WAIT_S)
+            for env in (root, child, touch):
+                assert await b.replica.get_raw(env.id) is not None, env.kind
+            assert root.id not in b.newcomers.held and child.id not in b.newcomers.held  # touched there too
     finally:
         for n in reversed(nodes):
             await n.stop()

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from tests.netns import NetnsLab
-from tests.messages import claims
+from tests.messages import claims, claims_author
 from tests.nodeproc import ROOT, NodeProcess, cli, wait_until
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,8 @@ def test_private_swarm_refuses_a_node_without_the_key(tmp_path):
     assert cli("swarm-key", str(key)).returncode == 0
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     lab = ("--swarm", "lab", "--swarm-key-file", str(key))
-    a = NodeProcess(tmp_path / "a", *FAST, *lab).start()
+    # a trusts the imported claims' author: it offers them to b's reconciliation (node/newcomers.py)
+    a = NodeProcess(tmp_path / "a", *FAST, *lab, "--trusted", claims_author(21).pubkey).start()
     b = NodeProcess(tmp_path / "b", *FAST, *lab, "--bootstrap", a.address).start()
     other_key = tmp_path / "other.key"
     cli("swarm-key", str(other_key))

@@ -159,3 +159,28 @@ def test_tombstones_are_bounded():
     t.add(["a", "b", "c", "d"])
     assert len(t) == 3 and "a" not in t and t.among(["b", "x", None]) == {"b"}
     assert t.lift("b") and not t.lift("b") and t.lifted == 1
+
+
+async def test_the_plan_says_what_is_held_out_of_reconciliation(tmp_path):
+    """Of the newcomers' part, what a trusted vote did not touch is held (node/newcomers.py: not offered
+    to peers): a stranger's claim no trusted key voted on with the votes on it, a stranger's task no
+    kept claim belongs to; not a kept claim's ancestor, nor a stranger's vote on a kept claim, nor a
+    peer record; and nothing shed is also held."""
+    r = await _open(tmp_path)
+    try:
+        m = await _corpus(r)
+        other = task(C, name="other")  # a stranger's task no kept claim belongs to
+        assert (await r.ingest([other.canonical()], now=NOW)).accepted
+        rows = [Row(*row) for row in await r.shed_rows()]
+        out = plan(rows, _trusted(r), ME.pubkey, NOW, ttl_s=10 ** 9, newcomer_target=10 ** 9)
+        assert out.shed == [m["expired"].id]
+        t = tid(m["t"])
+        assert out.held == {
+            m["junk_old"].id: ("claim", None, t), m["junk_worse"].id: ("claim", None, t),
+            m["junk_new"].id: ("claim", None, t), m["stranger_on_junk"].id: ("vote", m["junk_old"].id, None),
+            other.id: ("task", tid(other), None)}
+        out = plan(rows, _trusted(r), ME.pubkey, NOW, ttl_s=10 ** 9, newcomer_target=0)
+        assert m["junk_old"].id in out.shed and out.held == {}
+    finally:
+        await r.close()
+
