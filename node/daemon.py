@@ -64,6 +64,8 @@ class Node:
         # fetch answers' bytes per client address (node/net/api.py fetch): a token bucket in bytes
         self.fetch_limiter = RateLimiter(RateSettings(rate=api.FETCH_PEER_RATE_BPS, burst=api.FETCH_PEER_BURST_BYTES))
         self.bytes_out_fetch = 0
+        # ids looked up by fetches per client address (node/net/api.py fetch)
+        self.lookup_limiter = RateLimiter(RateSettings(rate=api.LOOKUP_PEER_RATE, burst=api.LOOKUP_PEER_BURST))
         # request body bytes per client address (node/net/api.py guard), beside the request rate
         self.body_limiter = RateLimiter(RateSettings(rate=api.BODY_PEER_RATE_BPS, burst=api.BODY_PEER_BURST_BYTES))
         self.address: str | None = None

@@ -480,6 +480,11 @@ class Replica:
         found = {r[0]: bytes(r[1]) for r in rows}
         return [found[i] for i in ids if i in found]
 
+    async def sizes(self, ids: Iterable[str]) -> dict[str, int]:
+        """{id: canonical bytes} of the stored ones among ``ids`` (length() of a blob reads no content)."""
+        rows = await self._fetch_in("SELECT id, length(raw) FROM messages WHERE id IN ({})", list(dict.fromkeys(ids)))
+        return {r[0]: r[1] for r in rows}
+
     async def has_ids(self, ids: Iterable[str]) -> set[str]:
         rows = await self._fetch_in("SELECT id FROM messages WHERE id IN ({})", list(dict.fromkeys(ids)))
         return {r[0] for r in rows}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from aiohttp import web
 
@@ -29,11 +29,17 @@ NODE: web.AppKey[Any] = web.AppKey("node", object)
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a push batch of envelopes (each <= 256 KiB)
 MAX_IDS = 1000  # ids per announce/fetch, envelopes per push
 MAX_FETCH_ANSWER_BYTES = 16 * 1024 * 1024  # a fetch answer's bytes at most (the client's cap, SPEC.md 10.5)
-FETCH_CHUNK = 8  # envelopes read from the replica at a time while a fetch answer streams
+FETCH_CHUNK_BYTES = 256 * 1024  # envelopes' bytes read from the replica at a time while a fetch answer streams
 FETCH_PEER_RATE_BPS = 4 * 1024 * 1024  # fetch answer bytes per second per client address, sustained ...
 FETCH_PEER_BURST_BYTES = 64 * 1024 * 1024  # ... after a burst of this many (a catch-up)
 BODY_PEER_RATE_BPS = 2 * 1024 * 1024  # request body bytes per second per client address, sustained ...
 BODY_PEER_BURST_BYTES = 32 * 1024 * 1024  # ... after a burst of this many (four full push batches)
+# ids a client address may have looked up by fetches, per second, sustained ... (a 1,000-id fetch
+# costs ~2.5 ms of lookups and parsing whatever it finds: a prober asking for what is not stored
+# spends no answer bytes; an honest catch-up at FETCH_PEER_RATE_BPS asks ~3,000 a second)
+LOOKUP_PEER_RATE = 5_000
+LOOKUP_PEER_BURST = 50_000  # ... after a burst of this many (a catch-up of that many messages)
+ID_JSON_BYTES = 67  # an id in a request body: 64 hex digits, quotes and a comma
 NEWCOMER_RETRY_S = 60  # Retry-After of a push refused whole for the newcomers' budgets
 PEER_HEADER = "X-Ralphswarm-Peer"  # the sender's own address (its peer record's), a hint (SPEC.md 10)
 
@@ -156,22 +162,28 @@ async def get_message(request: web.Request) -> web.Response:
 
 
 async def fetch(request: web.Request) -> web.StreamResponse:
-    """Streamed (SPEC.md 10.2.4): the envelopes are read FETCH_CHUNK at a time and written as they
-    come, so an answer costs the node a chunk of memory, not its size; it stops before the envelope
-    that would take it past MAX_FETCH_ANSWER_BYTES or past what the client's address may still read
-    (``Node.fetch_limiter``, bytes per second per address). In a private swarm the answer is sealed
-    whole, so it is built in memory, under the same cap."""
+    """Streamed (SPEC.md 10.2.4): which of the ids are stored, and their sizes, is one lookup (a
+    prober's misses cost no read each); the envelopes are then read FETCH_CHUNK_BYTES at a time and
+    each such chunk written at once, so an answer costs the node a chunk of memory, not its size; it
+    stops before the envelope that would take it past MAX_FETCH_ANSWER_BYTES or past what the
+    client's address may still read (``Node.fetch_limiter``, bytes per second per address). In a
+    private swarm the answer is sealed whole, so it is built in memory, under the same cap."""
     node = request.app[NODE]
-    ids = list(dict.fromkeys(_ids(await _body(request))))
-    key, now = request.remote or "?", time.monotonic()
-    chunks = (ids[i:i + FETCH_CHUNK] for i in range(0, len(ids), FETCH_CHUNK))
-    pending: list[bytes] = []
-    for chunk in chunks:  # the first stored envelope decides between an answer and 429
-        pending = await node.replica.get_many_raw(chunk)
-        if pending:
-            break
-    if pending:
-        wait = node.fetch_limiter.take(key, now, len(pending[0]))
+    key = request.remote or "?"
+    # lookups per address: estimated from the body's length before it is read, the rest once parsed
+    estimate = max(1, (request.content_length or 0) // ID_JSON_BYTES)
+    wait = node.lookup_limiter.take(key, time.monotonic(), estimate)
+    ids = list(dict.fromkeys(_ids(await _body(request)))) if wait <= 0 else []
+    if wait <= 0 and len(ids) > estimate:
+        wait = node.lookup_limiter.take(key, time.monotonic(), len(ids) - estimate)
+    if wait > 0:
+        node.metrics_event("fetch_lookups_limited")
+        return _error(429, "rate limited (ids looked up)", headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+    sizes = await node.replica.sizes(ids)
+    chunks = _chunks([i for i in ids if i in sizes], sizes)
+    first_chunk = next(chunks, [])
+    if first_chunk:  # the first stored envelope decides between an answer and 429
+        wait = node.fetch_limiter.take(key, time.monotonic(), sizes[first_chunk[0]])
         if wait > 0:
             node.metrics_event("fetch_bytes_limited")
             return _error(429, "rate limited (bytes)", headers={"Retry-After": str(max(1, int(wait + 0.999)))})
@@ -183,33 +195,45 @@ async def fetch(request: web.Request) -> web.StreamResponse:
         await resp.prepare(request)
         await resp.write(b'{"messages":[')
     size, first, charged = len(b'{"messages":[]}'), True, True
-    while pending:
-        for raw in pending:
+    chunk = first_chunk
+    while chunk:
+        pieces: list[bytes] = []
+        cut = False
+        for raw in await node.replica.get_many_raw(chunk):
             if size + len(raw) + 1 > MAX_FETCH_ANSWER_BYTES or (
                     not charged and node.fetch_limiter.take(key, time.monotonic(), len(raw)) > 0):
                 node.metrics_event("fetch_answer_cut")
-                pending = []
+                cut = True
                 break
             charged = False
-            piece = raw if first else b"," + raw
+            pieces.append(raw if first else b"," + raw)
             first = False
-            size += len(piece)
+            size += len(pieces[-1])
             node.bytes_out_fetch += len(raw)
-            if resp is not None:
-                await resp.write(piece)
-            else:
-                out.append(piece)
+        if resp is not None and pieces:
+            await resp.write(b"".join(pieces))
         else:
-            pending = []
-            for chunk in chunks:
-                pending = await node.replica.get_many_raw(chunk)
-                if pending:
-                    break
+            out.extend(pieces)
+        chunk = [] if cut else next(chunks, [])
     if resp is None:
         return _raw_json(b'{"messages":[' + b"".join(out) + b"]}")
     await resp.write(b"]}")
     await resp.write_eof()
     return resp
+
+
+def _chunks(ids: list[str], sizes: dict[str, int]) -> Iterator[list[str]]:
+    """``ids`` in order, in runs of at most FETCH_CHUNK_BYTES (a bigger envelope alone)."""
+    chunk: list[str] = []
+    total = 0
+    for i in ids:
+        if chunk and total + sizes[i] > FETCH_CHUNK_BYTES:
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(i)
+        total += sizes[i]
+    if chunk:
+        yield chunk
 
 
 async def announce(request: web.Request) -> web.Response:

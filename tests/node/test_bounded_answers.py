@@ -6,6 +6,7 @@ bytes; a claim whose ancestor is missing waits for it. Real replicas, a real nod
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import tracemalloc
@@ -210,3 +211,28 @@ async def test_request_bytes_per_address_are_limited(node):
     assert api.BODY_PEER_BURST_BYTES - len(body) < sent <= api.BODY_PEER_BURST_BYTES + api.BODY_PEER_RATE_BPS * elapsed
     assert node.telemetry.events.get("body_bytes_limited") == 1
     assert "rate_limited" not in node.telemetry.events
+
+
+async def test_ids_looked_up_per_address_are_limited(node):
+    """A prober asking for ids that are not stored spends no answer bytes, but each 1,000-id fetch
+    costs lookups and parsing: past LOOKUP_PEER_BURST ids it is refused with 429 and Retry-After, from
+    the body's length before the body is read; what was looked up stays within the burst and the
+    refill over the time taken."""
+    stored = await _big_claims(node, 3, size=100)
+    probe = [f"{n:064x}" for n in range(1000)]
+    looked, t0 = 0, time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3 * api.LOOKUP_PEER_BURST // len(probe)):
+            status, raw, headers = await _fetch(session, node, probe)
+            if status == 429:
+                break
+            assert json.loads(raw) == {"messages": []}
+            looked += len(probe)
+        elapsed = time.monotonic() - t0
+        assert status == 429 and int(headers["Retry-After"]) >= 1 and b"ids looked up" in raw
+        assert api.LOOKUP_PEER_BURST - len(probe) <= looked <= api.LOOKUP_PEER_BURST + api.LOOKUP_PEER_RATE * elapsed
+        assert node.telemetry.events.get("fetch_lookups_limited") == 1
+        # a small fetch after a pause within the refill is answered
+        await asyncio.sleep(len(stored) / api.LOOKUP_PEER_RATE + 0.01)
+        status, raw, _ = await _fetch(session, node, stored)
+        assert status == 200 and [m["id"] for m in json.loads(raw)["messages"]] == stored
