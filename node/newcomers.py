@@ -16,8 +16,11 @@ only within budgets; what a trusted key sends or touches is not limited here:
   pushed onward, nor offered to peers' reconciliation (``held``: out of the gossip's snapshot, so what
   a flood pushed into one node is not fetched from it by every other); once a trusted vote touches the
   claim it is relayed (if still within the push window) and offered again, with its ancestors, its task
-  and the votes on it. A trusted key's claim releases its ancestors the same way. The sweep recomputes
-  ``held`` from the replica (trust earned or lost meanwhile, and at start).
+  and the votes on it. A trusted key's claim releases its ancestors the same way. A task message is
+  offered when a trusted key published the same task or an offered claim belongs to it (every node
+  publishes the task it works on under its own key: held, those copies would differ between every two
+  peers' snapshots at every reconciliation). The sweep recomputes ``held`` from the replica (trust
+  earned or lost meanwhile, and at start).
 * **The sweep** (every ``sweep_interval_s``, and at once when a budget is passed): sheds what
   ``store/shed.py`` says, oldest first, down to ``low_water`` of the newcomers' cap, and of the
   replica's disk budget (``max_db_bytes``, ``--max-db-mb``) when the replica is over it; junk no
@@ -135,6 +138,9 @@ class Newcomers:
         # claim | the task's id, the claim's task), as store/shed.py's Plan.held
         self.held: dict[str, tuple[str, str | None, str | None]] = {}
         self._refs: dict[str, list[str]] = {}  # claim id -> held votes on it; task id -> held task messages
+        # task ids a trusted key published or an offered claim belongs to: their task messages, by any
+        # author, are offered (every node publishes the task it works on, under its own key)
+        self.known_tasks: set[str] = set()
         self._scan_held: dict[str, tuple[str, str | None, str | None]] | None = None  # held while a sweep scans
         self._scan_released: set[str] | None = None  # released while a sweep scans
         self._withheld: OrderedDict[str, _Held] = OrderedDict()
@@ -249,9 +255,13 @@ class Newcomers:
                     out.append(held)
                     self.stats.released += 1
         for env in accepted:
+            if env.kind == "task" and self.trusted(env.author):
+                self.known_tasks.add(task_id(env.body))
+        for env in accepted:
             if env.kind in HELD_KINDS and not self.trusted(env.author):
                 if env.kind == "claim" and env.id in self.touched or \
-                        env.kind == "vote" and env.body["claim"] in self.touched:
+                        env.kind == "vote" and env.body["claim"] in self.touched or \
+                        env.kind == "task" and task_id(env.body) in self.known_tasks:
                     out.append(env)
                     continue
                 self.stats.withheld += 1
@@ -271,7 +281,15 @@ class Newcomers:
         for env in accepted:
             if env.kind == "claim" and env.id not in self.held:
                 self._release(env.body["parent"])
+                self._release_task(env.body["task"])
+            elif env.kind == "task" and env.id not in self.held:
+                self._release_task(task_id(env.body))
         return out
+
+    def _release_task(self, task: str) -> int:
+        """Offer the held messages of a task a trusted key published or an offered claim belongs to."""
+        self.known_tasks.add(task)
+        return self._release_refs(task)
 
     def _hold(self, msg_id: str, entry: tuple[str, str | None, str | None]) -> None:
         self.held[msg_id] = entry
@@ -296,7 +314,7 @@ class Newcomers:
             if self._scan_released is not None:
                 self._scan_released.add(claim)
             if entry[2] is not None:
-                n += self._release_refs(entry[2])
+                n += self._release_task(entry[2])
             claim = entry[1]
         return n
 
@@ -404,7 +422,7 @@ class Newcomers:
             self._withheld.pop(i, None)
         # the gossip's snapshot is rebuilt when what it leaves out changed: not when all that was shed
         # was held already (a flood's junk), so that sweeps under a flood do not rebuild it each time
-        if self._rehold(out.held, shed) and self.on_shed is not None:
+        if self._rehold(out.held, shed, out.kept_tasks) and self.on_shed is not None:
             self.on_shed(shed)
         disk = await self.replica.disk_usage()
         self.usage = {"used": out.total_bytes, "file": disk["file"], "wal": disk["wal"], "pages": disk["used"]}
@@ -418,7 +436,8 @@ class Newcomers:
         self.stats.last_sweep_s = round(time.monotonic() - t0, 3)
         return deleted
 
-    def _rehold(self, held: dict[str, tuple[str, str | None, str | None]], shed: list[str]) -> bool:
+    def _rehold(self, held: dict[str, tuple[str, str | None, str | None]], shed: list[str],
+                kept_tasks: set[str] = frozenset()) -> bool:
         """Take the sweep's view of what is held (store/shed.py), with what was held and released while
         it scanned and what a trusted vote touched meanwhile; whether what the gossip's snapshot leaves
         out changed: something offered before is now held or shed, or something held is offered."""
@@ -428,12 +447,15 @@ class Newcomers:
             held.pop(i, None)
         held.update(scan_held)
         old, self.held = self.held, held
+        self.known_tasks |= kept_tasks
         self._refs = {}
         for i, entry in held.items():
             if entry[0] != "claim":
                 self._refs.setdefault(entry[1], []).append(i)
         for claim in [i for i, e in held.items() if e[0] == "claim" and i in self.touched]:
             self._release(claim)
+        for task in [e[1] for e in held.values() if e[0] == "task" and e[1] in self.known_tasks]:
+            self._release_refs(task)
         gone = set(shed)
         return (any(i not in old for i in shed) or any(i not in old for i in self.held)
                 or any(i not in self.held and i not in gone for i in old))

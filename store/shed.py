@@ -8,7 +8,7 @@ newcomers' part over its own, and after ``ttl_s`` when nothing this node trusts 
 * **kept, always**: every message of a trusted key (this node's own, a pre-trusted key, a key with
   earned trust above 0); every claim a trusted key voted on (whatever the verdict: a verified claim
   is one), with every ancestor of such a claim (its source is rebuilt from them) and the task it
-  belongs to; peer records that have not expired, of trusted keys;
+  belongs to; a task a trusted key published, by whichever author; peer records that have not expired, of trusted keys;
 * **newcomers' part**, in shedding order: expired peer records (not this node's own); a zero-trust
   author's claim no trusted key voted on, with the votes on it (negative results, outcome other
   than ``improved``, before the rest; oldest received first); tasks of zero-trust authors no kept
@@ -61,6 +61,7 @@ class Plan:
     # claims (or on none stored): id -> (kind, the claim's parent | the vote's claim | the task's id,
     # the claim's task)
     held: dict[str, tuple[str, str | None, str | None]] = field(default_factory=dict)
+    kept_tasks: set[str] = field(default_factory=set)  # task ids whose task messages are kept and offered
 
 
 def cost(row: Row) -> int:
@@ -103,7 +104,9 @@ def plan(rows: Iterable[Row | tuple], trusted: Callable[[str], bool], self_key: 
         while parent and parent in claims and parent not in kept_claims:
             kept_claims.add(parent)
             parent = claims[parent].parent
-    kept_tasks = {claims[cid].task for cid in kept_claims}
+    # a kept claim's task, and a task a trusted key published (whoever else published the same body)
+    kept_tasks = {claims[cid].task for cid in kept_claims} | {r.task for r in rows if r.kind == "task" and ok(r.author)}
+    out.kept_tasks = kept_tasks
     expired: list[Row] = []
     units: list[tuple[tuple, list[Row]]] = []  # (order key, rows shed together)
     cutoff = now - ttl_s

@@ -444,6 +444,13 @@ async def test_newcomers_hold_what_they_withhold_and_release_it_with_a_trusted_t
         fresh = Newcomers(r, NewcomerSettings(), on_shed=changed.append)
         await fresh.sweep(now=NOW)
         assert set(fresh.held) == {child.id, on_child.id} and changed == [[]]
+        # a stranger's task is offered once a trusted key publishes the same task
+        third = task(C, name="third")
+        report = await r.ingest([third.canonical()], now=NOW)
+        assert n.relay(report.accepted) == [] and third.id in n.held
+        ours = task(P, name="third", at=NOW - 5)
+        report = await r.ingest([ours.canonical()], now=NOW)
+        assert [e.id for e in n.relay(report.accepted)] == [ours.id] and third.id not in n.held
         # a trusted vote touches the child: it and the vote on it are offered
         touch = vote(P, child.id)
         report = await r.ingest([touch.canonical()], now=NOW)

@@ -170,7 +170,9 @@ async def test_the_plan_says_what_is_held_out_of_reconciliation(tmp_path):
     try:
         m = await _corpus(r)
         other = task(C, name="other")  # a stranger's task no kept claim belongs to
-        assert (await r.ingest([other.canonical()], now=NOW)).accepted
+        copy = task(C, at=NOW - 10)  # a stranger publishing the task this node published: kept, offered
+        assert tid(copy) == tid(m["t"]) and copy.id != m["t"].id
+        assert len((await r.ingest([other.canonical(), copy.canonical()], now=NOW)).accepted) == 2
         rows = [Row(*row) for row in await r.shed_rows()]
         out = plan(rows, _trusted(r), ME.pubkey, NOW, ttl_s=10 ** 9, newcomer_target=10 ** 9)
         assert out.shed == [m["expired"].id]
@@ -179,6 +181,7 @@ async def test_the_plan_says_what_is_held_out_of_reconciliation(tmp_path):
             m["junk_old"].id: ("claim", None, t), m["junk_worse"].id: ("claim", None, t),
             m["junk_new"].id: ("claim", None, t), m["stranger_on_junk"].id: ("vote", m["junk_old"].id, None),
             other.id: ("task", tid(other), None)}
+        assert out.kept_tasks == {tid(m["t"])}
         out = plan(rows, _trusted(r), ME.pubkey, NOW, ttl_s=10 ** 9, newcomer_target=0)
         assert m["junk_old"].id in out.shed and out.held == {}
     finally:
