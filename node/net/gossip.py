@@ -439,6 +439,9 @@ class Gossip:
         A peer that wants less than a quarter of a batch already has them coming (it is catching
         up from us or others, node/net/fetcher.py): the rest is not offered, so a joining node does
         not receive every message twice."""
+        peer = self.peers.get(address)
+        if peer is not None and peer.has:  # it said it holds these (it holds back what it does not trust,
+            ids = [i for i in ids if i not in peer.has]  # node/newcomers.py): not announced at every sync
         chunks = [ids[i:i + self.settings.max_batch] for i in range(0, len(ids), self.settings.max_batch)]
         if not chunks:
             return
