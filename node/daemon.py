@@ -101,7 +101,11 @@ class Node:
                                                                      StoreSettings.wal_autocheckpoint),
                                                                  trust_min_interval_s=TRUST_INTERVAL_S,
                                                                  pending_max_messages=PENDING_MAX_MESSAGES))
-        self.slots = DeviceSlots(devices=["cpu"] if s.device == "cpu" else detect_devices())
+        # Device detection imports torch (1-2 s of CPU): not on the way to listening and catching up.
+        # A node that runs no experiment, or was told the CPU, never imports it here; otherwise the
+        # devices are detected in the background once the node listens (the loops wait for a slot).
+        detect = s.device != "cpu" and (s.ralph or s.reproduce)
+        self.slots = DeviceSlots(devices=[] if detect else ["cpu"])
         self.tasks = TaskBook(self.replica)
         self.corpus = ReplicaCorpus(self.replica, self.tasks, self.identity.pubkey)
         app = self.make_app()
@@ -136,10 +140,15 @@ class Node:
         self.spawn(self._discovery_loop(), "discovery")
         self.spawn(self._republish_loop(), "republish")
         self.spawn(self.newcomers.run(), "newcomers")
+        if detect:
+            self.spawn(self._detect_devices(), "devices")
         if s.network.lan:
             await self._start_lan(port)
         for ext in self.extensions:
             await ext.start(self)
+
+    async def _detect_devices(self) -> None:
+        self.slots.add(await asyncio.to_thread(detect_devices))
 
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=api.MAX_BODY_BYTES)
@@ -183,6 +192,8 @@ class Node:
         task = asyncio.create_task(self._guarded(coro, name), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if asyncio.iscoroutine(coro):  # cancelled before it ran (a node stopped as it starts): closed, not leaked
+            task.add_done_callback(lambda t: t.cancelled() and coro.close())
         return task
 
     async def _guarded(self, coro: Awaitable[Any], name: str) -> Any:

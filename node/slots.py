@@ -44,6 +44,12 @@ class DeviceSlots:
         for device in self.devices:
             self._free.put_nowait(device)
 
+    def add(self, devices: list[str]) -> None:
+        """Devices detected after the slots were made (node/daemon.py detects them in the background)."""
+        for device in devices:
+            self.devices.append(device)
+            self._free.put_nowait(device)
+
     @property
     def free(self) -> int:
         return self._free.qsize()
