@@ -422,7 +422,7 @@ class Newcomers:
             self._withheld.pop(i, None)
         # the gossip's snapshot is rebuilt when what it leaves out changed: not when all that was shed
         # was held already (a flood's junk), so that sweeps under a flood do not rebuild it each time
-        if self._rehold(out.held, shed, out.kept_tasks) and self.on_shed is not None:
+        if self._rehold(out.held, shed, out.offered_tasks) and self.on_shed is not None:
             self.on_shed(shed)
         disk = await self.replica.disk_usage()
         self.usage = {"used": out.total_bytes, "file": disk["file"], "wal": disk["wal"], "pages": disk["used"]}
@@ -437,7 +437,7 @@ class Newcomers:
         return deleted
 
     def _rehold(self, held: dict[str, tuple[str, str | None, str | None]], shed: list[str],
-                kept_tasks: set[str] = frozenset()) -> bool:
+                offered_tasks: set[str] = frozenset()) -> bool:
         """Take the sweep's view of what is held (store/shed.py), with what was held and released while
         it scanned and what a trusted vote touched meanwhile; whether what the gossip's snapshot leaves
         out changed: something offered before is now held or shed, or something held is offered."""
@@ -447,7 +447,7 @@ class Newcomers:
             held.pop(i, None)
         held.update(scan_held)
         old, self.held = self.held, held
-        self.known_tasks |= kept_tasks
+        self.known_tasks |= offered_tasks
         self._refs = {}
         for i, entry in held.items():
             if entry[0] != "claim":

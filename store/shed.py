@@ -8,11 +8,13 @@ newcomers' part over its own, and after ``ttl_s`` when nothing this node trusts 
 * **kept, always**: every message of a trusted key (this node's own, a pre-trusted key, a key with
   earned trust above 0); every claim a trusted key voted on (whatever the verdict: a verified claim
   is one), with every ancestor of such a claim (its source is rebuilt from them) and the task it
-  belongs to; a task a trusted key published, by whichever author; peer records that have not expired, of trusted keys;
+  belongs to (when no trusted key published that task; else a zero-trust author's copy is junk);
+  peer records that have not expired, of trusted keys;
 * **newcomers' part**, in shedding order: expired peer records (not this node's own); a zero-trust
   author's claim no trusted key voted on, with the votes on it (negative results, outcome other
   than ``improved``, before the rest; oldest received first); tasks of zero-trust authors no kept
-  claim belongs to; peer records of zero-trust keys; last, votes of zero-trust keys on kept claims
+  claim belongs to, and their copies of a task a trusted key published; peer records of zero-trust
+  keys; last, votes of zero-trust keys on kept claims
   (they weigh nothing here, but they are how a newcomer earns trust, so they go last).
 
 Pure: the rows and the trust predicate in, ids out. ``Tombstones`` remembers what was shed (bounded),
@@ -61,7 +63,7 @@ class Plan:
     # claims (or on none stored): id -> (kind, the claim's parent | the vote's claim | the task's id,
     # the claim's task)
     held: dict[str, tuple[str, str | None, str | None]] = field(default_factory=dict)
-    kept_tasks: set[str] = field(default_factory=set)  # task ids whose task messages are kept and offered
+    offered_tasks: set[str] = field(default_factory=set)  # task ids whose task messages, by any author, are offered
 
 
 def cost(row: Row) -> int:
@@ -104,9 +106,11 @@ def plan(rows: Iterable[Row | tuple], trusted: Callable[[str], bool], self_key: 
         while parent and parent in claims and parent not in kept_claims:
             kept_claims.add(parent)
             parent = claims[parent].parent
-    # a kept claim's task, and a task a trusted key published (whoever else published the same body)
-    kept_tasks = {claims[cid].task for cid in kept_claims} | {r.task for r in rows if r.kind == "task" and ok(r.author)}
-    out.kept_tasks = kept_tasks
+    kept_tasks = {claims[cid].task for cid in kept_claims}
+    # a task a trusted key published: a zero-trust author's copy of it is offered (every node publishes
+    # the task it works on under its own key), and shed like junk (the trusted one holds the definition)
+    trusted_tasks = {r.task for r in rows if r.kind == "task" and ok(r.author)}
+    out.offered_tasks = kept_tasks | trusted_tasks
     expired: list[Row] = []
     units: list[tuple[tuple, list[Row]]] = []  # (order key, rows shed together)
     cutoff = now - ttl_s
@@ -139,7 +143,10 @@ def plan(rows: Iterable[Row | tuple], trusted: Callable[[str], bool], self_key: 
             if r.claim not in kept_claims:
                 held[r.id] = ("vote", r.claim, None)
         elif r.kind == "task":
-            if r.task in kept_tasks:
+            if r.task in trusted_tasks:
+                units.append(((2, 0, r.received_at or 0, r.id), [r]))
+                continue
+            if r.task in kept_tasks:  # the definition a kept claim needs, no trusted key published it
                 continue
             held[r.id] = ("task", r.task, None)
             if r.received_at is not None and r.received_at < cutoff:

@@ -181,7 +181,10 @@ async def test_the_plan_says_what_is_held_out_of_reconciliation(tmp_path):
             m["junk_old"].id: ("claim", None, t), m["junk_worse"].id: ("claim", None, t),
             m["junk_new"].id: ("claim", None, t), m["stranger_on_junk"].id: ("vote", m["junk_old"].id, None),
             other.id: ("task", tid(other), None)}
-        assert out.kept_tasks == {tid(m["t"])}
+        assert out.offered_tasks == {tid(m["t"])}
+        # ... and the copy is shed like junk under pressure: the trusted one holds the definition
+        out = plan(rows, _trusted(r), ME.pubkey, NOW, ttl_s=10 ** 9, newcomer_target=0)
+        assert copy.id in out.shed and m["t"].id not in out.shed
         out = plan(rows, _trusted(r), ME.pubkey, NOW, ttl_s=10 ** 9, newcomer_target=0)
         assert m["junk_old"].id in out.shed and out.held == {}
     finally:
