@@ -43,6 +43,28 @@ def verify_parts(parts: Sequence[Part]) -> list[bool]:
             for env_id, author, sig, claim, proof in parts]
 
 
+WATCH_S = 1.0  # how often a worker checks that the process that made the pool is alive
+
+
+def _watch(owner: int) -> None:
+    """A worker's initializer: exit once the process that made the pool is gone. Workers are the
+    forkserver's children, not the node's, so a node killed outright (SIGKILL, the OOM killer) would
+    otherwise leave them, and the forkserver waiting on them, running for good."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(WATCH_S)
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # pragma: no cover - a pid reused by another user's process
+                os._exit(0)
+
+    threading.Thread(target=watch, name="watch-owner", daemon=True).start()
+
+
 def _ready() -> None:
     """Worker: nothing; submitted by ``VerifyPool.warm`` to start a worker."""
 
@@ -95,7 +117,8 @@ class VerifyPool:
 
     def _executor(self) -> Executor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=_context())
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=_context(), initializer=_watch,
+                                             initargs=(os.getpid(),))
         return self._pool
 
     def warm(self) -> None:

@@ -121,3 +121,56 @@ async def test_warm_starts_the_workers_at_once_and_idle_ones_still_stop(tmp_path
         pool.close()
     pool.warm()  # closed: nothing starts
     assert not pool.running
+
+
+OWNER = """
+import asyncio, os, sys
+sys.path.insert(0, {root!r})
+from store.verify import VerifyPool
+
+async def main():
+    pool = VerifyPool(2)
+    pool.warm()
+    while len(pool._pool._processes) < 2:
+        await asyncio.sleep(0.05)
+    await asyncio.gather(*(asyncio.wrap_future(pool._pool.submit(os.getpid)) for _ in range(4)))
+    print(" ".join(str(p) for p in pool._pool._processes), flush=True)
+    await asyncio.sleep(600)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_workers_exit_when_the_node_that_made_them_is_killed(tmp_path):
+    """Workers are the forkserver's children: a node killed outright (SIGKILL, the OOM killer) must not
+    leave them running. They check every WATCH_S that it is alive."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from store.verify import WATCH_S
+
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER.format(root=str(Path(__file__).resolve().parents[2])))
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(p) for p in owner.stdout.readline().split()]
+        assert len(workers) == 2
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(30)
+
+        def alive(pid: int) -> bool:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    return f.read().split(") ")[1][0] != "Z"  # a zombie has exited
+            except FileNotFoundError:
+                return False
+
+        deadline = time.monotonic() + 10 * WATCH_S + 20  # their watch period, on a busy machine
+        while any(alive(p) for p in workers):
+            assert time.monotonic() < deadline, [p for p in workers if alive(p)]
+            time.sleep(0.1)
+    finally:
+        owner.kill()
+        owner.wait(30)
