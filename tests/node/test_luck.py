@@ -128,15 +128,24 @@ def test_seed_hacking_is_not_significant_and_a_real_improvement_is(tmp_path):
                 if real_view and (real_view["status"]["significance"] or {}).get("state") == SIGNIFICANT:
                     first_significant.setdefault(node.pubkey, real_view["status"]["estimate"]["n"])
                 views[node.pubkey] = (real_view, claim_view(node, hacked.id), claim_view(node, baseline_claim.id))
-            for real_view, hacked_view, _ in views.values():
+            for key, (real_view, hacked_view, _) in views.items():
+                if hacked_view and (hacked_view["status"]["significance"] or {}).get("state") == SIGNIFICANT:
+                    hacked_significant.append((key[:8], hacked_view["status"]))  # never, at any poll
                 for view in (real_view, hacked_view):
                     fresh = {v["voter"] for v in (view or {}).get("votes", []) if v["fresh"]}
                     if not {n.pubkey for n in nodes} <= fresh:
                         return False  # every node voted on both claims, and every node has every vote
+            # ... and the real claim is significant everywhere: a node weighs the others' samples by the
+            # power its trust view gives them, recomputed at most every few seconds after a vote arrives
+            if not all((r["status"]["significance"] or {}).get("state") == SIGNIFICANT for r, _, _ in views.values()):
+                return False
             return views
 
+        hacked_significant: list = []
         views = wait_until(settled, timeout=deadline, interval=1,
-                           what="all three nodes to vote on the real and the hacked claim")
+                           what="all three nodes to vote on the real and the hacked claim, and the real one "
+                                "to be significant on each")
+        assert not hacked_significant, hacked_significant
     finally:
         pool.shutdown()
         for n in nodes:
