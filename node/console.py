@@ -27,6 +27,7 @@ from node.telemetry import Counter
 SUMMARY_S = 300.0  # a summary line every five minutes
 POLL_S = 1.0  # peers, experiments in progress
 BOARD_S = 15.0  # the board's #1: a leaderboard computed this often, not more
+BOARD_EVERY = 4  # ... and at least every this many times when nothing offered changed (see _watch_board)
 MILESTONES = (0.25, 0.5, 0.75)  # baseline progress lines where no bar can be drawn
 
 
@@ -133,6 +134,8 @@ class ConsoleEvents:
         self._baseline: dict[str, Any] | None = None  # the entry of the baseline run in progress
         self._milestone = 0
         self._best: str | None = None
+        self._board_version: int | None = None  # the gossip's version the board was last ranked at
+        self._board_skips = 0
         self._baseline_started: float | None = None
 
     @property
@@ -253,6 +256,17 @@ class ConsoleEvents:
         return {"entry": ranked[0], "baseline": board["baseline"]} if ranked else None
 
     async def _watch_board(self) -> None:
+        # The board changes with what this node offers its peers (node/net/gossip.py version): a flood
+        # of claims held back from keys without trust here (node/newcomers.py) leaves it as it was,
+        # and is not worth ranking every claim again for every board_s. Still ranked every
+        # BOARD_EVERY-th time: a view of trust computed since (it lags the votes by a few seconds)
+        # may have changed it.
+        gossip = getattr(self.node, "gossip", None)
+        version = None if gossip is None else gossip.version
+        if version is not None and version == self._board_version and self._board_skips < BOARD_EVERY - 1:
+            self._board_skips += 1
+            return
+        self._board_version, self._board_skips = version, 0
         top = await self._board_top()
         if top is None or top["entry"]["claim"] == self._best:
             return

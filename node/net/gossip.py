@@ -194,6 +194,11 @@ class Gossip:
     def _unoffered(self) -> Any:
         return () if self.unoffered is None else self.unoffered()
 
+    @property
+    def version(self) -> int:
+        """Bumped whenever what this node offers its peers changed (a message relayed, shed, released)."""
+        return self._version
+
     def changed(self) -> None:
         """The store shed messages or took one back: the next reconciliation snapshot is rebuilt."""
         self._version += 1

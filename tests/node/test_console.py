@@ -168,3 +168,28 @@ def test_demo_streams_every_nodes_lines_prefixed_and_writes_their_logs(tmp_path)
         assert "stopped" in log  # the node's own last line, read after the demo stopped it
     assert any(f"--trusted" not in line for line in lines)  # nothing of the command lines leaks
     assert lines[-1] == "demo stopped"
+
+
+async def test_the_board_is_ranked_again_only_when_what_the_node_offers_changed_or_every_few_times():
+    """A flood of claims held back from keys without trust (node/newcomers.py) does not change what the
+    node offers (the gossip's version), nor the board: it is not ranked again at every board_s, but
+    still every BOARD_EVERY-th time (a trust view computed since may have changed it)."""
+    from types import SimpleNamespace
+
+    from node.console import BOARD_EVERY, ConsoleEvents
+
+    events = ConsoleEvents()
+    ranked: list[int] = []
+    gossip = SimpleNamespace(version=7)
+    events.node = SimpleNamespace(gossip=gossip)
+
+    async def board_top():
+        ranked.append(gossip.version)
+        return None
+    events._board_top = board_top
+    for _ in range(2 * BOARD_EVERY):
+        await events._watch_board()
+    assert len(ranked) == 2  # the first time, then once every BOARD_EVERY
+    gossip.version = 8  # something offered changed: ranked at the next tick
+    await events._watch_board()
+    assert ranked[-1] == 8 and len(ranked) == 3
