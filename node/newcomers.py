@@ -443,9 +443,9 @@ class Newcomers:
         out changed: something offered before is now held or shed, or something held is offered."""
         scan_held, released = self._scan_held or {}, self._scan_released or set()
         self._scan_held = self._scan_released = None
-        for i in released:
+        held.update(scan_held)  # stored while it scanned ...
+        for i in released:  # ... and released since (a message held then released in the scan is offered)
             held.pop(i, None)
-        held.update(scan_held)
         old, self.held = self.held, held
         self.known_tasks |= offered_tasks
         self._refs = {}

@@ -451,6 +451,16 @@ async def test_newcomers_hold_what_they_withhold_and_release_it_with_a_trusted_t
         ours = task(P, name="third", at=NOW - 5)
         report = await r.ingest([ours.canonical()], now=NOW)
         assert [e.id for e in n.relay(report.accepted)] == [ours.id] and third.id not in n.held
+        # stored, then built on by a trusted key, while a sweep scans (it saw neither): offered after it
+        n._scan_held, n._scan_released = {}, set()
+        late = claim_on(C, tid(other), "0.960000", note="late")
+        report = await r.ingest([late.canonical()], now=NOW)
+        assert n.relay(report.accepted) == [] and late.id in n._scan_held
+        on_late = claim_on(P, tid(other), "0.950000", parent=late.id, note="on late")
+        report = await r.ingest([on_late.canonical()], now=NOW)
+        assert [e.id for e in n.relay(report.accepted)] == [on_late.id] and late.id not in n.held
+        n._rehold(dict(n.held), [])
+        assert late.id not in n.held
         # a trusted vote touches the child: it and the vote on it are offered
         touch = vote(P, child.id)
         report = await r.ingest([touch.canonical()], now=NOW)
