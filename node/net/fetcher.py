@@ -1,7 +1,7 @@
 """Catch-up: fetch the ids reconciliation found missing, pipelined and from several peers at once.
 
 docs/design.md, "Gossip and sync". Each peer that listed missing ids gets a worker that keeps up to
-``window`` fetches of ``batch`` ids in flight, so the next batches travel while earlier ones are
+``fetch_window`` fetches of ``fetch_batch`` ids in flight, so the next batches travel while earlier ones are
 decoded, verified (on every core, store/verify.py) and stored. An id listed by several peers goes
 to whichever worker takes it first: faster peers take more. A peer that fails a fetch is scored down and
 cut off from the catch-up; one that broke the protocol (an answer that is not one, a batch missing
@@ -140,7 +140,7 @@ class Fetcher:
     def _take(self, peer: str) -> list[str]:
         queue, chunk = self._queues.get(peer), []
         inflight = self.gossip._inflight
-        while queue and len(chunk) < self.gossip.settings.max_batch:
+        while queue and len(chunk) < self.gossip.settings.fetch_batch:
             i = queue.popleft()
             holders = self._holders.get(i)
             if holders is not None and peer in holders and i not in inflight:

@@ -31,7 +31,7 @@ from tests.messages import claims
 SWARM = "public"
 ME = "00" * 32
 EXCHANGE_S = 1.0  # the fresh side's exchange timeout here (HttpTransport timeout_s); a stall costs this
-SETTINGS = GossipSettings(max_batch=32, bulk_at=64, fetch_window=3, catchup_peers=3)
+SETTINGS = GossipSettings(max_batch=32, fetch_batch=32, bulk_at=64, fetch_window=3, catchup_peers=3)
 N = 300  # ten batches of 32
 PREFIX = 10  # envelopes per answer of the "prefix" holder
 
@@ -146,7 +146,7 @@ async def test_catch_up_from_two_honest_peers_fetches_from_both(tmp_path, corpus
         assert result.need == N and result.fetched == N
         await stored_exactly(replica, corpus)
         assert a.fetches > 0 and b.fetches > 0  # both peers served batches
-        assert a.fetches + b.fetches == -(-N // SETTINGS.max_batch)  # each id asked once
+        assert a.fetches + b.fetches == -(-N // SETTINGS.fetch_batch)  # each id asked once
         assert pool.verified == N  # every signature checked in the pool
         progress = g.catchup_json()
         assert progress["active"] is False and progress["stored"] == N and progress["failed"] == 0
