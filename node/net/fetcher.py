@@ -1,9 +1,11 @@
 """Catch-up: fetch the ids reconciliation found missing, pipelined and from several peers at once.
 
 docs/design.md, "Gossip and sync". Each peer that listed missing ids gets a worker that keeps up to
-``fetch_window`` fetches of ``fetch_batch`` ids in flight, so the next batches travel while earlier ones are
+``fetch_window`` fetches in flight, so the next batches travel while earlier ones are
 decoded, verified (on every core, store/verify.py) and stored. An id listed by several peers goes
-to whichever worker takes it first: faster peers take more. A peer that fails a fetch is scored down and
+to whichever worker takes it first: faster peers take more. How many ids a fetch asks for adapts to
+how fast the peer answers (``GossipSettings.fetch_batch``): bigger batches cost less per message,
+smaller ones keep a slow link's answers inside the exchange timeout. A peer that fails a fetch is scored down and
 cut off from the catch-up; one that broke the protocol (an answer that is not one, a batch missing
 ids it listed, invalid messages) is also cooled off (node/net/peers.py), while one that did not
 answer in time or dropped the connection is not (a busy honest peer looks the same). Its ids go
@@ -70,6 +72,7 @@ class Fetcher:
         self._busy = 0  # reconciliations under way that may add to the current catch-up
         self._paused_until: dict[str, float] = {}  # peer -> monotonic time its 429 asked us to wait until
         self._last_report = 0.0
+        self._sizes: dict[str, int] = {}  # peer -> ids its fetches ask for now (_adapt)
 
     # -- the caller's side -------------------------------------------------------------------
     def pending(self) -> int:
@@ -93,6 +96,7 @@ class Fetcher:
             return
         if self.progress is None or self.progress.finished_at is not None:
             self.progress = CatchUpProgress(started_at=time.monotonic())
+            self._sizes.clear()
             verifier = getattr(self.gossip, "verifier", None)
             if verifier is not None:  # its workers start while the first batches travel
                 verifier.warm()
@@ -137,10 +141,28 @@ class Fetcher:
         if (task is None or task.done()) and self._queues.get(peer):
             self._workers[peer] = asyncio.get_running_loop().create_task(self._work(peer), name=f"fetch {peer}")
 
+    def batch_size(self, peer: str) -> int:
+        """How many ids the next fetch from ``peer`` asks for."""
+        s = self.gossip.settings
+        return self._sizes.get(peer, max(1, min(s.max_batch, s.fetch_batch)))
+
+    def _adapt(self, peer: str, asked: int, elapsed: float) -> None:
+        """After an answer to ``asked`` ids that took ``elapsed`` seconds: at most half what was
+        asked if it was slow (the other answers of the same window, as slow, then change nothing
+        more), double (up to ``fetch_batch``) if a full batch came back fast."""
+        s = self.gossip.settings
+        size = self.batch_size(peer)
+        if elapsed > s.fetch_slow_s:
+            size = min(size, max(1, asked // 2))
+        elif elapsed < s.fetch_slow_s / 2 and asked >= size:
+            size = min(s.fetch_batch, size * 2)
+        self._sizes[peer] = size
+
     def _take(self, peer: str) -> list[str]:
         queue, chunk = self._queues.get(peer), []
         inflight = self.gossip._inflight
-        while queue and len(chunk) < self.gossip.settings.fetch_batch:
+        size = self.batch_size(peer)
+        while queue and len(chunk) < size:
             i = queue.popleft()
             holders = self._holders.get(i)
             if holders is not None and peer in holders and i not in inflight:
@@ -184,7 +206,9 @@ class Fetcher:
         g = self.gossip
         try:
             try:
+                asked_at = time.monotonic()
                 got = await g.transport.fetch(peer, chunk)
+                self._adapt(peer, len(chunk), time.monotonic() - asked_at)
             except PeerMisbehaved as exc:
                 await self._cut_off(peer, "invalid", exc.reason, chunk)
                 return

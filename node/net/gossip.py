@@ -38,10 +38,14 @@ class GossipSettings:
     push_retries: int = 2
     push_retry_s: float = 5.0
     fetch_window: int = 4  # fetches in flight per peer during a catch-up (node/net/fetcher.py)
-    # ids per catch-up fetch: the most one request may carry (SPEC.md 10.2.4). Each batch pays a round
-    # trip, an id lookup, a pool dispatch and a transaction: 1000 catches up ~15% faster than 256
-    # (scripts/bench/gossip --catchup 20000).
+    # ids per catch-up fetch (node/net/fetcher.py): the first fetches from a peer ask max_batch; an
+    # answer that took under half fetch_slow_s doubles the next ones, up to fetch_batch (the most one
+    # request may carry, SPEC.md 10.2.4), one that took over fetch_slow_s halves them. Each batch pays
+    # a round trip, an id lookup, a pool dispatch and a transaction: 1000 catches up ~15% faster than
+    # 256 on loopback (scripts/bench/gossip --catchup 20000); smaller ones keep a slow link's answers,
+    # all fetch_window of them sharing it, well inside the exchange timeout (node/net/http.py, 10 s).
     fetch_batch: int = 1000
+    fetch_slow_s: float = 2.5
     bulk_at: int = 512  # missing this many ids after a reconciliation: also reconcile with other peers ...
     catchup_peers: int = 3  # ... so that up to this many fetch at once
     # Messages learned by reconciliation and created longer ago than this are not announced onwards:

@@ -39,11 +39,13 @@ PREFIX = 10  # envelopes per answer of the "prefix" holder
 class Holder:
     """A real HTTP peer holding ``envs``; ``fetch`` and ``sync`` choose how it answers."""
 
-    def __init__(self, envs, *, fetch: str = "honest", sync: str = "honest"):
+    def __init__(self, envs, *, fetch: str = "honest", sync: str = "honest", delay_per_id: float = 0.0):
         self.raw = {e.id: e.canonical() for e in envs}
         self.storage = Storage((e.created_at, bytes.fromhex(e.id)) for e in envs)
         self.fetch_mode, self.sync_mode = fetch, sync
+        self.delay_per_id = delay_per_id  # a slow link: each answer takes this long per id asked
         self.fetches = 0
+        self.sizes: list[int] = []  # ids asked, fetch by fetch
         self.release = asyncio.Event()  # ends stalled handlers at teardown
         self.address: str | None = None
         self._runner: web.AppRunner | None = None
@@ -85,6 +87,9 @@ class Holder:
     async def fetch(self, request: web.Request) -> web.StreamResponse:
         ids = (await request.json())["ids"]
         self.fetches += 1
+        self.sizes.append(len(ids))
+        if self.delay_per_id:
+            await asyncio.sleep(self.delay_per_id * len(ids))
         raws = [self.raw[i] for i in ids if i in self.raw]
         mode = self.fetch_mode
         if mode == "half":  # every other one: ids it listed, left out
@@ -110,14 +115,15 @@ class Holder:
         return web.Response(body=body, content_type="application/json")
 
 
-async def fresh_node(tmp_path, addresses, *, pool: VerifyPool | None = None):
+async def fresh_node(tmp_path, addresses, *, pool: VerifyPool | None = None, settings: GossipSettings = SETTINGS,
+                     timeout_s: float = EXCHANGE_S):
     replica = await Replica.open(tmp_path / "fresh.sqlite3", swarm=SWARM, self_key=ME)
     session = aiohttp.ClientSession()
     peers = PeerTable()
     for a in addresses:
         peers.add(a)
     lines: list[str] = []
-    g = Gossip(replica, HttpTransport(session, timeout_s=EXCHANGE_S), peers, own_key=ME, settings=SETTINGS,
+    g = Gossip(replica, HttpTransport(session, timeout_s=timeout_s), peers, own_key=ME, settings=settings,
                verifier=pool, on_progress=lines.append)
     return g, replica, session, lines
 
@@ -159,6 +165,47 @@ async def test_catch_up_from_two_honest_peers_fetches_from_both(tmp_path, corpus
         pool.close()
         await a.stop()
         await b.stop()
+
+
+async def test_fetches_from_a_peer_that_answers_fast_grow_to_the_largest_batch(tmp_path, corpus):
+    # Every answer here comes well within half of fetch_slow_s, however loaded the machine.
+    settings = GossipSettings(max_batch=16, fetch_batch=128, fetch_slow_s=30.0, bulk_at=64, fetch_window=3)
+    holder = await Holder(corpus).start()
+    g, replica, session, _ = await fresh_node(tmp_path, [holder.address], settings=settings)
+    try:
+        result = await asyncio.wait_for(g.sync_with(holder.address), 30)
+        assert result.fetched == N
+        await stored_exactly(replica, corpus)
+        # the first window asks max_batch each; a full batch answered fast doubles the next ones:
+        # 3 x 16, then 32, 64, and 128 (the cap) for the rest
+        assert holder.sizes[:3] == [16, 16, 16] and max(holder.sizes) == 128
+        assert holder.sizes[3:6] == [32, 64, 128] and sum(holder.sizes) == N  # each id asked once
+        assert g.fetcher.batch_size(holder.address) == 128
+    finally:
+        await session.close()
+        await replica.close()
+        await holder.stop()
+
+
+async def test_a_slow_peer_is_asked_for_smaller_batches_and_not_cut_off(tmp_path, corpus):
+    # 20 ms an id: 32 ids take 0.64 s, over fetch_slow_s (0.25 s): halved until an answer is not slow
+    # (8 ids: 0.16 s), never grown back past what was slow (16 ids: 0.32 s, growth needs under 0.125);
+    # each answer far inside the 5 s timeout.
+    settings = GossipSettings(max_batch=32, fetch_batch=256, fetch_slow_s=0.25, bulk_at=64, fetch_window=3)
+    holder = await Holder(corpus, delay_per_id=0.02).start()
+    g, replica, session, _ = await fresh_node(tmp_path, [holder.address], settings=settings, timeout_s=5.0)
+    try:
+        result = await asyncio.wait_for(g.sync_with(holder.address), 60)
+        assert result.fetched == N
+        await stored_exactly(replica, corpus)
+        assert holder.sizes[:3] == [32, 32, 32] and max(holder.sizes) == 32
+        assert holder.sizes[3:6] == [16, 16, 16]  # halved once for the window's three slow answers
+        assert g.fetcher.batch_size(holder.address) <= 8 and holder.sizes[-1] <= 8
+        assert g.catchup_json()["cut_off"] == [] and g.peers.get(holder.address).score > 0
+    finally:
+        await session.close()
+        await replica.close()
+        await holder.stop()
 
 
 @pytest.mark.parametrize("mode", ["stall", "half", "truncated", "forged"])
